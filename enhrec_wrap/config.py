@@ -1,0 +1,324 @@
+"""Reading and validating the YAML config into a frozen `Config`.
+
+The file is a Teleport `teleport.yaml`, taken as it is: we read a few keys, tolerate Teleport's
+other keys and sections, and reject anything unknown in the sections we own, so that a typo
+can never silently change what gets recorded.
+"""
+
+import dataclasses
+import difflib
+import json
+import os
+import shlex
+import socket
+import stat
+
+import yaml
+
+from enhrec_wrap.errors import EnhrecError
+
+DEFAULT_CONFIG_PATH = "/etc/enhrec-wrap/enhrec.yaml"
+BUILT_IN_DEFAULTS = "built-in defaults"
+
+MIN_BUFFER_PAGES = 1
+MAX_BUFFER_PAGES = 65536
+
+# Every setting here can weaken recording (enabled: false is one line), so, as tlog does for
+# its security settings, only a file that root alone can write is believed.
+_OWNER_UID = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The settings of one run; the field defaults are the built-in defaults."""
+
+    source: str = BUILT_IN_DEFAULTS
+    nodename: str = dataclasses.field(default_factory=socket.gethostname)
+    data_dir: str = "/var/lib/teleport"
+    enabled: bool = True
+    command_buffer_size: int = 8
+    disk_buffer_size: int = 128
+    network_buffer_size: int = 8
+    cgroup_path: str = "/cgroup2"
+    background_processes: str = "kill"
+    on_log_failure: str = "close"
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.data_dir, "log")
+
+
+def load_config(path: str | None) -> Config:
+    """Read the config at `path`, or the default file (built-in defaults if it is absent)."""
+    if path is None:
+        text = _read_trusted(DEFAULT_CONFIG_PATH, missing_ok=True)
+        if text is None:
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    else:
+        text = _read_trusted(path, missing_ok=False)
+    return _parse(path, text)
+
+
+# --- reading the file -----------------------------------------------------------------------
+
+def _read_trusted(path: str, missing_ok: bool) -> str | None:
+    try:
+        # O_NONBLOCK: a FIFO must not hang the login before we get to refuse it.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise EnhrecError(f"{path}: config file not found: give an existing file, or leave out "
+                          f"--config to use {DEFAULT_CONFIG_PATH}") from None
+    except OSError as e:
+        raise EnhrecError(f"{path}: cannot open the config file ({e.strerror}): "
+                          "run as root and check the path") from None
+    try:
+        # Judged on the open descriptor, so the file checked is the file read (no TOCTOU).
+        _check_trusted(path, os.fstat(fd))
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as e:
+        raise EnhrecError(f"{path}: cannot read the config file ({e.strerror}): "
+                          "check the file and the disk") from None
+    finally:
+        os.close(fd)
+    return _decode(path, data)
+
+
+def _check_trusted(path: str, st: os.stat_result) -> None:
+    fix = f"run chown root:root {shlex.quote(path)} && chmod 644 {shlex.quote(path)}"
+    if not stat.S_ISREG(st.st_mode):
+        raise EnhrecError(f"{path}: not a regular file: the config must be a regular file "
+                          "(a symlink to one is fine)")
+    if st.st_uid != _OWNER_UID:
+        raise EnhrecError(f"{path}: config file is owned by uid {st.st_uid}, not root, "
+                          f"so its owner could switch recording off: {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise EnhrecError(f"{path}: config file is writable by group or others "
+                          f"(mode {stat.S_IMODE(st.st_mode):04o}), so they could switch recording "
+                          f"off: {fix}")
+
+
+def _decode(path: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise EnhrecError(f"{path}: line {line}: not UTF-8 text: save the file as UTF-8") from None
+
+
+# --- YAML -----------------------------------------------------------------------------------
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: with two `enabled:` lines, which one wins would
+    be a guess (PyYAML silently keeps the last; Teleport's strict parser refuses them too)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            ident = (key_node.tag, key_node.value)
+            if ident in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_show(key_node.value)}", key_node.start_mark)
+            seen.add(ident)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(path: str, text: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        if mark is None:
+            raise EnhrecError(f"{path}: not valid YAML: {_one_line(str(e))}") from None
+        raise EnhrecError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: "
+                          f"{_yaml_problem(e)}") from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        # PyYAML gives the character as a code point for text input, as a str for bytes.
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise EnhrecError(f"{path}: line {line}: character {code:#x} is not allowed in YAML: "
+                          "remove it") from None
+    except yaml.YAMLError as e:
+        raise EnhrecError(f"{path}: not valid YAML: {_one_line(str(e))}") from None
+
+
+def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
+    problem = _one_line(e.problem or e.context or "invalid YAML")
+    # The context often points at the real culprit, e.g. the key missing its ':' a line above.
+    if e.problem and e.context and e.context_mark is not None:
+        problem += f" ({_one_line(e.context)} at line {e.context_mark.line + 1})"
+    return problem
+
+
+# --- the schema -----------------------------------------------------------------------------
+
+class _BadValue(Exception):
+    """What is wrong with a value, said as what is allowed; the caller adds file and key."""
+
+
+# Teleport reads `enabled` with its ParseBool, so a working teleport.yaml may quote these.
+_TELEPORT_TRUE = frozenset({"yes", "yeah", "y", "true", "1", "on"})
+_TELEPORT_FALSE = frozenset({"no", "nope", "n", "false", "0", "off"})
+
+
+def _boolean(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TELEPORT_TRUE:
+        return True
+    if isinstance(value, str) and value.lower() in _TELEPORT_FALSE:
+        return False
+    raise _BadValue(f"must be true or false, got {_show(value)}")
+
+
+def _pages(value) -> int:
+    # `type is int`, not isinstance: bool is an int in Python, and `true` pages is a mistake.
+    if type(value) is not int or not MIN_BUFFER_PAGES <= value <= MAX_BUFFER_PAGES:
+        raise _BadValue(f"must be an integer from {MIN_BUFFER_PAGES} to {MAX_BUFFER_PAGES}, "
+                        f"got {_show(value)}")
+    return value
+
+
+def _absolute_path(value) -> str:
+    # Relative paths would depend on the directory the login shell happens to start in.
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise _BadValue(f"must be an absolute path, got {_show(value)}")
+    return value
+
+
+def _name(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _BadValue(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _one_of(*choices: str):
+    def read(value) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise _BadValue(f"must be one of {', '.join(choices)}, got {_show(value)}")
+        return value
+    return read
+
+
+# Each reader's key is also the name of the Config field it sets.
+_TELEPORT_KEYS = {"nodename": _name, "data_dir": _absolute_path}
+_RECORDING_KEYS = {
+    "enabled": _boolean,
+    "command_buffer_size": _pages,
+    "disk_buffer_size": _pages,
+    "network_buffer_size": _pages,
+    "cgroup_path": _absolute_path,
+}
+_ENHREC_KEYS = {
+    "background_processes": _one_of("kill", "record"),
+    "on_log_failure": _one_of("close", "continue"),
+}
+
+# Teleport's own keys in the sections we own: accepted so that a real teleport.yaml loads,
+# and ignored (they configure Teleport, not us). Anything else there is a typo.
+_TELEPORT_TOLERATED = frozenset({
+    "pid_file", "auth_token", "join_params", "auth_servers", "auth_server", "proxy_server",
+    "ca_pin", "connection_limits", "log", "storage", "advertise_ip", "cache", "seed_config",
+    "ciphersuites", "ciphers", "kex_algos", "mac_algos", "ca_signature_algo", "diag_addr",
+})
+_RECORDING_TOLERATED = frozenset({"root_path"})
+
+# Teleport's sections are ignored whole, but an unknown top-level key is refused: a misspelt
+# `ssh_servce:` would otherwise drop its enhanced_recording settings without a word.
+_TOP_LEVEL = frozenset({
+    "version", "teleport", "auth_service", "proxy_service", "ssh_service", "app_service",
+    "db_service", "kubernetes_service", "windows_desktop_service", "discovery_service",
+    "jamf_service", "okta_service", "tracing_service", "metrics_service", "debug_service",
+    "plugin_service", "access_graph", "enhrec",
+})
+
+
+def _parse(path: str, text: str) -> Config:
+    document = _load_yaml(path, text)
+    if document is None:
+        return Config(source=path)
+    if not isinstance(document, dict):
+        raise EnhrecError(f"{path}: the top level must be a mapping of sections "
+                          f"(teleport:, ssh_service:, enhrec:, ...), got {_show(document)}")
+    _check_keys(path, "", document, _TOP_LEVEL)
+    ssh_service = _mapping(path, "ssh_service", document.get("ssh_service"))
+    values = {
+        **_read_section(path, "teleport", document.get("teleport"),
+                        _TELEPORT_KEYS, _TELEPORT_TOLERATED),
+        **_read_section(path, "ssh_service.enhanced_recording",
+                        ssh_service.get("enhanced_recording"),
+                        _RECORDING_KEYS, _RECORDING_TOLERATED),
+        **_read_section(path, "enhrec", document.get("enhrec"), _ENHREC_KEYS, frozenset()),
+    }
+    return Config(source=path, **values)
+
+
+def _read_section(path: str, where: str, value, readers: dict, tolerated: frozenset) -> dict:
+    section = _mapping(path, where, value)
+    _check_keys(path, where, section, readers.keys() | tolerated)
+    values = {}
+    for key, read in readers.items():
+        # A key with no value means its default, as an empty value does in Teleport.
+        if section.get(key) is None:
+            continue
+        try:
+            values[key] = read(section[key])
+        except _BadValue as e:
+            raise EnhrecError(f"{path}: {where}.{key}: {e}") from None
+    return values
+
+
+def _mapping(path: str, where: str, value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EnhrecError(f"{path}: {where}: must be a mapping of keys, got {_show(value)}")
+    return value
+
+
+def _check_keys(path: str, where: str, section: dict, allowed) -> None:
+    for key in section:
+        if key not in allowed:
+            dotted = f"{where}.{_key_text(key)}" if where else _key_text(key)
+            raise EnhrecError(f"{path}: {dotted}: unknown key {_hint(key, allowed)}")
+
+
+def _hint(key, allowed) -> str:
+    if isinstance(key, str):
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        if close:
+            return f"(did you mean {close[0]}?)"
+    return f"(allowed: {', '.join(sorted(allowed))})"
+
+
+# --- one-line rendering for messages --------------------------------------------------------
+
+def _show(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 40 else value[:40] + "...")
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    # YAML can also produce dates, timestamps and bytes (!!binary).
+    return f"a {type(value).__name__}"
+
+
+def _key_text(key) -> str:
+    return key if isinstance(key, str) and key.isprintable() and key else _show(key)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
