@@ -1,0 +1,104 @@
+# enhrec-wrap: install, test and demo on Debian 12. Targets that change the system need root.
+# Installed layout: docs/architecture.md ("Installed layout").
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+REPO      := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+PREFIX    := /opt/enhrec-wrap
+VENV      := $(PREFIX)/venv
+BINDIR    := /usr/local/bin
+CONFDIR   := /etc/enhrec-wrap
+TEST_VENV := $(REPO)/.venv
+PYTEST    := PYTHONSAFEPATH=1 "$(TEST_VENV)/bin/pytest" -q -p no:cacheprovider --import-mode=importlib
+
+# Entry scripts as NAME=MODULE (each module has main()); `enhrec` comes with enhrec_wrap/inspect.py.
+ENTRY_SCRIPTS := enhrec-wrap=enhrec_wrap.cli
+ifneq ($(wildcard $(REPO)/enhrec_wrap/inspect.py),)
+ENTRY_SCRIPTS += enhrec=enhrec_wrap.inspect
+endif
+
+.PHONY: help root install deps venv entry-scripts config uninstall test-venv test unit demo bench clean
+
+# help: list the targets.
+help:
+	@echo "make install    install enhrec-wrap and what it needs (root, idempotent)"
+	@echo "make uninstall  remove $(PREFIX) and the entry scripts; keep $(CONFDIR) and the logs (root)"
+	@echo "make test       install, then run every test against the installed package (root)"
+	@echo "make unit       run tests/unit only (no root needed)"
+	@echo "make demo       record a session with three audit bypasses and print its events (root)"
+	@echo "make bench      run benchmarks/run.py with the installed package (root)"
+	@echo "make clean      remove the test venv and build leftovers"
+
+# root: stop early with a clear message when not root.
+root:
+	@[ "$$(id -u)" -eq 0 ] || { echo "make: this target must run as root (try: sudo make $(MAKECMDGOALS))" >&2; exit 1; }
+
+# install: everything enhrec-wrap needs, then a check that the installed copy imports with BCC.
+install: root deps venv entry-scripts config
+	@cd / && "$(VENV)/bin/python3" -I -c 'import bcc, enhrec_wrap; print("install: ok, enhrec_wrap", enhrec_wrap.__version__, "from", enhrec_wrap.__file__)'
+
+# deps: Debian packages, merged kernel headers when needed, tracefs.
+deps: root
+	@bash "$(REPO)/scripts/install-deps.sh" "$(PREFIX)"
+
+# venv: the root-owned venv with the tree's current code, not writable by group or others.
+venv: root deps
+	@bash "$(REPO)/scripts/install-into-venv.sh" "$(VENV)"
+	@chown -R root:root "$(PREFIX)"
+	@chmod -R u+rwX,go+rX,go-w "$(PREFIX)"
+
+# entry-scripts: /usr/local/bin scripts running the venv's Python in isolated mode.
+entry-scripts: root venv
+	@$(foreach e,$(ENTRY_SCRIPTS),bash "$(REPO)/scripts/install-entry.sh" $(firstword $(subst =, ,$(e))) $(lastword $(subst =, ,$(e))) "$(VENV)" "$(BINDIR)";)
+
+# config: the default config, only when none is installed yet.
+config: root
+	@if [ ! -f "$(REPO)/conf/enhrec.yaml" ]; then \
+	    echo "config: conf/enhrec.yaml is not in the tree yet; skipped"; \
+	elif [ -e "$(CONFDIR)/enhrec.yaml" ]; then \
+	    echo "config: kept existing $(CONFDIR)/enhrec.yaml"; \
+	else \
+	    install -d -m 0755 -o root -g root "$(CONFDIR)"; \
+	    install -m 0644 -o root -g root "$(REPO)/conf/enhrec.yaml" "$(CONFDIR)/enhrec.yaml"; \
+	    echo "config: installed $(CONFDIR)/enhrec.yaml"; \
+	fi
+
+# uninstall: remove the program; the config and the audit log stay.
+uninstall: root
+	rm -rf "$(PREFIX)"
+	rm -f "$(BINDIR)/enhrec-wrap" "$(BINDIR)/enhrec"
+	@echo "uninstall: kept $(CONFDIR) and the audit log (/var/lib/teleport/log by default); remove them yourself if wanted"
+
+# test-venv: $(TEST_VENV) with pytest and the tree installed non-editable, then proof that it is
+# that copy (and not the source tree) which imports: enhrec_wrap.bpf_programs exists only installed.
+test-venv:
+	@bash "$(REPO)/scripts/install-into-venv.sh" "$(TEST_VENV)" test
+	@cd "$(REPO)" && PYTHONSAFEPATH=1 "$(TEST_VENV)/bin/python3" -c 'import sys, enhrec_wrap, enhrec_wrap.bpf_programs; \
+	    f = enhrec_wrap.__file__; ok = f.startswith(sys.prefix + "/lib/"); print("test-venv: enhrec_wrap from", f); sys.exit(not ok)'
+
+# test: the whole suite (unit and integration) against the installed program; no tests is a failure.
+test: install test-venv
+	cd "$(REPO)" && $(PYTEST) tests || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
+
+# unit: only tests/unit, which need neither root nor BPF.
+unit: test-venv
+	cd "$(REPO)" && $(PYTEST) tests/unit || { rc=$$?; [ $$rc -ne 5 ] || echo "make unit: pytest collected no tests" >&2; exit $$rc; }
+
+# demo: one recorded session with three bypasses (base64 | sh, a script file, a command under stty -echo).
+demo: install
+	bash "$(REPO)/scripts/demo.sh"
+
+# bench: benchmarks/run.py with the installed package, when that file exists.
+bench: install
+	@if [ -f "$(REPO)/benchmarks/run.py" ]; then \
+	    cd "$(REPO)" && "$(VENV)/bin/python3" benchmarks/run.py; \
+	else \
+	    echo "bench: benchmarks/run.py does not exist yet"; \
+	fi
+
+# clean: the test venv and build leftovers in the tree (the installed program stays).
+clean:
+	rm -rf "$(TEST_VENV)" "$(REPO)/build" "$(REPO)/dist" "$(REPO)"/*.egg-info "$(REPO)/.pytest_cache"
+	find "$(REPO)" -name __pycache__ -type d -prune -exec rm -rf {} +
