@@ -1,0 +1,428 @@
+/* enhrec-wrap's kernel side: tracepoint programs that record exec, open and connect of the tasks
+ * in the watched cgroups, and nothing of any other task.
+ *
+ * Only tracepoint arguments and helpers are used, never kernel struct fields, so the programs
+ * compile against any kernel's headers (MACHINE.md: 6.1 headers on a 6.18 kernel).
+ *
+ * Set at load time by enhrec_wrap/bpf.py: COMMAND_RING_PAGES, DISK_RING_PAGES, NETWORK_RING_PAGES,
+ * and POSSIBLE_CPUS.
+ */
+#include "enhrec.h"
+
+#define AT_FDCWD_VALUE -100
+#define AF_INET_VALUE 2
+#define AF_INET6_VALUE 10
+#define TCP_SYN_SENT_STATE 2
+#define CREAT_FLAGS 01101     /* O_CREAT | O_WRONLY | O_TRUNC: what creat() means */
+
+BPF_RINGBUF_OUTPUT(command_events, COMMAND_RING_PAGES);
+BPF_RINGBUF_OUTPUT(disk_events, DISK_RING_PAGES);
+BPF_RINGBUF_OUTPUT(network_events, NETWORK_RING_PAGES);
+
+BPF_HASH(watched_cgroups, u64, u8, 64);
+BPF_PERCPU_ARRAY(lost_events, u64, STREAM_COUNT);
+BPF_HASH(parents, u32, u32, 65536);   /* child tid -> parent tgid, from sched_process_fork */
+
+/* Records are built in per-CPU scratch space: they are far larger than the 512-byte stack.
+ * An exec record is over the 32 KiB limit of a per-CPU map value, so it gets a plain array
+ * with one slot per CPU instead. */
+BPF_ARRAY(exec_scratch, struct exec_event, POSSIBLE_CPUS);
+BPF_PERCPU_ARRAY(exec_result_scratch, struct exec_result_event, 1);
+BPF_PERCPU_ARRAY(open_scratch, struct open_event, 1);
+BPF_PERCPU_ARRAY(connect_scratch, struct connect_event, 1);
+
+/* Syscall arguments kept from entry to exit: user memory is read at exit, when the kernel has
+ * faulted the pages in (reading at entry can fail on a page that is not resident yet). */
+struct open_args {
+    const char *filename;
+    const void *how;          /* openat2's struct open_how; its first member is u64 flags */
+    s64 flags;
+    s32 dirfd;
+    u32 mode;
+};
+BPF_HASH(pending_opens, u64, struct open_args, 16384);
+
+struct connect_args {
+    const void *addr;
+    u16 sport;
+    u16 flags;
+    u8 saddr[16];
+};
+BPF_HASH(pending_connects, u64, struct connect_args, 16384);
+
+static __always_inline int in_session(u64 *cgroup_id)
+{
+    *cgroup_id = bpf_get_current_cgroup_id();
+    return watched_cgroups.lookup(cgroup_id) != NULL;
+}
+
+static __always_inline void count_lost(int stream)
+{
+    u64 *count = lost_events.lookup(&stream);
+    if (count)
+        (*count)++;   /* per-CPU slot: no other CPU writes it */
+}
+
+static __always_inline void fill_header(struct event_header *hdr, u16 type, u64 cgroup_id)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    u32 *ppid = parents.lookup(&pid);
+
+    hdr->ts_ns = bpf_ktime_get_ns();
+    hdr->cgroup_id = cgroup_id;
+    hdr->pid = pid;
+    hdr->tid = (u32)id;
+    hdr->ppid = ppid ? *ppid : 0;
+    hdr->type = type;
+    hdr->tail_len = 0;
+    bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
+}
+
+/* argv must be read at entry: after a successful exec the caller's memory is gone. */
+static __always_inline int record_exec(s32 dirfd, const char *filename,
+                                       const char *const *argv, u32 at_flags)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    int cpu = bpf_get_smp_processor_id();
+    struct exec_event *e = exec_scratch.lookup(&cpu);
+    if (!e) {
+        count_lost(STREAM_COMMAND);
+        return 0;
+    }
+    fill_header(&e->hdr, RECORD_EXEC, cgroup_id);
+    e->dirfd = dirfd;
+    e->at_flags = at_flags;
+    e->argc = 0;
+    e->truncated = 0;
+
+    long n = bpf_probe_read_user_str(e->data, PATH_READ_MAX, filename);
+    if (n <= 0) {
+        e->truncated |= ARGV_UNREADABLE;
+        e->data[0] = 0;
+        n = 1;
+    }
+    u32 off = n;
+    e->filename_len = off;
+
+    int i;
+    for (i = 0; i < MAX_ARGS; i++) {
+        const char *arg = NULL;
+        if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i])) {
+            e->truncated |= ARGV_UNREADABLE;
+            break;
+        }
+        if (!arg)
+            break;
+        if (off >= EXEC_DATA_MAX) {
+            e->truncated |= ARGV_DATA_FULL;
+            break;
+        }
+        n = bpf_probe_read_user_str(&e->data[off & (EXEC_DATA_MAX - 1)], ARG_READ_MAX, arg);
+        if (n <= 0) {
+            e->truncated |= ARGV_UNREADABLE;
+            break;
+        }
+        /* An argument that filled ARG_READ_MAX is flagged as cut by the reader (decode.py): a
+         * branch on n here would double the verifier's states at every iteration. */
+        off += n;
+        e->argc++;
+    }
+    if (i == MAX_ARGS) {
+        const char *more = NULL;
+        bpf_probe_read_user(&more, sizeof(more), &argv[MAX_ARGS]);
+        if (more)
+            e->truncated |= ARGV_TOO_MANY;
+    }
+
+    /* The mask changes nothing (off < EXEC_DATA_MAX + ARG_READ_MAX) but gives the verifier a
+     * bound it can carry to the size argument: data[] is 2 * EXEC_DATA_MAX long for this. */
+    off &= 2 * EXEC_DATA_MAX - 1;
+    e->hdr.tail_len = off;
+    if (command_events.ringbuf_output(e, offsetof(struct exec_event, data) + off, 0))
+        count_lost(STREAM_COMMAND);
+    return 0;
+}
+
+static __always_inline int record_exec_result(long ret)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    int zero = 0;
+    struct exec_result_event *e = exec_result_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(STREAM_COMMAND_RESULT);
+        return 0;
+    }
+    fill_header(&e->hdr, RECORD_EXEC_RESULT, cgroup_id);
+    e->ret = ret;
+    if (command_events.ringbuf_output(e, sizeof(*e), 0))
+        count_lost(STREAM_COMMAND_RESULT);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+    return record_exec(AT_FDCWD_VALUE, args->filename, args->argv, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+{
+    return record_exec_result(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
+{
+    return record_exec(args->fd, args->filename, args->argv, args->flags);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
+{
+    return record_exec_result(args->ret);
+}
+
+static __always_inline int stash_open(s32 dirfd, const char *filename, s64 flags, u32 mode,
+                                      const void *how)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    u64 id = bpf_get_current_pid_tgid();
+    struct open_args a = {};
+    a.filename = filename;
+    a.how = how;
+    a.flags = flags;
+    a.dirfd = dirfd;
+    a.mode = mode;
+    if (pending_opens.update(&id, &a))
+        count_lost(STREAM_DISK);
+    return 0;
+}
+
+static __always_inline int record_open(long ret)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    u64 id = bpf_get_current_pid_tgid();
+    struct open_args *a = pending_opens.lookup(&id);
+    if (!a)
+        return 0;
+
+    int zero = 0;
+    struct open_event *e = open_scratch.lookup(&zero);
+    if (!e) {
+        pending_opens.delete(&id);
+        count_lost(STREAM_DISK);
+        return 0;
+    }
+    fill_header(&e->hdr, RECORD_OPEN, cgroup_id);
+    e->ret = ret;
+    e->flags = a->flags;
+    e->dirfd = a->dirfd;
+    e->mode = a->mode;
+    if (a->how) {
+        u64 how_flags = 0;
+        if (bpf_probe_read_user(&how_flags, sizeof(how_flags), a->how) == 0)
+            e->flags = how_flags;
+    }
+    long n = bpf_probe_read_user_str(e->path, PATH_READ_MAX, a->filename);
+    pending_opens.delete(&id);
+    if (n < 0)
+        n = 0;   /* tail_len 0: the path could not be read */
+    /* The mask gives the verifier its bound; n is at most PATH_READ_MAX already. */
+    n &= 2 * PATH_READ_MAX - 1;
+    e->hdr.tail_len = n;
+    if (disk_events.ringbuf_output(e, offsetof(struct open_event, path) + n, 0))
+        count_lost(STREAM_DISK);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_open)
+{
+    return stash_open(AT_FDCWD_VALUE, args->filename, args->flags, args->mode, NULL);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_open)
+{
+    return record_open(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat)
+{
+    return stash_open(args->dfd, args->filename, args->flags, args->mode, NULL);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat)
+{
+    return record_open(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
+{
+    return stash_open(args->dfd, args->filename, 0, 0, args->how);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2)
+{
+    return record_open(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_creat)
+{
+    return stash_open(AT_FDCWD_VALUE, args->pathname, CREAT_FLAGS, args->mode, NULL);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_creat)
+{
+    return record_open(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    u64 id = bpf_get_current_pid_tgid();
+    struct connect_args a = {};
+    a.addr = args->uservaddr;
+    if (pending_connects.update(&id, &a))
+        count_lost(STREAM_NETWORK);
+    return 0;
+}
+
+static __always_inline void copy_addrs(u8 *daddr, u8 *saddr, u16 family,
+                                       const u8 *d4, const u8 *s4, const u8 *d6, const u8 *s6)
+{
+    if (family == AF_INET6_VALUE) {
+        __builtin_memcpy(daddr, d6, 16);
+        __builtin_memcpy(saddr, s6, 16);
+    } else {
+        __builtin_memcpy(daddr, d4, 4);
+        __builtin_memcpy(saddr, s4, 4);
+    }
+}
+
+/* TCP only: fires in the connecting task when the SYN is about to be sent, so it knows the
+ * source address and port that connect() itself never reports. */
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    /* Checked before the cgroup: a field load is cheaper than the helper call, and almost no
+     * state change on a host is a SYN_SENT. */
+    if (args->newstate != TCP_SYN_SENT_STATE)
+        return 0;
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    u64 id = bpf_get_current_pid_tgid();
+    struct connect_args *a = pending_connects.lookup(&id);
+    if (a) {
+        u8 unused[16];
+        a->flags |= CONNECT_TCP;
+        a->sport = args->sport;
+        copy_addrs(unused, a->saddr, args->family, args->daddr, args->saddr,
+                   args->daddr_v6, args->saddr_v6);
+        return 0;
+    }
+
+    int zero = 0;
+    struct connect_event *e = connect_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(STREAM_NETWORK);
+        return 0;
+    }
+    fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
+    e->ret = 0;
+    e->family = args->family;
+    e->dport = args->dport;
+    e->sport = args->sport;
+    e->flags = CONNECT_TCP | CONNECT_NO_SYSCALL;
+    __builtin_memset(e->daddr, 0, 16);
+    __builtin_memset(e->saddr, 0, 16);
+    copy_addrs(e->daddr, e->saddr, args->family, args->daddr, args->saddr,
+               args->daddr_v6, args->saddr_v6);
+    if (network_events.ringbuf_output(e, sizeof(*e), 0))
+        count_lost(STREAM_NETWORK);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    u64 id = bpf_get_current_pid_tgid();
+    struct connect_args *pending = pending_connects.lookup(&id);
+    if (!pending)
+        return 0;
+    struct connect_args a = *pending;
+    pending_connects.delete(&id);
+
+    u16 family = 0;
+    bpf_probe_read_user(&family, sizeof(family), a.addr);
+    if (family != AF_INET_VALUE && family != AF_INET6_VALUE)
+        return 0;   /* unix sockets and AF_UNSPEC disconnects are not network events */
+
+    int zero = 0;
+    struct connect_event *e = connect_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(STREAM_NETWORK);
+        return 0;
+    }
+    fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
+    e->ret = args->ret;
+    e->family = family;
+    e->sport = a.sport;
+    e->flags = a.flags;
+    __builtin_memset(e->daddr, 0, 16);
+    __builtin_memcpy(e->saddr, a.saddr, 16);
+
+    u16 port_be = 0;
+    bpf_probe_read_user(&port_be, sizeof(port_be), (const u8 *)a.addr + 2);
+    e->dport = bpf_ntohs(port_be);
+    if (family == AF_INET6_VALUE)
+        bpf_probe_read_user(e->daddr, 16, (const u8 *)a.addr + 8);   /* sin6_addr */
+    else
+        bpf_probe_read_user(e->daddr, 4, (const u8 *)a.addr + 4);    /* sin_addr */
+
+    if (network_events.ringbuf_output(e, sizeof(*e), 0))
+        count_lost(STREAM_NETWORK);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    u32 child = args->child_pid;
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    parents.update(&child, &parent);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 cgroup_id;
+    if (!in_session(&cgroup_id))
+        return 0;
+
+    /* A task killed inside a syscall never reaches its exit tracepoint: drop what it left. */
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+    parents.delete(&tid);
+    pending_opens.delete(&id);
+    pending_connects.delete(&id);
+    return 0;
+}

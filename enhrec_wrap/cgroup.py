@@ -1,0 +1,121 @@
+"""The session's cgroup v2 leaf: `<cgroup_path>/enhrec/<sid>`.
+
+Its id (the directory's inode number) is what the BPF programs filter on. Every process of the
+session, and every process it starts, lives in it; the leaf is root-owned, so the session's user
+cannot move a process out of it.
+"""
+
+import ctypes as ct
+import os
+import time
+
+from enhrec_wrap.errors import EnhrecError
+
+SESSIONS_DIR = "enhrec"
+
+
+def is_cgroup2_mount(path: str) -> bool:
+    """True when `path` is itself a cgroup2 mount point (from /proc/self/mountinfo)."""
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            left, _, right = line.partition(" - ")
+            if left.split()[4] == real and right.split()[0] == "cgroup2":
+                return True
+    return False
+
+
+def ensure_mounted(path: str) -> None:
+    """Mounts the cgroup2 hierarchy at `path` when nothing is mounted there.
+
+    The mount is left in place: other sessions may be using it, and unmounting a shared /cgroup2
+    is a bug the reference had. We never unmount anything.
+    """
+    if is_cgroup2_mount(path):
+        return
+    try:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise EnhrecError(f"cannot create the cgroup mount point {path}: {e.strerror}: "
+                          "set ssh_service.enhanced_recording.cgroup_path to a usable directory")
+    if os.listdir(path):
+        raise EnhrecError(f"{path} is not a cgroup2 mount and not empty: set "
+                          "ssh_service.enhanced_recording.cgroup_path to an empty directory "
+                          "or to a cgroup2 mount")
+    libc = ct.CDLL(None, use_errno=True)
+    if libc.mount(b"none", path.encode(), b"cgroup2", 0, None) != 0:
+        err = ct.get_errno()
+        raise EnhrecError(f"cannot mount cgroup2 on {path}: {os.strerror(err)}: "
+                          "the kernel needs cgroup v2 (CONFIG_CGROUPS, cgroup2 filesystem)")
+
+
+class SessionCgroup:
+    def __init__(self, path: str):
+        self.path = path
+        self.id = os.stat(path).st_ino
+
+    @classmethod
+    def create(cls, cgroup_path: str, sid: str) -> "SessionCgroup":
+        ensure_mounted(cgroup_path)
+        parent = os.path.join(cgroup_path, SESSIONS_DIR)
+        leaf = os.path.join(parent, sid)
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+            os.mkdir(leaf, 0o755)
+        except OSError as e:
+            raise EnhrecError(f"cannot create the session cgroup {leaf}: {e.strerror}: "
+                              f"check that {cgroup_path} is a writable cgroup2 mount")
+        return cls(leaf)
+
+    def add(self, pid: int) -> None:
+        self._write("cgroup.procs", str(pid))
+
+    def pids(self) -> list[int]:
+        try:
+            with open(os.path.join(self.path, "cgroup.procs")) as procs:
+                return [int(line) for line in procs if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def populated(self) -> bool:
+        try:
+            with open(os.path.join(self.path, "cgroup.events")) as events:
+                return "populated 1" in events.read()
+        except FileNotFoundError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL to every process in the leaf, including ones forked while it runs."""
+        if os.path.exists(os.path.join(self.path, "cgroup.kill")):
+            self._write("cgroup.kill", "1")
+            return
+        for pid in self.pids():   # kernels before 5.14 have no cgroup.kill
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+    def wait_empty(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.populated():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def remove(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _write(self, name: str, value: str) -> None:
+        path = os.path.join(self.path, name)
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise EnhrecError(f"cannot write {path}: {e.strerror}: {_CGROUP_HINT}")
+
+
+_CGROUP_HINT = "the session cgroup is not usable; run `enhrec doctor`"

@@ -1,0 +1,126 @@
+"""Turns raw ring-buffer records into tuples of fields.
+
+The layouts come from the loaded program itself: BCC exposes each scratch table's value type as a
+ctypes structure compiled from bpf_programs/enhrec.h. From it we build one precompiled
+`struct.Struct` per record type at load time, so nothing here repeats the C header, and decoding
+a record is one `unpack_from` on the bytes the ring buffer handed us.
+"""
+
+import ctypes as ct
+import struct
+
+# Record types and flag bits: the values of the #defines in bpf_programs/enhrec.h. BCC does not
+# export preprocessor constants, so these few numbers are the only thing the two sides share by
+# value; tests/unit/test_decode.py reads the header and checks them.
+RECORD_EXEC = 1
+RECORD_EXEC_RESULT = 2
+RECORD_OPEN = 3
+RECORD_CONNECT = 4
+ARG_READ_MAX = 1024
+ARGV_TOO_MANY = 1
+ARGV_DATA_FULL = 2
+ARGV_UNREADABLE = 4
+CONNECT_TCP = 1
+CONNECT_NO_SYSCALL = 2
+
+# The scratch table holding each record type while the BPF program builds it.
+SCRATCH_TABLES = {
+    RECORD_EXEC: "exec_scratch",
+    RECORD_EXEC_RESULT: "exec_result_scratch",
+    RECORD_OPEN: "open_scratch",
+    RECORD_CONNECT: "connect_scratch",
+}
+# The variable-length text tail of a record, when it has one.
+TAIL_FIELDS = {RECORD_EXEC: "data", RECORD_OPEN: "path"}
+
+_SCALAR_CODES = {
+    ct.c_byte: "b", ct.c_ubyte: "B", ct.c_short: "h", ct.c_ushort: "H",
+    ct.c_int: "i", ct.c_uint: "I", ct.c_long: "q", ct.c_ulong: "Q",
+    ct.c_longlong: "q", ct.c_ulonglong: "Q",
+}
+
+
+class Layout:
+    """The fixed part of one record type: its struct format, field names and tail offset."""
+
+    def __init__(self, ctype, tail_field=None):
+        names, fmt, end = [], "=", 0
+        for name, offset, code, size in _flatten(ctype):
+            if name == tail_field:
+                break
+            fmt += "x" * (offset - end) + code
+            names.append(name)
+            end = offset + size
+        self.struct = struct.Struct(fmt)
+        self.names = tuple(names)
+        self.tail_offset = end if tail_field is None else _field_offset(ctype, tail_field)
+
+    def unpack(self, raw):
+        return dict(zip(self.names, self.struct.unpack_from(raw)))
+
+
+def _flatten(ctype, base=0):
+    """Yields (name, offset, struct code, size) for every scalar or array field, nested ones
+    flattened: the header's fields keep their own names (pid, ts_ns ...)."""
+    for field in ctype._fields_:
+        name, ftype = field[0], field[1]
+        if name.startswith("__pad"):
+            continue
+        offset = base + getattr(ctype, name).offset
+        if issubclass(ftype, ct.Structure):
+            yield from _flatten(ftype, offset)
+        elif issubclass(ftype, ct.Array):
+            yield name, offset, f"{ct.sizeof(ftype)}s", ct.sizeof(ftype)
+        else:
+            yield name, offset, _SCALAR_CODES[ftype], ct.sizeof(ftype)
+
+
+def _field_offset(ctype, name):
+    return getattr(ctype, name).offset
+
+
+class Decoder:
+    """Decodes records of a loaded `bcc.BPF` object."""
+
+    def __init__(self, bpf):
+        self.layouts = {
+            record_type: Layout(_value_type(bpf, table), TAIL_FIELDS.get(record_type))
+            for record_type, table in SCRATCH_TABLES.items()
+        }
+        header = {name: offset for name, offset, _, _ in
+                  _flatten(_value_type(bpf, SCRATCH_TABLES[RECORD_EXEC_RESULT]))}
+        self._type_struct = struct.Struct(f"={header['type']}xH")
+
+    def decode(self, raw):
+        """Returns the record's fields as a dict, with `tail` (bytes) for exec and open."""
+        record_type = self._type_struct.unpack_from(raw)[0]
+        layout = self.layouts.get(record_type)
+        if layout is None:
+            raise ValueError(f"unknown record type {record_type}")
+        fields = layout.unpack(raw)
+        fields["comm"] = fields["comm"].split(b"\0", 1)[0]
+        if record_type in TAIL_FIELDS:
+            start = layout.tail_offset
+            fields["tail"] = bytes(raw[start:start + fields["tail_len"]])
+        return fields
+
+
+def _value_type(bpf, table):
+    leaf = bpf[table].Leaf
+    return getattr(leaf, "_type_", leaf)   # a per-CPU table's Leaf is an array of the struct
+
+
+def split_exec_tail(fields):
+    """Splits an exec record's tail into (filename bytes, [argv bytes...], truncated flag)."""
+    tail = fields["tail"]
+    filename = tail[:fields["filename_len"]].rstrip(b"\0")
+    args = tail[fields["filename_len"]:].split(b"\0")
+    args = args[:fields["argc"]]
+    cut = fields["truncated"] != 0 or any(len(a) >= ARG_READ_MAX - 1 for a in args)
+    return filename, args, cut
+
+
+def open_path(fields):
+    """The path of an open record (bytes), and whether it could be read at all."""
+    tail = fields["tail"]
+    return tail.split(b"\0", 1)[0], fields["tail_len"] > 0

@@ -1,0 +1,54 @@
+"""Accounts, and the one place where privileges are dropped."""
+
+import os
+import pwd
+from dataclasses import dataclass
+
+from enhrec_wrap.errors import EnhrecError
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+    @classmethod
+    def from_passwd(cls, entry: pwd.struct_passwd) -> "Account":
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir,
+                   entry.pw_shell or "/bin/sh")
+
+
+def account_by_name(name: str) -> Account:
+    try:
+        return Account.from_passwd(pwd.getpwnam(name))
+    except KeyError:
+        raise EnhrecError(f"unknown user {name!r}: give an account that exists in passwd") from None
+
+
+def account_by_uid(uid: int) -> Account:
+    try:
+        return Account.from_passwd(pwd.getpwuid(uid))
+    except KeyError:
+        raise EnhrecError(f"uid {uid} has no passwd entry: add the account first") from None
+
+
+def drop_privileges(account: Account) -> None:
+    """Becomes `account`: supplementary groups, then gid, then uid, and checks that there is no
+    way back. Any failure raises: the caller must not exec anything then (fail closed)."""
+    try:
+        os.initgroups(account.name, account.gid)
+        os.setresgid(account.gid, account.gid, account.gid)
+        os.setresuid(account.uid, account.uid, account.uid)
+    except OSError as e:
+        raise EnhrecError(f"cannot switch to user {account.name}: {e.strerror}") from None
+    if os.getresuid() != (account.uid,) * 3 or os.getresgid() != (account.gid,) * 3:
+        raise EnhrecError(f"cannot switch to user {account.name}: ids did not change")
+    if account.uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise EnhrecError(f"cannot switch to user {account.name}: root could be regained")
