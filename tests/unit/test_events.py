@@ -1,0 +1,217 @@
+"""Events: compatibility with the reference's documented events, escaping of non-UTF-8 bytes, time
+format, and the fields made from decoded kernel records."""
+
+import json
+import os
+import random
+import re
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from enhrec_wrap import decode, events
+from enhrec_wrap.config import Config
+from enhrec_wrap.privileges import Account
+from enhrec_wrap.session import Request, Session
+
+# ../shared/fixtures from the project root, as REFERENCE.md and the shared README place it.
+REFERENCE_EVENTS = Path(os.environ.get(
+    "ENHREC_REFERENCE_EVENTS",
+    Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "reference-events.jsonl"))
+TIME_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
+SERVER_ID = "5d2f4d7a-92c4-4c1e-8b3c-7b0e1f6a9d10"
+AT_FDCWD = -100
+
+
+def json_type(value):
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}[type(value)]
+
+
+def element_types(value):
+    return {json_type(v) for v in value} if isinstance(value, list) else None
+
+
+# --- records as decode.Decoder returns them ------------------------------------------------------
+
+def exec_record(pid, filename, args, ppid=1, comm=b"bash", truncated=0, dirfd=AT_FDCWD):
+    tail = filename + b"\0" + b"".join(a + b"\0" for a in args)
+    return {"type": decode.RECORD_EXEC, "ts_ns": 1_000_000, "cgroup_id": 4294968064, "pid": pid,
+            "tid": pid, "ppid": ppid, "tail_len": len(tail), "comm": comm, "dirfd": dirfd,
+            "at_flags": 0, "argc": len(args), "truncated": truncated,
+            "filename_len": len(filename) + 1, "tail": tail}
+
+
+def exec_result(pid, ret, comm):
+    return {"type": decode.RECORD_EXEC_RESULT, "ts_ns": 1_000_500, "cgroup_id": 4294968064,
+            "pid": pid, "tid": pid, "ppid": 1, "tail_len": 0, "comm": comm, "ret": ret}
+
+
+def command_event(filename, args, ret=0, comm=b"ping", pid=2653):
+    kernel = events.KernelEvents(resolve_paths=False)
+    assert kernel.feed(exec_record(pid, filename, args, ppid=2660)) is None
+    kind, ts_ns, fields = kernel.feed(exec_result(pid, ret, comm))
+    assert kind == events.SESSION_COMMAND
+    factory = events.EventFactory(SID, SERVER_ID, "node", "root", "benarent")
+    return orjson.loads(events.encode(factory.make(kind, factory.kernel_time(ts_ns), **fields)))
+
+
+def session_events(tmp_path):
+    """session.start and session.end as Session writes them (recording off: no BPF needed)."""
+    config = Config(data_dir=str(tmp_path), enabled=False, nodename="node")
+    account = Account("benarent", os.getuid(), os.getgid(), str(tmp_path), "/bin/sh")
+    session = Session(config, Request(account=account, user="benarent", command=["true"],
+                                      interactive=True))
+    try:
+        session.write_start()
+        session.write_end(exit_status=0, killed=0)
+    finally:
+        session.close()
+    with open(tmp_path / "log" / "events.log", "rb") as f:
+        return [orjson.loads(line) for line in f.read().splitlines()]
+
+
+# --- the reference's events ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference():
+    assert REFERENCE_EVENTS.is_file(), (
+        f"{REFERENCE_EVENTS} is missing: it comes with ../shared; set ENHREC_REFERENCE_EVENTS")
+    found = {}
+    for line in REFERENCE_EVENTS.read_text().splitlines():
+        event = json.loads(line)
+        found[event["event"]] = event
+    assert set(found) == {"session.command", "session.end"}
+    return found
+
+
+def assert_same_shape(ours, theirs):
+    missing = sorted(theirs.keys() - ours.keys())
+    assert not missing, f"{ours['event']} lacks the reference's fields {missing}"
+    for key, value in theirs.items():
+        assert json_type(ours[key]) == json_type(value), (
+            f"{ours['event']}.{key}: ours is {json_type(ours[key])}, the reference's {json_type(value)}")
+        if element_types(value):
+            assert element_types(ours[key]) == element_types(value), f"{ours['event']}.{key}"
+
+
+def test_session_command_has_the_reference_fields_and_types(reference):
+    ours = command_event(b"/bin/ping", [b"ping", b"google.com"])
+    assert_same_shape(ours, reference["session.command"])
+    assert (ours["code"], ours["path"], ours["argv"], ours["program"]) == \
+        ("T4000I", "/bin/ping", ["google.com"], "ping")
+    assert (ours["pid"], ours["ppid"], ours["return_code"]) == (2653, 2660, 0)
+
+
+def test_session_end_has_the_reference_fields_and_types(reference, tmp_path):
+    start, end = session_events(tmp_path)
+    assert (start["event"], end["event"]) == ("session.start", "session.end")
+    assert_same_shape(end, reference["session.end"])
+    assert end["participants"] == ["benarent"] and end["code"] == "T2004I"
+    assert (start["ei"], end["ei"]) == (0, 1)
+    assert TIME_FORMAT.match(end["session_start"]) and TIME_FORMAT.match(end["session_stop"])
+
+
+# --- escaping ------------------------------------------------------------------------------------
+
+def test_text_keeps_utf8_and_escapes_the_rest():
+    assert events.text(b"abc") == ("abc", False)
+    assert events.text("a\\b\n\u20ac".encode()) == ("a\\b\n\u20ac", False)
+    assert events.text(b"\xff") == ("\\xff", True)
+    assert events.text(b"\\\xff\xfeA") == ("\\\\\\xff\\xfeA", True)
+    assert events.text(b"\xe2\x82 \xe2\x82\xac") == ("\\xe2\\x82 \u20ac", True)
+
+
+PIECES = [b"\\", b"\\x", b"x", b"41", b"ff", b"a", b"\n", b"\0", "\u00e9".encode(),
+          "\u20ac".encode(), "\U0001f600".encode(), b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf",
+          b"\xff", b"\x80"]
+
+
+def random_bytes(rng):
+    parts = []
+    for _ in range(rng.randrange(0, 12)):
+        if rng.random() < 0.3:
+            parts.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4))))
+        else:
+            parts.append(rng.choice(PIECES))
+    return b"".join(parts)
+
+
+def test_text_unescape_round_trip():
+    rng = random.Random(20261128)
+    escaped_seen = 0
+    for _ in range(5000):
+        raw = random_bytes(rng)
+        value, escaped = events.text(raw)
+        # Whatever the bytes, the value must survive JSON (orjson refuses lone surrogates).
+        assert orjson.loads(orjson.dumps(value)) == value
+        if escaped:
+            escaped_seen += 1
+            assert events.unescape(value) == raw, raw
+        else:
+            assert value.encode("utf-8") == raw, raw
+    assert escaped_seen > 1000
+
+
+def test_command_with_non_utf8_and_newline_arguments():
+    event = command_event(b"/bin/echo", [b"echo", b"ok", b"\xff\xfeA\\B", b"line1\nline2"],
+                          comm=b"echo")
+    assert event["argv"] == ["ok", "\\xff\\xfeA\\\\B", "line1\nline2"]
+    assert event["escaped_fields"] == ["argv.1"]
+    assert events.unescape(event["argv"][1]) == b"\xff\xfeA\\B"
+
+
+def test_non_utf8_path_is_escaped():
+    event = command_event(b"/tmp/\xffprog", [b"prog"], ret=-2, comm=b"sh")
+    assert event["path"] == "/tmp/\\xffprog" and event["escaped_fields"] == ["path"]
+    assert event["return_code"] == -2
+
+
+def test_non_utf8_program_name_is_listed_in_escaped_fields():
+    """docs/events.md: program names are bytes too, and every escaped field is listed."""
+    event = command_event(b"/tmp/x", [b"x"], comm=b"\xffbad")
+    assert event["program"] == "\\xffbad"
+    assert "program" in event.get("escaped_fields", []), event
+
+
+def test_exec_whose_result_never_came_is_logged_with_a_null_return_code():
+    kernel = events.KernelEvents(resolve_paths=False)
+    kernel.feed(exec_record(7, b"/bin/true", [b"true"]))
+    ((kind, _, fields),) = kernel.unfinished()
+    assert kind == events.SESSION_COMMAND
+    assert fields["return_code"] is None and fields["path"] == "/bin/true"
+    assert kernel.unfinished() == []
+
+
+# --- time and the envelope -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("epoch_ns, expected", [
+    (0, "1970-01-01T00:00:00.000Z"),
+    (999_999, "1970-01-01T00:00:00.000Z"),         # cut to the millisecond, not rounded
+    (1_999_999_999, "1970-01-01T00:00:01.999Z"),
+    (1_700_000_000_123_456_789, "2023-11-14T22:13:20.123Z"),
+    (1_709_251_199_999_000_000, "2024-02-29T23:59:59.999Z"),
+])
+def test_rfc3339(epoch_ns, expected):
+    assert events.rfc3339(epoch_ns) == expected
+    assert TIME_FORMAT.match(expected)
+
+
+def test_event_factory_numbers_events_and_adds_the_envelope():
+    factory = events.EventFactory(SID, SERVER_ID, "node", "alice", "bob")
+    made = [factory.make(events.SESSION_START, 0), factory.make(events.SESSION_END, extra=1)]
+    assert [e["ei"] for e in made] == [0, 1]
+    assert [(e["event"], e["code"]) for e in made] == [events.SESSION_START, events.SESSION_END]
+    assert made[0]["time"] == "1970-01-01T00:00:00.000Z"
+    assert TIME_FORMAT.match(made[1]["time"]) and made[1]["extra"] == 1
+    assert len({e["uid"] for e in made}) == 2
+    for e in made:
+        assert str(uuid.UUID(e["uid"])) == e["uid"]
+        assert (e["sid"], e["namespace"], e["server_id"], e["server_hostname"], e["login"],
+                e["user"]) == (SID, "default", SERVER_ID, "node", "alice", "bob")
+    assert events.encode(made[1]).endswith(b"\n") and events.encode(made[1]).count(b"\n") == 1
