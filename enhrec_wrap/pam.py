@@ -1,0 +1,86 @@
+"""The PAM side of a session started by root (`enhrec-wrap --user NAME`), as `runuser -l` does it:
+account management, credentials, a PAM session around the recorded one, and PAM's environment.
+
+Service `enhrec-wrap` (/etc/pam.d/enhrec-wrap): its auth stack is `pam_rootok` only, so python-pam's
+`authenticate` (which also runs account management) succeeds without a password exactly when root
+asks, and nobody else can use the service. Under sshd (`--ssh`) sshd has done all of this already.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from enhrec_wrap.errors import EnhrecError
+
+SERVICE = "enhrec-wrap"
+PAM_DIR = "/etc/pam.d"
+
+
+@dataclass
+class PamSession:
+    """An open PAM session; `close` ends it (and is safe to call twice)."""
+    handle: object                      # pam.PamAuthenticator holding the live PAM handle
+    environment: dict = field(default_factory=dict)
+
+    def close(self) -> None:
+        import pam
+        handle, self.handle = self.handle, None
+        if handle is None:
+            return
+        try:
+            handle.close_session()
+            handle.pam_setcred(handle.handle, pam.PAM_DELETE_CRED)
+        finally:
+            handle.end()
+
+
+def open_session(user: str, caller: str, service: str = SERVICE) -> PamSession:
+    """Account check, credentials and session for `user`, started by root on behalf of `caller`.
+    Raises EnhrecError naming the user and PAM's reason when PAM refuses; then nothing is open."""
+    import pam
+    from ctypes import c_char_p
+
+    if os.getuid() != 0:
+        raise EnhrecError(f"PAM service {service} is for root only: run enhrec-wrap as root")
+    if not os.path.exists(os.path.join(PAM_DIR, service)):
+        # PAM would fall back to its `other` service, which asks for a password and fails.
+        raise EnhrecError(f"{PAM_DIR}/{service} is missing: install it (`make install` does)")
+    handle = pam.pam()
+    # No password: the service's auth stack admits root alone (pam_rootok). resetcreds=False
+    # because credentials are established below, once the account is known to be usable.
+    admitted = handle.authenticate(user, "", service=service, call_end=False, resetcreds=False)
+    if handle.handle is None:
+        raise EnhrecError(f"cannot start PAM for user {user!r}: {handle.reason}: "
+                          f"check /etc/pam.d/{service} (make install puts it there)")
+    try:
+        # An expired password does not matter here: no password is used to start the session.
+        if not admitted and handle.code != pam.PAM_NEW_AUTHTOK_REQD:
+            raise EnhrecError(_refusal(user, service, handle))
+        handle.pam_set_item(handle.handle, pam.PAM_RUSER, c_char_p(caller.encode()))
+        _check(handle, handle.pam_setcred(handle.handle, pam.PAM_ESTABLISH_CRED), user, service,
+               "credentials")
+        _check(handle, handle.open_session(), user, service, "session")
+        environment = handle.getenvlist()
+    except BaseException:
+        handle.end()
+        raise
+    return PamSession(handle, environment if isinstance(environment, dict) else {})
+
+
+def _check(handle, code: int, user: str, service: str, what: str) -> None:
+    import pam
+    if code != pam.PAM_SUCCESS:
+        handle.code = code
+        handle.reason = handle.pam_strerror(handle.handle, code).decode(errors="replace")
+        raise EnhrecError(_refusal(user, service, handle, what))
+
+
+def _refusal(user: str, service: str, handle, what: str = "account check") -> str:
+    """One line: the modules' own words first (pam_unix says why an account is refused, while
+    the stack's result may be a bare `Authentication failure` from pam_deny), then PAM's."""
+    said = " ".join(m.strip() for m in handle.messages if m and m.strip())
+    reason = f"{said} (PAM: {handle.reason})" if said else f"PAM: {handle.reason}"
+    if what == "account check":
+        fix = f"renew or unlock the account (e.g. chage -E -1 {user}), or pick another user"
+    else:
+        fix = f"check the {what} modules in /etc/pam.d/{service}"
+    return f"PAM {what} refused user {user!r} (service {service}): {reason}: {fix}"
