@@ -19,12 +19,14 @@ ifneq ($(wildcard $(REPO)/enhrec_wrap/inspect.py),)
 ENTRY_SCRIPTS += enhrec=enhrec_wrap.inspect
 endif
 
-.PHONY: help root install deps venv entry-scripts config uninstall test-venv test unit demo bench clean
+.PHONY: help root install deps venv entry-scripts config pam uninstall install-sshd uninstall-sshd test-venv test unit demo bench clean
 
 # help: list the targets.
 help:
 	@echo "make install    install enhrec-wrap and what it needs (root, idempotent)"
 	@echo "make uninstall  remove $(PREFIX) and the entry scripts; keep $(CONFDIR) and the logs (root)"
+	@echo "make install-sshd    record every SSH login: sudoers rule + sshd drop-in, checked first (root)"
+	@echo "make uninstall-sshd  remove that rule and drop-in again (root)"
 	@echo "make test       install, then run every test against the installed package (root)"
 	@echo "make unit       run tests/unit only (no root needed)"
 	@echo "make demo       record a session with three audit bypasses and print its events (root)"
@@ -36,7 +38,7 @@ root:
 	@[ "$$(id -u)" -eq 0 ] || { echo "make: this target must run as root (try: sudo make $(MAKECMDGOALS))" >&2; exit 1; }
 
 # install: everything enhrec-wrap needs, then a check that the installed copy imports with BCC.
-install: root deps venv entry-scripts config
+install: root deps venv entry-scripts config pam
 	@cd / && "$(VENV)/bin/python3" -I -c 'import bcc, enhrec_wrap; print("install: ok, enhrec_wrap", enhrec_wrap.__version__, "from", enhrec_wrap.__file__)'
 
 # deps: Debian packages, merged kernel headers when needed, tracefs.
@@ -64,6 +66,26 @@ config: root
 	    install -m 0644 -o root -g root "$(REPO)/conf/enhrec.yaml" "$(CONFDIR)/enhrec.yaml"; \
 	    echo "config: installed $(CONFDIR)/enhrec.yaml"; \
 	fi
+
+# pam: the PAM service for `enhrec-wrap --user` (docs/deployment.md), only when none is installed
+# or it is ours unchanged; a locally edited one is kept.
+pam: root
+	@if [ ! -e /etc/pam.d/enhrec-wrap ]; then \
+	    install -m 0644 -o root -g root "$(REPO)/conf/pam.d/enhrec-wrap" /etc/pam.d/enhrec-wrap; \
+	    echo "pam: installed /etc/pam.d/enhrec-wrap"; \
+	elif cmp -s "$(REPO)/conf/pam.d/enhrec-wrap" /etc/pam.d/enhrec-wrap; then \
+	    echo "pam: /etc/pam.d/enhrec-wrap unchanged"; \
+	else \
+	    echo "pam: kept the locally changed /etc/pam.d/enhrec-wrap (compare with conf/pam.d/enhrec-wrap)"; \
+	fi
+
+# install-sshd: put the wrapper behind sshd; nothing changes unless visudo and sshd -t accept it.
+install-sshd: root
+	@bash "$(REPO)/scripts/install-sshd.sh" install
+
+# uninstall-sshd: take it away again (the program stays installed).
+uninstall-sshd: root
+	@bash "$(REPO)/scripts/install-sshd.sh" uninstall
 
 # uninstall: remove the program; the config and the audit log stay.
 uninstall: root

@@ -7,6 +7,7 @@ with nothing run (fail closed).
 """
 
 import os
+import select
 import shutil
 import signal
 import time
@@ -44,6 +45,8 @@ class Request:
     interactive: bool
     start_fields: dict = field(default_factory=dict)   # extra session.start fields (ssh)
     environment: dict = field(default_factory=dict)     # extra variables for the session
+    cwd: str | None = None           # where it starts; None: home for the login shell, else ours
+    client_fds: tuple = ()           # outputs whose reader vanishing means the client is gone
 
 
 def login_environment(request: Request, sid: str, inherited=os.environ) -> dict:
@@ -114,7 +117,9 @@ class Session:
         Returns an EnhrecError when the exec failed (command not found ...), else None."""
         path, argv = child_argv(self.request)
         env = login_environment(self.request, self.sid)
-        cwd = self.request.account.home if self.request.command is None else None
+        cwd = self.request.cwd
+        if cwd is None and self.request.command is None:
+            cwd = self.request.account.home
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe()
         pid = os.fork()
@@ -165,10 +170,17 @@ class Session:
         if self.hangup_deadline is None:
             self.hangup_deadline = time.monotonic() + HANGUP_GRACE_SECONDS
 
+    def _check_client(self):
+        """Without a terminal, sshd signals nobody when the client vanishes: it only closes its
+        ends of our output pipes. Take that as the hangup it is."""
+        if self.hangup_deadline is None and _outputs_closed(self.request.client_fds):
+            self._forward(signal.SIGHUP, None)
+
     def wait_child(self) -> int:
         """Records until the child exits; returns its wait status."""
         while True:
             self.poll()
+            self._check_client()
             pid, status = os.waitpid(self.child, os.WNOHANG)
             if pid:
                 self.child = None
@@ -184,6 +196,7 @@ class Session:
         if self.config.background_processes == "record" and self.hangup_deadline is None:
             while self.cgroup.populated():
                 self.poll()
+                self._check_client()
                 if self.hangup_deadline and time.monotonic() > self.hangup_deadline:
                     break
             if not self.cgroup.populated():
@@ -284,6 +297,17 @@ def exit_status_of(wait_status: int) -> int:
     if os.WIFSIGNALED(wait_status):
         return 128 + os.WTERMSIG(wait_status)
     return os.waitstatus_to_exitcode(wait_status)
+
+
+def _outputs_closed(fds) -> bool:
+    """True when the reader of one of these fds is gone (a pipe's POLLERR, a socket's or a
+    hung-up terminal's POLLHUP)."""
+    if not fds:
+        return False
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, 0)   # POLLERR and POLLHUP are always reported
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _terminal_size() -> str | None:

@@ -22,8 +22,9 @@ is_installed() {
 }
 
 install_packages() {
-    # curl is only for `make demo`; python3-bpfcc is BCC itself (never the PyPI package "bcc").
-    local wanted=(python3-bpfcc python3-venv openssh-server sudo libpam0g curl)
+    # curl is only for `make demo`, rsync only for the sshd tests; python3-bpfcc is BCC itself
+    # (never the PyPI package "bcc").
+    local wanted=(python3-bpfcc python3-venv openssh-server sudo libpam0g curl rsync)
     if [ ! -e "$kernel_build" ]; then
         wanted+=("linux-headers-$arch")
     fi
