@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shlex
+import shutil
 import subprocess
 import time
 
@@ -28,8 +29,8 @@ def require_root_and_wrapper():
     if os.geteuid() != 0:
         pytest.fail("the integration tests load BPF programs and need root: run `sudo make test`",
                     pytrace=False)
-    if not os.access(WRAPPER[0], os.X_OK):
-        pytest.fail(f"{WRAPPER[0]} is missing or not executable: run `make install` "
+    if not WRAPPER or shutil.which(WRAPPER[0]) is None:
+        pytest.fail(f"{shlex.join(WRAPPER)!r} is missing or not executable: run `make install` "
                     "(or set ENHREC_WRAP)", pytrace=False)
 
 

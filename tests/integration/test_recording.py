@@ -405,6 +405,9 @@ def test_sigterm_to_the_wrapper_ends_the_session(recorder):
     wrapper = recorder.popen(["sh", "-c", f"sleep {marker}; :"])
     try:
         recorder.wait_for(lambda e: e.get("argv") == [marker], what="the session's sleep")
+        start = recorder.wait_for(lambda e: e["event"] == "session.start", what="session.start")
+        cgroup_dir = os.path.join(recorder.cgroup_sessions, start["sid"])
+        assert os.stat(cgroup_dir).st_ino == start["cgroup_id"]
         wrapper.send_signal(signal.SIGTERM)
         _, err = wrapper.communicate(timeout=20)
     finally:
@@ -419,7 +422,8 @@ def test_sigterm_to_the_wrapper_ends_the_session(recorder):
     (session,) = recorder.sessions().values()
     assert session.end["exit_status"] == 128 + signal.SIGTERM
     assert session.events[-1] is session.end
-    assert not os.path.exists(os.path.join(recorder.cgroup_sessions, session.sid))
+    assert session.sid == start["sid"]
+    assert not os.path.exists(cgroup_dir)
 
 
 # --- concurrent sessions ---------------------------------------------------------------------------
