@@ -14,11 +14,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from enhrec_wrap import events
+from enhrec_wrap import events, recovery
 from enhrec_wrap.auditlog import AuditLog, load_or_create_server_id
 from enhrec_wrap.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.privileges import Account, drop_privileges
+from enhrec_wrap.store import SessionStore
+from enhrec_wrap.watchdog import Watchdog
 
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
@@ -75,6 +77,13 @@ class Session:
         self.sid = str(uuid.uuid4())
         self.server_id = load_or_create_server_id(config.data_dir)
         self.log = AuditLog(config.log_dir, self.server_id, clock=clock)
+        # The second sink: the session's own files, and the lock that marks it as not ended.
+        self.store = SessionStore.create(config.log_dir, self.server_id, self.sid)
+        self.watchdog = None
+        self.log_failure = None      # the first write failure, told to the user once
+        self.write_failures = 0
+        self.unwritten = {}          # sink -> events it could not take
+        self.ended = False           # session.end is in both sinks
         self.factory = events.EventFactory(self.sid, self.server_id, config.nodename,
                                            request.account.name, request.user)
         self.kernel = events.KernelEvents()
@@ -93,6 +102,8 @@ class Session:
             return
         from enhrec_wrap.bpf import Probes   # BCC is imported only when recording
         self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
+        # Before anything can run in the cgroup: if we die, the watchdog kills what is in it.
+        self.watchdog = Watchdog.start(self.cgroup.path)
         self.probes = Probes(self.config, self._on_record)
         self.probes.watch(self.cgroup.id)
 
@@ -108,7 +119,7 @@ class Session:
         if self.cgroup:
             fields["cgroup_id"] = self.cgroup.id
         fields.update(self.request.start_fields)
-        self._write([self.factory.make(events.SESSION_START, self.start_ns, **fields)])
+        self._write([self.factory.make(events.SESSION_START, self.start_ns, **fields)], strict=True)
 
     # -- the child ---------------------------------------------------------------------------
 
@@ -234,9 +245,38 @@ class Session:
                 for kind, ts, fields in completed]
         self._write(made)
 
-    def _write(self, made):
-        if made:
-            self.log.write([events.encode(e) for e in made])
+    def _write(self, made, strict=False):
+        """Each event to both sinks. `strict` (before the session's program runs): a failure
+        raises, so nothing runs. Otherwise on_log_failure decides (_log_failed)."""
+        if not made:
+            return
+        lines = [events.encode(e) for e in made]
+        for sink, write in (("audit_log", lambda: self.log.write(lines)),
+                            ("session_files", lambda: self.store.write(made, lines))):
+            try:
+                write()
+            except EnhrecError as e:
+                if strict:
+                    raise
+                self._log_failed(sink, e, len(lines))
+
+    def _log_failed(self, sink, error, count):
+        """`close` ends the session at the first failure (fail closed); `continue` keeps it and
+        counts what could not be written. Either way the user is told, once."""
+        self.write_failures += 1
+        self.unwritten[sink] = self.unwritten.get(sink, 0) + count
+        if self.log_failure is not None:
+            return
+        self.log_failure = error
+        if self.config.on_log_failure == "continue":
+            _tell_user(f"{error}; the session goes on and what cannot be written is lost "
+                       "(on_log_failure: continue)")
+            return
+        _tell_user(f"{error}; the session is ended (on_log_failure: close)")
+        if self.cgroup:
+            self.cgroup.kill()
+        elif self.child:
+            os.kill(self.child, signal.SIGKILL)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -257,7 +297,11 @@ class Session:
             fields["lost_events"] = {s: lost[s] for s in ("command", "disk", "network")}
             fields["lost_return_codes"] = lost["command_result"]
             fields["killed_processes"] = killed
+        if self.unwritten:
+            fields["unwritten_events"] = dict(self.unwritten)
+        failures = self.write_failures
         self._write([self.factory.make(events.SESSION_END, **fields)])
+        self.ended = self.write_failures == failures
 
     def close(self):
         """Undo of everything set up: runs whatever happened before."""
@@ -269,13 +313,21 @@ class Session:
                 self.cgroup.kill()
                 self.cgroup.wait_empty(KILL_WAIT_SECONDS)
             self.cgroup.remove()
+        if self.watchdog:
+            self.watchdog.stop()
         if self.probes:
             self.probes.close()
         self.log.close()
+        try:
+            # Not ended (session.end missing somewhere): the lock file stays for recovery.
+            self.store.close(ended=self.ended or self.start_ns is None)
+        except EnhrecError as e:
+            self._log_failed("session_files", e, 0)
 
 
 def run(config, request: Request) -> int:
     """Runs a recorded session; returns the exit status (the command's, or 128+signal)."""
+    recovery.repair_at_start(config)   # sessions whose recorder died: end them, free their cgroups
     session = Session(config, request)
     try:
         session.start_recording()
@@ -308,6 +360,16 @@ def _outputs_closed(fds) -> bool:
     for fd in fds:
         poller.register(fd, 0)   # POLLERR and POLLHUP are always reported
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _tell_user(message: str) -> None:
+    """For a failure while the session runs, which cannot wait for cli.py: the session goes on
+    (or is being ended) and the user must know now. Raw mode on a terminal needs the \\r."""
+    try:
+        end = "\r\n" if os.isatty(2) else "\n"
+        os.write(2, f"enhrec-wrap: {message}{end}".encode(errors="replace"))
+    except OSError:
+        pass
 
 
 def _terminal_size() -> str | None:

@@ -1,0 +1,322 @@
+"""Streaming readers over the audit log: the daily files and the per-session gzip files.
+
+Nothing here loads a whole file: lines are read, decompressed and parsed one at a time, so the
+commands that use these work on logs of any size. Readers are tolerant, because the files they
+read may be cut short by a crash or a full disk: a line that is not a JSON object is counted and
+skipped, a line still being written (no newline yet) is left for later, and a gzip stream that
+ends early (a recorder that died never writes the trailer) ends where its data ends.
+"""
+
+import calendar
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import orjson
+
+from enhrec_wrap import store
+
+DAY_FILE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.00:00:00\.log$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_PART_RE = re.compile(r"^(?P<sid>[0-9a-fA-F-]{36})-(?P<part>\d+)\.events\.gz$")
+_CHUNK = 1 << 20
+_DAY = 86400
+
+
+@dataclass
+class Stats:
+    """What was read, and what had to be skipped."""
+    bytes_read: int = 0
+    corrupt_lines: int = 0
+    truncated_files: list = field(default_factory=list)
+
+
+# --- lines ----------------------------------------------------------------------------------
+
+def day_file_lines(path: str, stats: Stats | None = None, start: int = 0):
+    """Whole lines of a daily file from byte `start`; a last line without its newline is a
+    write in progress (or one cut by a crash) and is not returned."""
+    stats = stats if stats is not None else Stats()
+    with open(path, "rb") as f:
+        if start:
+            f.seek(start)
+        for line in f:
+            stats.bytes_read += len(line)
+            if line.endswith(b"\n"):
+                yield line
+            else:
+                stats.truncated_files.append(path)
+
+
+def gz_lines(path: str, stats: Stats | None = None):
+    """Whole lines of a gzip file, which may hold several members and may end early."""
+    stats = stats if stats is not None else Stats()
+    pending = b""
+    unzip = None
+    cut = False
+    with open(path, "rb") as f:
+        while not cut:
+            data = f.read(_CHUNK)
+            if not data:
+                break
+            stats.bytes_read += len(data)
+            while data:
+                if unzip is None:
+                    unzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    pending += unzip.decompress(data)
+                except zlib.error:
+                    cut = True   # a damaged tail: what came before it is still good
+                    break
+                if unzip.eof:
+                    data = unzip.unused_data
+                    unzip = None
+                else:
+                    data = b""
+                end = pending.rfind(b"\n")
+                if end >= 0:
+                    yield from pending[:end + 1].splitlines(keepends=True)
+                    pending = pending[end + 1:]
+    if cut or pending or unzip is not None:
+        # An unfinished member (no trailer): a live session, or one whose recorder died.
+        stats.truncated_files.append(path)
+
+
+def parse(line: bytes, stats: Stats | None = None) -> dict | None:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        event = None
+    if not isinstance(event, dict):
+        if stats is not None and line.strip():
+            stats.corrupt_lines += 1
+        return None
+    return event
+
+
+def events_of(lines, stats: Stats | None = None):
+    """(event, line) for every line that parses."""
+    for line in lines:
+        event = parse(line, stats)
+        if event is not None:
+            yield event, line
+
+
+# --- the directory --------------------------------------------------------------------------
+
+def day_of(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+
+
+def day_start(day: str) -> int:
+    return calendar.timegm(time.strptime(day, "%Y-%m-%d"))
+
+
+class LogDir:
+    """The audit log under <data_dir>/log: one directory per server id (normally one)."""
+
+    def __init__(self, log_dir: str):
+        self.path = log_dir
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def server_dirs(self) -> list[str]:
+        try:
+            names = sorted(os.listdir(self.path))
+        except FileNotFoundError:
+            return []
+        return [os.path.join(self.path, n) for n in names
+                if UUID_RE.match(n) and os.path.isdir(os.path.join(self.path, n))]
+
+    def day_files(self, first_day: str | None = None, last_day: str | None = None) -> list[tuple[str, str]]:
+        """(day, path) in day order, limited to [first_day, last_day] when given."""
+        found = []
+        for server in self.server_dirs():
+            for name in os.listdir(server):
+                m = DAY_FILE_RE.match(name)
+                if not m:
+                    continue
+                day = m.group(1)
+                if (first_day and day < first_day) or (last_day and day > last_day):
+                    continue
+                found.append((day, os.path.join(server, name)))
+        found.sort()
+        return found
+
+    def current_file(self) -> str | None:
+        """The file events.log points at, or None while there is none."""
+        link = os.path.join(self.path, "events.log")
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return None
+        path = os.path.normpath(os.path.join(self.path, target))
+        return path if os.path.isfile(path) else None
+
+    def stored_sids(self) -> dict[str, str]:
+        """sid -> its session directory, for every session that has session files."""
+        sids = {}
+        for server in self.server_dirs():
+            directory = os.path.join(server, store.SESSIONS_DIR)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                sid = None
+                if name.endswith(".index"):
+                    sid = name[:-len(".index")]
+                else:
+                    m = _PART_RE.match(name)
+                    if m:
+                        sid = m.group("sid")
+                if sid and UUID_RE.match(sid):
+                    sids[sid] = directory
+        return sids
+
+    def event_parts(self, sid: str, directory: str | None = None) -> list[str]:
+        """The session's events.gz parts in order: those in its index, and any on disk that the
+        index misses (an index line lost to a full disk)."""
+        directories = [directory] if directory else [
+            os.path.join(s, store.SESSIONS_DIR) for s in self.server_dirs()]
+        parts = {}
+        for d in directories:
+            for name in _listdir(d):
+                m = _PART_RE.match(name)
+                if m and m.group("sid") == sid:
+                    parts[int(m.group("part"))] = os.path.join(d, name)
+        return [parts[p] for p in sorted(parts)]
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def session_events(log: LogDir, sid: str, stats: Stats | None = None, directory: str | None = None):
+    """The session's events from its session files, in `ei` order."""
+    events = []
+    for path in log.event_parts(sid, directory):
+        for event, _ in events_of(gz_lines(path, stats), stats):
+            if event.get("sid") == sid:
+                events.append(event)
+    events.sort(key=_ei)
+    return events
+
+
+def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None = None,
+               must_contain: tuple[bytes, ...] = (), progress=None):
+    """(event, line) from the daily files in [first_day, last_day], oldest file first.
+    Lines lacking any of `must_contain` are skipped before they are parsed (a cheap pre-filter)."""
+    stats = stats if stats is not None else Stats()
+    files = log.day_files(first_day, last_day)
+    total = sum(_size(path) for _, path in files)
+    if progress:
+        progress.start(total)
+    done = 0
+    for _, path in files:
+        before = stats.bytes_read
+        try:
+            for n, line in enumerate(day_file_lines(path, stats)):
+                if progress and n % 4096 == 0:
+                    progress.update(done + stats.bytes_read - before, os.path.basename(path))
+                if must_contain and not all(needle in line for needle in must_contain):
+                    continue
+                event = parse(line, stats)
+                if event is not None:
+                    yield event, line
+        except FileNotFoundError:
+            continue   # removed (rotated away) since it was listed
+        done += stats.bytes_read - before
+    if progress:
+        progress.finish()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _ei(event: dict) -> int:
+    ei = event.get("ei")
+    return ei if isinstance(ei, int) else -1
+
+
+def reverse_lines(path: str, end: int | None = None, block: int = 1 << 16):
+    """Whole lines of a file before byte `end` (default: all), from the last to the first, read
+    backwards block by block."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size if end is None else min(end, size)
+        tail = b""
+        complete = False
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            data = f.read(end - start) + tail
+            end = start
+            if not complete:
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    tail = b""   # all of it belongs to a line still being written
+                    continue
+                data = data[:cut]
+                complete = True
+            lines = data.split(b"\n")
+            # The first piece may have begun in the block before this one.
+            tail = lines.pop(0) if start > 0 else b""
+            for line in reversed(lines):
+                yield line + b"\n"
+
+
+class Follower:
+    """The lines appended to events.log, following it to the next day's file at midnight."""
+
+    def __init__(self, log: LogDir, from_end: bool = True):
+        self.log = log
+        self.path = None
+        self.offset = 0
+        self.pending = b""
+        self.from_end = from_end
+
+    def poll(self) -> list[bytes]:
+        current = self.log.current_file()
+        lines = []
+        if self.path is None:
+            if current is None:
+                return lines
+            self.path = current
+            self.offset = _size(current) if self.from_end else 0
+        lines += self._read_new()
+        if current is not None and current != self.path:
+            # events.log moved on (a new day): the old file may still get a last batch from a
+            # writer that opened it before midnight, read just now; then start the new one.
+            self.path, self.offset, self.pending = current, 0, b""
+            lines += self._read_new()
+        return lines
+
+    def _read_new(self) -> list[bytes]:
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size < self.offset:
+                    self.offset, self.pending = 0, b""   # truncated or replaced
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.pending + data
+        end = data.rfind(b"\n")
+        if end < 0:
+            self.pending = data
+            return []
+        self.pending = data[end + 1:]
+        return data[:end + 1].splitlines(keepends=True)

@@ -1,0 +1,267 @@
+"""The per-session files of the reference layout, written while the session runs.
+
+    <log_dir>/<server_id>/sessions/default/<sid>.index                              the parts, JSON lines
+    <log_dir>/<server_id>/sessions/default/<sid>-<part>.events.gz                    every event
+    <log_dir>/<server_id>/sessions/default/<sid>-<part>.session.command-events.gz    session.command only
+    <log_dir>/<server_id>/sessions/default/<sid>-<part>.session.disk-events.gz       session.disk only
+    <log_dir>/<server_id>/sessions/default/<sid>-<part>.session.network-events.gz    session.network only
+    <log_dir>/<server_id>/open-sessions/<sid>.lock                                   while not properly ended
+
+Each batch is compressed and sync-flushed to the file before write() returns, so a recorder that
+dies (SIGKILL, OOM) leaves a gzip stream whose every written event is readable; only the trailer
+is missing, and the readers (and Go's, and `zcat`) stop at the end of what is there. A normal
+end writes the trailer.
+
+Part 0 is the only part of a healthy session. When a write fails (disk full), the failed stream
+is cut back to its last complete batch and never written again; the next batch for it goes to a
+new part, listed in the index with the `ei` it starts at, as the reference lists its parts.
+
+The lock file says "this session has not been ended": it is created (and flock-ed by the
+recorder for as long as it runs) before anything else, and removed only once session.end is
+written. A lock file nobody holds is a session whose recorder died: see recovery.py.
+"""
+
+import fcntl
+import os
+import zlib
+
+import orjson
+
+from enhrec_wrap.auditlog import _ensure_private_dir, _fix, _open_private_file, _reason, _write_all
+from enhrec_wrap.errors import EnhrecError
+
+NAMESPACE = "default"
+SESSIONS_DIR = os.path.join("sessions", NAMESPACE)
+OPEN_DIR = "open-sessions"
+LOCK_SUFFIX = ".lock"
+EVENTS = "events"
+KIND_STREAMS = ("session.command", "session.disk", "session.network")
+STREAMS = (EVENTS,) + KIND_STREAMS
+# Fast over small: every event is compressed twice (all events, and its kind's file) on the
+# recorder's hot path; JSON lines still shrink several times.
+_LEVEL = 1
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+def session_dir(log_dir: str, server_id: str) -> str:
+    return os.path.join(log_dir, server_id, SESSIONS_DIR)
+
+
+def open_dir(log_dir: str, server_id: str) -> str:
+    return os.path.join(log_dir, server_id, OPEN_DIR)
+
+
+def stream_file_name(sid: str, part: int, stream: str) -> str:
+    if stream == EVENTS:
+        return f"{sid}-{part}.events.gz"
+    return f"{sid}-{part}.{stream}-events.gz"
+
+
+def index_file_name(sid: str) -> str:
+    return f"{sid}.index"
+
+
+def index_line(sid: str, part: int, stream: str, first_ei: int) -> bytes:
+    # Field names and types as in the reference's indexEntry.
+    entry = {"file_name": stream_file_name(sid, part, stream), "type": stream, "index": first_ei}
+    return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class OpenLock:
+    """The session's lock file: exists from the start until the session is properly ended, and
+    is flock-ed by whoever is writing the session (its recorder, or a repair)."""
+
+    def __init__(self, path: str, fd: int):
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def create(cls, log_dir: str, server_id: str, sid: str) -> "OpenLock":
+        directory = open_dir(log_dir, server_id)
+        path = os.path.join(directory, f"{sid}{LOCK_SUFFIX}")
+        # Locked under a hidden name first: a lock file that can be seen is always held.
+        hidden = os.path.join(directory, f".{sid}{LOCK_SUFFIX}")
+        try:
+            _ensure_private_dir(log_dir)
+            _ensure_private_dir(os.path.join(log_dir, server_id))
+            _ensure_private_dir(directory)
+            fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(hidden, path)
+        except OSError as err:
+            raise EnhrecError(f"cannot create the session lock {path}: {_reason(err)}: "
+                              f"{_fix(err, directory)}") from None
+        return cls(path, fd)
+
+    @classmethod
+    def try_take(cls, path: str) -> "OpenLock | None":
+        """The lock of a session nobody is writing, or None when it is held or already gone."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Whoever held it before us may have ended the session and removed the file meanwhile.
+            if os.fstat(fd).st_nlink == 0:
+                raise BlockingIOError
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return cls(path, fd)
+
+    def release(self, ended: bool) -> None:
+        """Ended: the file goes (there is nothing to repair). Else it stays, unheld, for recovery."""
+        if self.fd < 0:
+            return
+        if ended:
+            try:
+                os.unlink(self.path)   # before unlocking, so no one takes a lock on a dead name
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)
+        self.fd = -1
+
+
+class _GzStream:
+    """One gzip file written in sync-flushed batches by one writer."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = _open_private_file(path)
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        self.zip = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+        self.broken = False
+
+    def append(self, data: bytes) -> None:
+        if not data:
+            return
+        self._put(self.zip.compress(data) + self.zip.flush(zlib.Z_SYNC_FLUSH))
+
+    def finish(self) -> None:
+        try:
+            if not self.broken:
+                self._put(self.zip.flush(zlib.Z_FINISH))
+        finally:
+            os.close(self.fd)
+
+    def _put(self, chunk: bytes) -> None:
+        try:
+            _write_all(self.fd, chunk)
+        except OSError:
+            # Back to the end of the last whole batch: what is there stays a readable stream.
+            # The compressor has consumed the batch, so this stream cannot go on.
+            self.broken = True
+            try:
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+            raise
+        self.size += len(chunk)
+
+
+class SessionStore:
+    """Writes one session's files. Files appear with the first event (session.start), so a
+    session that fails before it starts leaves nothing behind."""
+
+    def __init__(self, log_dir: str, server_id: str, sid: str, lock: OpenLock | None):
+        self.dir = session_dir(log_dir, server_id)
+        self.sid = sid
+        self.lock = lock
+        self._streams: dict[str, _GzStream] = {}
+        self._parts: dict[str, int] = {}
+        self._index_fd = -1
+
+    @classmethod
+    def create(cls, log_dir: str, server_id: str, sid: str) -> "SessionStore":
+        """The store of a new session, holding its lock file."""
+        return cls(log_dir, server_id, sid, OpenLock.create(log_dir, server_id, sid))
+
+    @classmethod
+    def continue_session(cls, log_dir: str, server_id: str, sid: str,
+                         last_parts: dict[str, int]) -> "SessionStore":
+        """A writer for a session whose recorder is gone (the caller holds its lock): new parts
+        after the ones on disk, whose last may end in an unfinished gzip stream."""
+        store = cls(log_dir, server_id, sid, None)
+        store._parts = {stream: part + 1 for stream, part in last_parts.items()}
+        return store
+
+    def write(self, events: list[dict], lines: list[bytes]) -> None:
+        """events[i] is encoded as lines[i]. Raises EnhrecError after writing what it could."""
+        if not lines:
+            return
+        batches = {EVENTS: (events[0]["ei"], b"".join(lines))}
+        for stream in KIND_STREAMS:
+            picked = [(e, line) for e, line in zip(events, lines) if e["event"] == stream]
+            if picked:
+                batches[stream] = (picked[0][0]["ei"], b"".join(line for _, line in picked))
+        failure = None
+        if not self._streams and not self._parts:
+            # All four files from the first event on, so every session has the same layout.
+            for stream in KIND_STREAMS:
+                batches.setdefault(stream, (events[0]["ei"], b""))
+        for stream, (first_ei, data) in batches.items():
+            try:
+                self._stream(stream, first_ei).append(data)
+            except OSError as err:
+                failure = failure or self._error(self._path(stream), err)
+            except EnhrecError as err:
+                failure = failure or err
+        if failure:
+            raise failure
+
+    def close(self, ended: bool) -> None:
+        """Finishes every stream. `ended`: session.end is written (or session.start never was),
+        so the lock file goes; otherwise it stays for recovery to write session.end."""
+        failure = None
+        for stream in list(self._streams.values()):
+            try:
+                stream.finish()
+            except OSError as err:
+                failure = failure or self._error(stream.path, err)
+        self._streams.clear()
+        if self._index_fd >= 0:
+            os.close(self._index_fd)
+            self._index_fd = -1
+        if self.lock is not None:
+            self.lock.release(ended)
+        if failure:
+            raise failure
+
+    def _stream(self, stream: str, first_ei: int) -> _GzStream:
+        current = self._streams.get(stream)
+        if current is not None and not current.broken:
+            return current
+        if current is not None:
+            self._streams.pop(stream).finish()
+            self._parts[stream] = self._parts.get(stream, 0) + 1
+        part = self._parts.setdefault(stream, 0)
+        path = self._path(stream)
+        try:
+            self._ensure_index()
+            new = _GzStream(path)
+        except OSError as err:
+            raise self._error(path, err) from None
+        try:
+            _write_all(self._index_fd, index_line(self.sid, part, stream, first_ei))
+        except OSError as err:
+            os.close(new.fd)   # still empty: a reader finds no events in it
+            raise self._error(os.path.join(self.dir, index_file_name(self.sid)), err) from None
+        self._streams[stream] = new
+        return new
+
+    def _ensure_index(self) -> None:
+        if self._index_fd >= 0:
+            return
+        _ensure_private_dir(os.path.dirname(os.path.dirname(self.dir)))
+        _ensure_private_dir(os.path.dirname(self.dir))
+        _ensure_private_dir(self.dir)
+        self._index_fd = _open_private_file(os.path.join(self.dir, index_file_name(self.sid)))
+
+    def _path(self, stream: str) -> str:
+        return os.path.join(self.dir, stream_file_name(self.sid, self._parts.get(stream, 0), stream))
+
+    def _error(self, path: str, err: OSError) -> EnhrecError:
+        return EnhrecError(f"cannot write the session file {path}: {_reason(err)}: "
+                           f"{_fix(err, self.dir)}")
