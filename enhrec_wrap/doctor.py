@@ -1,0 +1,236 @@
+"""`enhrec doctor`: whether this host can record sessions, one check per line.
+
+Each check says what it found and, when it fails, how to fix it. FAIL means recording cannot
+work (the wrapper would stop with exit status 125); warn means it works, with a caveat.
+The checks look and do not change the host, with two exceptions that the wrapper itself makes
+at every start: mounting tracefs to look at the tracepoints, and, with --repair, ending stale
+sessions and removing their cgroups (recovery.py).
+"""
+
+import importlib.resources
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+from enhrec_wrap import recovery
+from enhrec_wrap.config import Config, load_config
+from enhrec_wrap.errors import EnhrecError
+
+# BPF ring buffers (BPF_MAP_TYPE_RINGBUF) came with 5.8.
+MIN_KERNEL = (5, 8)
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+LOW_SPACE_BYTES = 100 << 20
+_TRACEPOINT_RE = re.compile(r"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
+
+
+@dataclass
+class Result:
+    status: str    # "ok", "warn" or "FAIL"
+    name: str
+    detail: str
+    fix: str = ""
+
+
+def ok(name, detail):
+    return Result("ok", name, detail)
+
+
+def warn(name, detail, fix=""):
+    return Result("warn", name, detail, fix)
+
+
+def fail(name, detail, fix):
+    return Result("FAIL", name, detail, fix)
+
+
+def run(config_path: str | None, repair: bool = False) -> list[Result]:
+    config_result, config = check_config(config_path)
+    results = [check_root(), check_kernel(), check_btf(), check_tracepoints(), check_bcc(),
+               check_headers(), check_cgroup2(config), config_result, check_data_dir(config)]
+    results.append(check_stale(config, repair))
+    return results
+
+
+def check_root() -> Result:
+    if os.geteuid() == 0:
+        return ok("root", "running as root")
+    return fail("root", f"running as uid {os.geteuid()}",
+                "run it as root (sudo enhrec doctor): recording needs root, and so do most checks")
+
+
+def kernel_version(release: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_kernel(release: str | None = None) -> Result:
+    release = release or os.uname().release
+    version = kernel_version(release)
+    if version is None:
+        return warn("kernel", f"cannot read the version {release!r}")
+    if version < MIN_KERNEL:
+        return fail("kernel", f"{release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]} "
+                    "(BPF ring buffers)", "upgrade the kernel")
+    return ok("kernel", f"{release} ({MIN_KERNEL[0]}.{MIN_KERNEL[1]} or later needed)")
+
+
+def check_btf(path: str = BTF_PATH) -> Result:
+    if os.path.exists(path):
+        return ok("BTF", f"{path} present")
+    # Not a failure: the programs read tracepoint arguments only, never kernel structs.
+    return ok("BTF", f"{path} absent, which is fine: the recorder needs no BTF")
+
+
+def tracepoints() -> list[tuple[str, str]]:
+    """The tracepoints the recorder attaches, read from its own source."""
+    source = importlib.resources.files("enhrec_wrap.bpf_programs") / "recorder.c"
+    return _TRACEPOINT_RE.findall(source.read_text())
+
+
+def check_tracepoints() -> Result:
+    name = "tracepoints"
+    try:
+        wanted = tracepoints()
+    except OSError as e:
+        return fail(name, f"cannot read the recorder's BPF source: {e.strerror}",
+                    "reinstall (make install)")
+    events_dir = next((os.path.join(d, "events") for d in TRACEFS_DIRS
+                       if os.path.isdir(os.path.join(d, "events"))), None)
+    if events_dir is None and os.geteuid() == 0:
+        from enhrec_wrap.bpf import ensure_tracefs   # as the wrapper does at every start
+        try:
+            ensure_tracefs()
+            events_dir = os.path.join(TRACEFS_DIRS[0], "events")
+        except EnhrecError as e:
+            return fail(name, "tracefs is not mounted and cannot be", str(e))
+    if events_dir is None:
+        return fail(name, "cannot look at tracefs without root", "run it as root")
+    missing = [f"{c}:{t}" for c, t in wanted if not os.path.isdir(os.path.join(events_dir, c, t))]
+    if missing:
+        return fail(name, f"missing {', '.join(missing)}",
+                    "the kernel needs CONFIG_FTRACE_SYSCALLS and the sched and sock tracepoints")
+    return ok(name, f"all {len(wanted)} present in {events_dir}")
+
+
+def check_bcc() -> Result:
+    try:
+        import bcc
+    except ImportError as e:
+        return fail("bcc", f"cannot import it ({e})",
+                    "install Debian's python3-bpfcc (make install does); never `pip install bcc`")
+    return ok("bcc", f"version {getattr(bcc, '__version__', '?')} importable")
+
+
+def check_headers() -> Result:
+    from enhrec_wrap.bpf import kernel_headers
+    try:
+        found = kernel_headers()
+    except EnhrecError as e:
+        return fail("kernel headers", f"none for {os.uname().release}", str(e))
+    if found is None:
+        return ok("kernel headers", f"the running kernel's (/lib/modules/{os.uname().release}/build)")
+    return ok("kernel headers", f"fallback {found} (no /lib/modules/{os.uname().release}/build; "
+              "fine for these tracepoint programs)")
+
+
+def check_cgroup2(config: Config) -> Result:
+    from enhrec_wrap.cgroup import is_cgroup2_mount
+    path = config.cgroup_path
+    name = "cgroup2"
+    try:
+        if is_cgroup2_mount(path):
+            return ok(name, f"mounted at {path}")
+        with open("/proc/filesystems") as f:
+            supported = any(line.split()[-1] == "cgroup2" for line in f if line.strip())
+    except OSError as e:
+        return fail(name, f"cannot read the mount table: {e.strerror}", "check /proc")
+    if not supported:
+        return fail(name, "the kernel has no cgroup2 filesystem", "use a kernel with cgroup v2")
+    if os.path.isdir(path) and os.listdir(path):
+        return fail(name, f"{path} is not a cgroup2 mount and not empty",
+                    "set ssh_service.enhanced_recording.cgroup_path to an empty directory or a "
+                    "cgroup2 mount")
+    if os.path.exists(path) and not os.path.isdir(path):
+        return fail(name, f"{path} is not a directory",
+                    "set ssh_service.enhanced_recording.cgroup_path to a directory")
+    return ok(name, f"not mounted at {path} yet; mountable (the wrapper mounts it)")
+
+
+def check_config(path: str | None) -> tuple[Result, Config]:
+    try:
+        config = load_config(path)
+    except EnhrecError as e:
+        return fail("config", str(e), "fix the file (docs/configuration.md); the other checks use "
+                    "the built-in defaults"), Config()
+    detail = config.source if config.source != "built-in defaults" else "no config file: built-in defaults"
+    if not config.enabled:
+        return warn("config", f"{detail}: recording is disabled (enhanced_recording.enabled: false)",
+                    "set it to true to record"), config
+    return ok("config", detail), config
+
+
+def check_data_dir(config: Config) -> Result:
+    """Writable for real: a file is made and removed in the deepest directory that exists."""
+    name = "data_dir"
+    target = config.data_dir
+    for candidate in (config.log_dir, config.data_dir):
+        if os.path.isdir(candidate):
+            target = candidate
+            break
+    else:
+        parent = os.path.dirname(config.data_dir.rstrip("/")) or "/"
+        if not os.path.isdir(parent):
+            return fail(name, f"{config.data_dir} does not exist, nor its parent {parent}",
+                        "create it, or set teleport.data_dir")
+        target = parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".enhrec-doctor."):
+            pass
+        st = os.statvfs(target)
+    except OSError as e:
+        return fail(name, f"cannot write in {target}: {e.strerror}",
+                    "run as root, and check the mode and mount options of the directory")
+    free = st.f_bavail * st.f_frsize
+    if free < 1 << 20:
+        return fail(name, f"{target} is full", f"free disk space in {target}")
+    if free < LOW_SPACE_BYTES:
+        return warn(name, f"{target} writable, only {free >> 20} MiB free",
+                    f"free disk space in {target}")
+    return ok(name, f"{target} writable, {_size(free)} free")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def check_stale(config: Config, repair: bool) -> Result:
+    name = "stale sessions"
+    try:
+        report = recovery.repair(config) if repair else recovery.check(config)
+    except PermissionError as e:
+        return warn(name, f"cannot look: {e.strerror}", "run as root")
+    except (EnhrecError, OSError) as e:
+        return fail(name, f"cannot look: {e}", "check the data_dir")
+    if report.errors:
+        return fail(name, "; ".join(report.errors), "fix what is named, then run `enhrec doctor --repair`")
+    if repair:
+        if not report.stale and not report.stale_cgroups:
+            return ok(name, "none")
+        return ok(name, f"repaired: {len(report.repaired)} session(s) given an incomplete "
+                  f"session.end, {len(report.cgroups_removed)} cgroup(s) removed")
+    if report.stale or report.stale_cgroups:
+        parts = []
+        if report.stale:
+            parts.append(f"{len(report.stale)} session(s) without session.end "
+                         f"({', '.join(s[:8] for s in report.stale[:5])})")
+        if report.stale_cgroups:
+            parts.append(f"{len(report.stale_cgroups)} cgroup(s) no recorder holds")
+        return warn(name, "; ".join(parts), "run `enhrec doctor --repair` (the next session start "
+                    "repairs them too)")
+    return ok(name, "none")
