@@ -65,16 +65,17 @@ def gz_lines(path: str, stats: Stats | None = None):
             while data:
                 if unzip is None:
                     unzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                saved = unzip.copy()
                 try:
                     pending += unzip.decompress(data)
+                    data = unzip.unused_data if unzip.eof else b""
+                    if unzip.eof:
+                        unzip = None   # the next member, if any, starts in `data`
                 except zlib.error:
-                    cut = True   # a damaged tail: what came before it is still good
-                    break
-                if unzip.eof:
-                    data = unzip.unused_data
-                    unzip = None
-                else:
-                    data = b""
+                    # A damaged tail: what came before it is still good, but zlib dropped the
+                    # output of the whole call, so feed it again in small pieces.
+                    pending += _salvage(saved, data)
+                    cut, data = True, b""
                 end = pending.rfind(b"\n")
                 if end >= 0:
                     yield from pending[:end + 1].splitlines(keepends=True)
@@ -82,6 +83,27 @@ def gz_lines(path: str, stats: Stats | None = None):
     if cut or pending or unzip is not None:
         # An unfinished member (no trailer): a live session, or one whose recorder died.
         stats.truncated_files.append(path)
+
+
+def _salvage(unzip, data: bytes) -> bytes:
+    """What `data` decompresses to up to the first byte that is not valid."""
+    out = bytearray()
+    for start in range(0, len(data), 4096):
+        piece = data[start:start + 4096]
+        saved = unzip.copy()
+        try:
+            out += unzip.decompress(piece)
+        except zlib.error:
+            unzip = saved
+            for i in range(len(piece)):
+                try:
+                    out += unzip.decompress(piece[i:i + 1])
+                except zlib.error:
+                    break
+            break
+        if unzip.eof:
+            break
+    return bytes(out)
 
 
 def parse(line: bytes, stats: Stats | None = None) -> dict | None:

@@ -244,7 +244,8 @@ class SessionStore:
         except OSError as err:
             raise self._error(path, err) from None
         try:
-            _write_all(self._index_fd, index_line(self.sid, part, stream, first_ei))
+            # Part 0 starts the session (index 0); a later part where its first event is.
+            _write_all(self._index_fd, index_line(self.sid, part, stream, first_ei if part else 0))
         except OSError as err:
             os.close(new.fd)   # still empty: a reader finds no events in it
             raise self._error(os.path.join(self.dir, index_file_name(self.sid)), err) from None

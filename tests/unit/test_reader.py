@@ -1,0 +1,248 @@
+"""The streaming readers: daily files, session gzip files cut anywhere, corrupt lines, following
+events.log across midnight."""
+
+import gzip
+import os
+import random
+import zlib
+
+import orjson
+import pytest
+
+from enhrec_wrap import reader, store
+
+SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
+OTHER = "9d1c2b3a-0000-4000-8000-000000000001"
+SERVER = "5a1f0e2d-1111-4222-8333-444455556666"
+
+
+def event(ei, sid=SID, kind="session.command", **fields):
+    e = {"ei": ei, "event": kind, "sid": sid, "time": f"2024-03-05T12:00:{ei % 60:02d}.000Z"}
+    e.update(fields)
+    return e
+
+
+def line(e):
+    return orjson.dumps(e) + b"\n"
+
+
+def sync_flushed_gzip(batches):
+    """What the store writes: each batch compressed and sync-flushed; returns (data, the end
+    offset of each batch)."""
+    zip_ = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    data, ends = b"", []
+    for batch in batches:
+        data += zip_.compress(batch) + zip_.flush(zlib.Z_SYNC_FLUSH)
+        ends.append(len(data))
+    return data, ends, zip_.flush(zlib.Z_FINISH)
+
+
+# --- gzip -----------------------------------------------------------------------------------
+
+def test_complete_gzip_reads_whole(tmp_path):
+    path = tmp_path / "a.gz"
+    lines = [line(event(i)) for i in range(100)]
+    path.write_bytes(gzip.compress(b"".join(lines)))
+    stats = reader.Stats()
+    assert list(reader.gz_lines(str(path), stats)) == lines
+    assert stats.truncated_files == []
+
+
+def test_truncated_gzip_gives_every_flushed_batch_at_any_cut(tmp_path):
+    batches = [b"".join(line(event(b * 10 + i)) for i in range(10)) for b in range(8)]
+    data, ends, _ = sync_flushed_gzip(batches)
+    path = tmp_path / "cut.gz"
+    for cut in range(len(data) + 1):
+        path.write_bytes(data[:cut])
+        stats = reader.Stats()
+        got = b"".join(reader.gz_lines(str(path), stats))
+        whole = sum(1 for end in ends if end <= cut)
+        # Every batch flushed before the cut is there, and never a partial line.
+        assert got.startswith(b"".join(batches[:whole])), cut
+        assert got == b"" or got.endswith(b"\n")
+        assert all(reader.parse(x) is not None for x in got.splitlines(keepends=True))
+        if cut < len(data) and cut > 0:
+            assert stats.truncated_files == [str(path)]
+
+
+def test_several_members_are_read_in_order(tmp_path):
+    first, second = line(event(0)), line(event(1))
+    path = tmp_path / "m.gz"
+    path.write_bytes(gzip.compress(first) + gzip.compress(second))
+    assert list(reader.gz_lines(str(path))) == [first, second]
+
+
+def test_garbage_after_the_data_ends_the_stream_there(tmp_path):
+    good = [line(event(i)) for i in range(5)]
+    data, _, _ = sync_flushed_gzip([b"".join(good)])
+    path = tmp_path / "g.gz"
+    path.write_bytes(data + os.urandom(200))
+    stats = reader.Stats()
+    got = list(reader.gz_lines(str(path), stats))
+    assert got[:5] == good
+    assert stats.truncated_files == [str(path)]
+
+
+def test_empty_gzip_file_has_no_lines(tmp_path):
+    path = tmp_path / "empty.gz"
+    path.write_bytes(b"")
+    assert list(reader.gz_lines(str(path))) == []
+
+
+# --- lines and parsing ----------------------------------------------------------------------
+
+def test_day_file_skips_corrupt_lines_and_the_unfinished_last_one(tmp_path):
+    path = tmp_path / "2024-03-05.00:00:00.log"
+    good = [line(event(i)) for i in range(3)]
+    path.write_bytes(good[0] + b"{not json\n" + good[1] + b"[1, 2]\n" + b"\n" + good[2] + b'{"ei": 3, "ev')
+    stats = reader.Stats()
+    got = [e for e, _ in reader.events_of(reader.day_file_lines(str(path), stats), stats)]
+    assert [e["ei"] for e in got] == [0, 1, 2]
+    assert stats.corrupt_lines == 2   # the blank line is not counted
+    assert stats.truncated_files == [str(path)]
+
+
+def test_day_file_from_an_offset(tmp_path):
+    path = tmp_path / "d.log"
+    data = line(event(0)) + line(event(1))
+    path.write_bytes(data)
+    assert list(reader.day_file_lines(str(path), start=len(line(event(0))))) == [line(event(1))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_reverse_lines_any_block_size(tmp_path, seed):
+    rng = random.Random(seed)
+    lines = [os.urandom(rng.randint(0, 40)).replace(b"\n", b"") + b"\n" for _ in range(rng.randint(0, 60))]
+    partial = b"half a line" if rng.random() < 0.5 else b""
+    path = tmp_path / "r.log"
+    path.write_bytes(b"".join(lines) + partial)
+    got = list(reader.reverse_lines(str(path), block=rng.randint(1, 64)))
+    assert got == list(reversed(lines))
+
+
+def test_reverse_lines_stops_at_the_given_end(tmp_path):
+    path = tmp_path / "r.log"
+    path.write_bytes(b"a\nb\nc\n")
+    assert list(reader.reverse_lines(str(path), end=4)) == [b"b\n", b"a\n"]
+
+
+# --- the directory --------------------------------------------------------------------------
+
+@pytest.fixture
+def log_dir(tmp_path):
+    root = tmp_path / "log"
+    for day, eis in (("2024-03-04", [0, 1]), ("2024-03-05", [2, 3]), ("2024-03-06", [4])):
+        directory = root / SERVER
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{day}.00:00:00.log").write_bytes(b"".join(line(event(i)) for i in eis))
+    (root / SERVER / "notes.txt").write_text("not a day file")
+    (root / "events.log").symlink_to(f"{SERVER}/2024-03-06.00:00:00.log")
+    return reader.LogDir(str(root))
+
+
+def test_day_files_in_order_and_by_range(log_dir):
+    assert [d for d, _ in log_dir.day_files()] == ["2024-03-04", "2024-03-05", "2024-03-06"]
+    assert [d for d, _ in log_dir.day_files("2024-03-05", "2024-03-05")] == ["2024-03-05"]
+    assert [d for d, _ in log_dir.day_files(None, "2024-03-04")] == ["2024-03-04"]
+
+
+def test_day_events_prefilter_and_progress(log_dir):
+    calls = []
+
+    class Recorder:
+        def start(self, total):
+            calls.append(("start", total))
+
+        def update(self, done, label):
+            calls.append(("update", label))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    got = [e["ei"] for e, _ in reader.day_events(log_dir, must_contain=(b'"ei":3',), progress=Recorder())]
+    assert got == [3]
+    assert calls[0][0] == "start" and calls[-1] == ("finish",)
+
+
+def test_current_file_follows_the_symlink(log_dir):
+    assert log_dir.current_file().endswith("2024-03-06.00:00:00.log")
+
+
+def test_missing_log_dir_is_empty(tmp_path):
+    log = reader.LogDir(str(tmp_path / "nothing"))
+    assert log.day_files() == [] and log.stored_sids() == {} and log.current_file() is None
+
+
+def _store_session(log_root, sid, batches, close=True):
+    writer = store.SessionStore.create(str(log_root), SERVER, sid)
+    for batch in batches:
+        writer.write(batch, [line(e) for e in batch])
+    if close:
+        writer.close(ended=True)
+    return writer
+
+
+def test_session_events_from_the_store_in_ei_order(tmp_path):
+    root = tmp_path / "log"
+    _store_session(root, SID, [[event(0, kind="session.start"), event(1)], [event(2)]])
+    _store_session(root, OTHER, [[event(0, sid=OTHER, kind="session.start")]])
+    log = reader.LogDir(str(root))
+    assert set(log.stored_sids()) == {SID, OTHER}
+    assert [e["ei"] for e in reader.session_events(log, SID)] == [0, 1, 2]
+
+
+def test_session_events_of_a_crashed_recorder(tmp_path):
+    root = tmp_path / "log"
+    _store_session(root, SID, [[event(0, kind="session.start")], [event(1), event(2)]], close=False)
+    log = reader.LogDir(str(root))
+    stats = reader.Stats()
+    assert [e["ei"] for e in reader.session_events(log, SID, stats)] == [0, 1, 2]
+    assert any(p.endswith("-0.events.gz") for p in stats.truncated_files)
+
+
+def test_parts_found_without_the_index(tmp_path):
+    root = tmp_path / "log"
+    _store_session(root, SID, [[event(0, kind="session.start")]])
+    directory = root / SERVER / store.SESSIONS_DIR
+    (directory / f"{SID}-1.events.gz").write_bytes(gzip.compress(line(event(1))))
+    os.unlink(directory / f"{SID}.index")
+    log = reader.LogDir(str(root))
+    assert SID in log.stored_sids()
+    assert [e["ei"] for e in reader.session_events(log, SID)] == [0, 1]
+
+
+# --- following events.log ------------------------------------------------------------------
+
+def test_follower_reads_new_lines_and_moves_to_the_next_day(tmp_path):
+    root = tmp_path / "log"
+    (root / SERVER).mkdir(parents=True)
+    day1 = root / SERVER / "2024-03-05.00:00:00.log"
+    day2 = root / SERVER / "2024-03-06.00:00:00.log"
+    day1.write_bytes(line(event(0)))
+    (root / "events.log").symlink_to(f"{SERVER}/{day1.name}")
+    follower = reader.Follower(reader.LogDir(str(root)))
+    assert follower.poll() == []   # starts at the end
+    with open(day1, "ab") as f:
+        f.write(line(event(1)) + b'{"ei": 2, "half')
+    assert follower.poll() == [line(event(1))]
+    # Midnight: a late batch still lands in yesterday's file, then events.log moves on.
+    with open(day1, "ab") as f:
+        f.write(b'"}\n')
+    day2.write_bytes(line(event(3)))
+    os.unlink(root / "events.log")
+    (root / "events.log").symlink_to(f"{SERVER}/{day2.name}")
+    got = follower.poll()
+    assert got == [b'{"ei": 2, "half"}\n', line(event(3))]
+    with open(day2, "ab") as f:
+        f.write(line(event(4)))
+    assert follower.poll() == [line(event(4))]
+
+
+def test_follower_waits_for_events_log_to_appear(tmp_path):
+    root = tmp_path / "log"
+    follower = reader.Follower(reader.LogDir(str(root)), from_end=False)
+    assert follower.poll() == []
+    (root / SERVER).mkdir(parents=True)
+    (root / SERVER / "2024-03-05.00:00:00.log").write_bytes(line(event(0)))
+    (root / "events.log").symlink_to(f"{SERVER}/2024-03-05.00:00:00.log")
+    assert follower.poll() == [line(event(0))]

@@ -1,0 +1,340 @@
+"""The session store (layout, flushing, failures), its lock file, and recovery of sessions whose
+recorder died; no root and no BPF needed (cgroups are stood in for by plain directories)."""
+
+import calendar
+import errno
+import fcntl
+import gzip
+import os
+import stat
+
+import orjson
+import pytest
+
+from enhrec_wrap import reader, recovery, store
+from enhrec_wrap.auditlog import AuditLog
+from enhrec_wrap.config import Config
+from enhrec_wrap.errors import EnhrecError
+
+SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
+OTHER = "9d1c2b3a-0000-4000-8000-000000000001"
+SERVER = "5a1f0e2d-1111-4222-8333-444455556666"
+NOON = calendar.timegm((2024, 3, 5, 12, 0, 0))
+KINDS = ("session.command", "session.disk", "session.network")
+
+
+def make_event(ei, kind, sid=SID, second=0):
+    e = {"ei": ei, "event": kind, "code": "X", "uid": f"u{ei}", "sid": sid,
+         "time": f"2024-03-05T12:00:{second:02d}.{ei % 1000:03d}Z", "namespace": "default",
+         "server_id": SERVER, "server_hostname": "host", "login": "alice", "user": "alice"}
+    if kind == "session.start":
+        e.update(interactive=True, enhanced_recording=True, initial_command=[])
+    return e
+
+
+def encode(e):
+    return orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def session_events(n, sid=SID):
+    kinds = ["session.start"] + [KINDS[i % 3] for i in range(n - 1)]
+    return [make_event(i, k, sid) for i, k in enumerate(kinds)]
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    (tmp_path / "data").mkdir()   # the data_dir exists: the server id lives in it
+    return str(tmp_path / "data" / "log")
+
+
+def write(writer, events):
+    writer.write(events, [encode(e) for e in events])
+
+
+def read_gz(path):
+    return [orjson.loads(x) for x in reader.gz_lines(path)]
+
+
+def files_of(log_dir):
+    directory = os.path.join(log_dir, SERVER, store.SESSIONS_DIR)
+    return sorted(os.listdir(directory)), directory
+
+
+# --- layout and contents --------------------------------------------------------------------
+
+def test_layout_index_and_contents(log_dir):
+    events = session_events(10)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:4])
+    write(writer, events[4:])
+    writer.close(ended=True)
+    names, directory = files_of(log_dir)
+    assert names == sorted([f"{SID}.index", f"{SID}-0.events.gz",
+                            f"{SID}-0.session.command-events.gz", f"{SID}-0.session.disk-events.gz",
+                            f"{SID}-0.session.network-events.gz"])
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert {(i["file_name"], i["type"], i["index"]) for i in index} == {
+        (f"{SID}-0.events.gz", "events", 0),
+        (f"{SID}-0.session.command-events.gz", "session.command", 0),
+        (f"{SID}-0.session.disk-events.gz", "session.disk", 0),
+        (f"{SID}-0.session.network-events.gz", "session.network", 0)}
+    # A normal end leaves complete gzip files, readable by anything.
+    with gzip.open(os.path.join(directory, f"{SID}-0.events.gz")) as f:
+        assert [orjson.loads(x) for x in f] == events
+    for kind in KINDS:
+        got = read_gz(os.path.join(directory, store.stream_file_name(SID, 0, kind)))
+        assert got == [e for e in events if e["event"] == kind]
+
+
+def test_files_are_private(log_dir):
+    old = os.umask(0)
+    try:
+        writer = store.SessionStore.create(log_dir, SERVER, SID)
+        write(writer, session_events(2))
+        writer.close(ended=True)
+    finally:
+        os.umask(old)
+    names, directory = files_of(log_dir)
+    for name in names:
+        assert stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+
+
+def test_nothing_written_leaves_no_files_and_no_lock(log_dir):
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    writer.close(ended=True)
+    assert not os.path.exists(os.path.join(log_dir, SERVER, store.SESSIONS_DIR))
+    assert os.listdir(store.open_dir(log_dir, SERVER)) == []
+
+
+def test_every_batch_is_readable_before_close(log_dir):
+    """A recorder that dies after any write leaves every event written so far readable."""
+    events = session_events(30)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    _, directory = files_of_after(writer, events[:1], log_dir)
+    for n in range(1, 30):
+        write(writer, [events[n]])
+        assert read_gz(os.path.join(directory, f"{SID}-0.events.gz")) == events[:n + 1]
+
+
+def files_of_after(writer, first, log_dir):
+    write(writer, first)
+    return files_of(log_dir)
+
+
+# --- failures -------------------------------------------------------------------------------
+
+def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir, monkeypatch):
+    events = session_events(12)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:4])
+    real = store._write_all
+
+    def full_disk(fd, data):
+        os.write(fd, data[:len(data) // 2])   # half of it got out before the disk filled
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store, "_write_all", full_disk)
+    with pytest.raises(EnhrecError) as failure:
+        write(writer, events[4:8])
+    message = str(failure.value)
+    assert "No space left on device" in message and "free disk space" in message
+    assert "\n" not in message
+    monkeypatch.setattr(store, "_write_all", real)
+    write(writer, events[8:])
+    writer.close(ended=True)
+    _, directory = files_of(log_dir)
+    # Part 0 holds what was written before the failure, intact; part 1 what came after.
+    assert read_gz(os.path.join(directory, f"{SID}-0.events.gz")) == events[:4]
+    assert read_gz(os.path.join(directory, f"{SID}-1.events.gz")) == events[8:]
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert {"file_name": f"{SID}-1.events.gz", "type": "events", "index": 8} in index
+    log = reader.LogDir(log_dir)
+    assert [e["ei"] for e in reader.session_events(log, SID)] == [0, 1, 2, 3, 8, 9, 10, 11]
+
+
+def test_unwritable_directory_names_the_file_and_the_fix(tmp_path, log_dir):
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    sessions = os.path.join(log_dir, SERVER, "sessions")
+    with open(sessions, "w"):
+        pass   # a file where the directory must be
+    with pytest.raises(EnhrecError) as failure:
+        write(writer, session_events(1))
+    assert "cannot write the session file" in str(failure.value)
+    writer.close(ended=False)
+
+
+# --- the lock file --------------------------------------------------------------------------
+
+def test_lock_is_held_while_open_and_kept_for_recovery_when_not_ended(log_dir):
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    path = recovery.lock_path(log_dir, SERVER, SID)
+    assert recovery.is_live(log_dir, SERVER, SID)
+    assert store.OpenLock.try_take(path) is None
+    write(writer, session_events(2))
+    writer.close(ended=False)
+    assert os.path.exists(path) and not recovery.is_live(log_dir, SERVER, SID)
+    taken = store.OpenLock.try_take(path)
+    assert taken is not None
+    taken.release(ended=True)
+    assert not os.path.exists(path)
+
+
+def test_lock_removed_under_a_waiting_taker_is_not_taken(log_dir):
+    lock = store.OpenLock.create(log_dir, SERVER, SID)
+    fd = os.open(lock.path, os.O_RDWR)   # a repair that opened it just before the end
+    lock.release(ended=True)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert os.fstat(fd).st_nlink == 0   # what try_take checks after locking
+    os.close(fd)
+    assert store.OpenLock.try_take(lock.path) is None
+
+
+# --- recovery -------------------------------------------------------------------------------
+
+@pytest.fixture
+def config(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "host_uuid").write_text(SERVER)
+    return Config(data_dir=str(data), cgroup_path=str(tmp_path / "cgroup"), nodename="host")
+
+
+def crashed_session(config, sid, events):
+    """Writes `events` the way a recorder does, then dies: the gzip streams unfinished and the
+    lock file left behind, unheld."""
+    audit = AuditLog(config.log_dir, SERVER)
+    writer = store.SessionStore.create(config.log_dir, SERVER, sid)
+    for e in events:
+        audit.write([encode(e)])
+        write(writer, [e])
+    audit.close()
+    for stream in writer._streams.values():
+        os.close(stream.fd)   # no trailer: as after SIGKILL
+    os.close(writer._index_fd)
+    os.close(writer.lock.fd)
+
+
+def daily_events(config, sid):
+    return [e for e, _ in reader.day_events(reader.LogDir(config.log_dir)) if e["sid"] == sid]
+
+
+def test_check_finds_stale_sessions_and_changes_nothing(config):
+    crashed_session(config, SID, session_events(5))
+    report = recovery.check(config)
+    assert report.stale == [SID]
+    assert os.path.exists(recovery.lock_path(config.log_dir, SERVER, SID))
+    assert all(e["event"] != "session.end" for e in daily_events(config, SID))
+
+
+def test_repair_ends_a_stale_session_in_both_sinks(config):
+    events = session_events(7)
+    crashed_session(config, SID, events)
+    report = recovery.repair(config)
+    assert report.repaired == [SID] and report.errors == []
+    for got in (daily_events(config, SID),
+                reader.session_events(reader.LogDir(config.log_dir), SID)):
+        assert [e["ei"] for e in got] == list(range(8))
+        end = got[-1]
+        assert end["event"] == "session.end" and end["code"] == "T2004I"
+        assert end["incomplete"] is True
+        assert end["session_start"] == events[0]["time"]
+        assert end["session_stop"] == max(e["time"] for e in events)
+        assert (end["login"], end["user"], end["server_id"]) == ("alice", "alice", SERVER)
+    assert not os.path.exists(recovery.lock_path(config.log_dir, SERVER, SID))
+    # The crashed part stays as it was; session.end went to a new part.
+    _, directory = files_of(config.log_dir)
+    assert read_gz(os.path.join(directory, f"{SID}-0.events.gz")) == events
+    again = recovery.repair(config)
+    assert again.stale == [] and again.repaired == []
+    assert len(daily_events(config, SID)) == 8
+
+
+def test_repair_takes_the_ei_after_the_daily_log_when_it_has_more(config):
+    events = session_events(6)
+    crashed_session(config, SID, events[:4])
+    audit = AuditLog(config.log_dir, SERVER)
+    audit.write([encode(e) for e in events[4:]])   # the store had failed for these
+    audit.close()
+    recovery.repair(config)
+    assert [e["ei"] for e in daily_events(config, SID)] == list(range(7))
+
+
+def test_live_session_is_never_touched(config, tmp_path):
+    writer = store.SessionStore.create(config.log_dir, SERVER, SID)
+    write(writer, session_events(3))
+    leaf = tmp_path / "cgroup" / "enhrec" / SID
+    leaf.mkdir(parents=True)
+    held = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)   # what the live recorder's Watchdog holds
+    report = recovery.repair(config)
+    assert report.stale == [] and report.stale_cgroups == []
+    assert leaf.exists()
+    writer.close(ended=True)
+    os.close(held)
+
+
+def test_repair_removes_the_stale_sessions_cgroup(config, tmp_path):
+    crashed_session(config, SID, session_events(3))
+    leaf = tmp_path / "cgroup" / "enhrec" / SID
+    leaf.mkdir(parents=True)
+    report = recovery.repair(config)
+    assert report.cgroups_removed == [str(leaf)]
+    assert not leaf.exists()
+
+
+def test_orphan_cgroups_are_removed_only_after_the_grace_period(config, tmp_path, monkeypatch):
+    leaf = tmp_path / "cgroup" / "enhrec" / OTHER
+    leaf.mkdir(parents=True)
+    report = recovery.repair(config)
+    assert leaf.exists() and report.cgroups_removed == []   # may be a session starting now
+    monkeypatch.setattr(recovery, "CGROUP_GRACE_SECONDS", 0.0)
+    assert recovery.check(config).stale_cgroups == [str(leaf)]
+    report = recovery.repair(config)
+    assert report.cgroups_removed == [str(leaf)] and not leaf.exists()
+
+
+def test_session_that_never_wrote_anything_just_loses_its_lock(config):
+    lock = store.OpenLock.create(config.log_dir, SERVER, SID)
+    os.close(lock.fd)
+    report = recovery.repair(config)
+    assert report.stale == [SID] and report.repaired == []
+    assert not os.path.exists(lock.path)
+
+
+def test_repair_at_start_never_raises(config, monkeypatch):
+    def broken(_config):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(recovery, "repair", broken)
+    assert recovery.repair_at_start(config) is None
+
+
+def test_no_data_dir_yet_is_nothing_to_do(tmp_path):
+    config = Config(data_dir=str(tmp_path / "new"), cgroup_path=str(tmp_path / "cg"))
+    report = recovery.check(config)
+    assert report.stale == [] and report.stale_cgroups == []
+
+
+# --- midnight -------------------------------------------------------------------------------
+
+def test_midnight_switches_the_day_file_but_not_the_session_files(config):
+    """A session crossing UTC midnight: the daily log moves to the new day's file (events.log
+    with it), while the session's own files go on."""
+    now = [NOON + 12 * 3600 - 1]   # 23:59:59
+    audit = AuditLog(config.log_dir, SERVER, clock=lambda: now[0])
+    writer = store.SessionStore.create(config.log_dir, SERVER, SID)
+    events = session_events(6)
+    for n, e in enumerate(events):
+        if n == 3:
+            now[0] += 2   # 00:00:01 the next day
+        audit.write([encode(e)])
+        write(writer, [e])
+    audit.close()
+    writer.close(ended=True)
+    server_dir = os.path.join(config.log_dir, SERVER)
+    day1 = [orjson.loads(x) for x in open(os.path.join(server_dir, "2024-03-05.00:00:00.log"), "rb")]
+    day2 = [orjson.loads(x) for x in open(os.path.join(server_dir, "2024-03-06.00:00:00.log"), "rb")]
+    assert [e["ei"] for e in day1] == [0, 1, 2] and [e["ei"] for e in day2] == [3, 4, 5]
+    assert os.readlink(os.path.join(config.log_dir, "events.log")) == f"{SERVER}/2024-03-06.00:00:00.log"
+    assert [e["ei"] for e in reader.session_events(reader.LogDir(config.log_dir), SID)] == list(range(6))
