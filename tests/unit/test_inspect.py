@@ -1,0 +1,379 @@
+"""`enhrec` on generated logs: sessions, show, search, tail, doctor, and bad input (one line,
+non-zero exit, never a traceback). No root needed: the config is handed in directly."""
+
+import calendar
+import os
+import time
+
+import orjson
+import pytest
+
+from enhrec_wrap import doctor, inspect, store
+from enhrec_wrap.auditlog import AuditLog
+from enhrec_wrap.config import Config
+
+SERVER = "5a1f0e2d-1111-4222-8333-444455556666"
+ALICE = "a11ce000-0000-4000-8000-000000000001"
+BOB = "b0b00000-0000-4000-8000-000000000002"
+CAROL = "ca701000-0000-4000-8000-000000000003"
+TWIN = "a11ce000-1111-4000-8000-000000000004"   # shares "a11ce000" with ALICE
+NOW = time.time()
+O_WRONLY_CREAT_TRUNC = 0o1101
+
+
+def stamp(epoch):
+    return inspect.rfc3339(epoch)
+
+
+class Writer:
+    """One session's events, written as the recorder writes them (both sinks)."""
+
+    def __init__(self, config, sid, login, start, remote=None, command=("bash",)):
+        self.config, self.sid, self.login, self.t = config, sid, login, start
+        self.ei = 0
+        self.store = store.SessionStore.create(config.log_dir, SERVER, sid)
+        self.start = start
+        fields = {"interactive": False, "enhanced_recording": True, "initial_command": list(command)}
+        if remote:
+            fields["addr.remote"] = remote
+        self.emit("session.start", "T2000I", 0.0, **fields)
+
+    def emit(self, kind, code, after, **fields):
+        self.t += after
+        e = {"ei": self.ei, "event": kind, "code": code, "uid": f"{self.sid}-{self.ei}",
+             "time": stamp(self.t), "sid": self.sid, "namespace": "default", "server_id": SERVER,
+             "server_hostname": "web-01", "login": self.login, "user": self.login}
+        e.update(fields)
+        self.ei += 1
+        line = orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE)
+        audit = AuditLog(self.config.log_dir, SERVER, clock=lambda: self.t)
+        audit.write([line])
+        audit.close()
+        self.store.write([e], [line])
+        return e
+
+    def exec(self, pid, ppid, path, argv, rc=0, after=0.01):
+        return self.emit("session.command", "T4000I", after, pid=pid, ppid=ppid, cgroup_id=7,
+                         program=os.path.basename(path)[:15], path=path, argv=argv, return_code=rc,
+                         argv_truncated=False)
+
+    def open(self, pid, ppid, program, path, flags=0, rc=3, after=0.001):
+        return self.emit("session.disk", "T4001I", after, pid=pid, ppid=ppid, cgroup_id=7,
+                         program=program, path=path, flags=flags, return_code=rc)
+
+    def connect(self, pid, ppid, program, addr, port, rc=0, version=4, after=0.001):
+        return self.emit("session.network", "T4002I", after, pid=pid, ppid=ppid, cgroup_id=7,
+                         program=program, src_addr="10.0.0.1" if version == 4 else "::1",
+                         dst_addr=addr, dst_port=port, version=version, protocol="tcp", return_code=rc)
+
+    def end(self, status=0, after=0.01):
+        self.emit("session.end", "T2004I", after, enhanced_recording=True, interactive=False,
+                  participants=[self.login], session_start=stamp(self.start),
+                  session_stop=stamp(self.t + after), exit_status=status,
+                  lost_events={"command": 0, "disk": 0, "network": 0}, lost_return_codes=0)
+        self.store.close(ended=True)
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "host_uuid").write_text(SERVER)
+    cfg = Config(data_dir=str(data), cgroup_path=str(tmp_path / "cgroup"))
+    seen = []
+
+    def fake_load_config(path):
+        seen.append(path)
+        return cfg
+
+    monkeypatch.setattr(inspect, "load_config", fake_load_config)
+    cfg_seen = seen
+    return cfg, cfg_seen
+
+
+@pytest.fixture
+def logs(config):
+    """alice (3h ago, from 10.0.0.5, complete) runs curl; bob (2 days ago, local) was cut off;
+    carol is live now."""
+    cfg, _ = config
+    a = Writer(cfg, ALICE, "alice", NOW - 3 * 3600, remote="10.0.0.5:51234",
+               command=("bash", "-c", "curl http://example.com; cat /etc/hostname"))
+    a.exec(100, 99, "/usr/bin/bash", ["-c", "curl http://example.com; cat /etc/hostname"])
+    a.open(100, 99, "bash", "/etc/ld.so.cache", after=0.002)
+    a.exec(101, 100, "/usr/bin/curl", ["http://example.com"], after=0.5)
+    a.open(101, 100, "curl", "/lib/x86_64-linux-gnu/libcurl.so.4")
+    a.open(101, 100, "curl", "/root/.curlrc", rc=-2)
+    a.connect(101, 100, "curl", "93.184.216.34", 80)
+    a.connect(101, 100, "curl", "2001:db8::1", 443, rc=-111, version=6)
+    a.exec(102, 100, "/usr/bin/cat", ["/etc/hostname"], after=0.2)
+    a.open(102, 100, "cat", "/etc/hostname")
+    a.open(103, 102, "sh", "/tmp/out", flags=O_WRONLY_CREAT_TRUNC)   # a child with no exec
+    a.exec(100, 99, "/usr/bin/nonexistent", [], rc=-2)
+    a.end(status=3)
+
+    b = Writer(cfg, BOB, "bob", NOW - 2 * 86400, command=("ls",))
+    b.exec(200, 199, "/usr/bin/ls", ["-l", "/home"])
+    b.open(200, 199, "ls", "/home", flags=0o200000)
+    for s in b.store._streams.values():   # the recorder died
+        os.close(s.fd)
+    os.close(b.store._index_fd)
+    os.close(b.store.lock.fd)
+
+    c = Writer(cfg, CAROL, "carol", NOW - 60, command=("vim",))
+    c.exec(300, 299, "/usr/bin/vim", ["notes.txt"])
+    yield cfg
+    c.store.close(ended=True)
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as done:
+        inspect.main(list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return done.value.code, out, err
+
+
+def one_error_line(err):
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("enhrec: "), err
+    return lines[0]
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+def test_sessions_newest_first_with_counts_and_state(logs, capsys):
+    code, out, err = run(capsys, "sessions")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["SID", "LOGIN", "FROM"]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == [CAROL[:8], ALICE[:8], BOB[:8]]
+    assert rows[1][1:3] == ["alice", "10.0.0.5:51234"]
+    assert rows[1][-5:] == ["4", "5", "2", "3", "complete"]   # commands files conns exit state
+    assert rows[0][-1] == "live" and rows[2][-1] == "incomplete"
+    assert "\x1b[" not in out   # plain when piped
+
+
+def test_sessions_json_and_filters(logs, capsys):
+    code, out, _ = run(capsys, "sessions", "--json", "--login", "alice")
+    assert code == 0
+    (row,) = [orjson.loads(x) for x in out.splitlines()]
+    assert row["sid"] == ALICE and row["remote"] == "10.0.0.5:51234" and row["exit_status"] == 3
+    assert (row["commands"], row["files"], row["connections"]) == (4, 5, 2)
+    assert row["state"] == "complete" and 0.7 < row["duration_seconds"] < 1.0
+    code, out, _ = run(capsys, "sessions", "--json", "--since", "1d")
+    assert {orjson.loads(x)["sid"] for x in out.splitlines()} == {ALICE, CAROL}
+
+
+def test_config_option_is_read_on_group_and_command(config, logs, capsys):
+    _, seen = config
+    run(capsys, "--config", "/etc/a.yaml", "sessions")
+    run(capsys, "sessions", "--config", "/etc/b.yaml")
+    assert seen[-2:] == ["/etc/a.yaml", "/etc/b.yaml"]
+
+
+# --- show -----------------------------------------------------------------------------------
+
+def test_show_by_unique_prefix_reads_as_a_tree(logs, capsys):
+    code, out, err = run(capsys, "show", CAROL[:4])
+    assert code == 0, err
+    code, out, err = run(capsys, "show", ALICE[:10])
+    assert code == 0, err
+    assert f"session {ALICE}  complete" in out
+    assert "alice" in out and "10.0.0.5:51234" in out and "exit 3" in out and "lost   none" in out
+    lines = out.splitlines()
+    bash = next(i for i, x in enumerate(lines) if "/usr/bin/bash -c" in x)
+    curl = next(i for i, x in enumerate(lines) if "/usr/bin/curl http://example.com" in x)
+    assert lines[bash].startswith("+0.010s ") and lines[curl].startswith("  +0.5")   # one level down
+    below_curl = lines[curl + 1:curl + 6]
+    assert any("open r     /root/.curlrc  ENOENT" in x for x in below_curl)
+    assert any("connect 93.184.216.34:80 tcp" in x for x in below_curl)
+    assert any("connect [2001:db8::1]:443 tcp  ECONNREFUSED" in x for x in below_curl)
+    assert any("library and locale reads" in x for x in below_curl)   # libcurl hidden
+    assert any("exec failed /usr/bin/nonexistent  ENOENT" in x for x in lines)
+    assert any("open w+creat+trunc /tmp/out" in x for x in lines)
+    assert "\x1b[" not in out
+
+
+def test_show_all_files_and_json(logs, capsys):
+    code, out, _ = run(capsys, "show", "--all-files", ALICE)
+    assert "libcurl.so.4" in out
+    code, out, _ = run(capsys, "show", "--json", ALICE)
+    assert code == 0
+    doc = orjson.loads(out)
+    assert doc["session"]["login"] == "alice" and doc["session"]["state"] == "complete"
+    (bash,) = doc["processes"]
+    assert bash["pid"] == 100 and bash["execs"][0]["path"] == "/usr/bin/bash"
+    curl = next(c for c in bash["children"] if c["pid"] == 101)
+    assert curl["execs"][0]["argv"] == ["http://example.com"] and curl["execs"][0]["offset"] > 0.5
+    assert [(c["dst_addr"], c["dst_port"]) for c in curl["connections"]] == [("93.184.216.34", 80),
+                                                                             ("2001:db8::1", 443)]
+    cat = next(c for c in bash["children"] if c["pid"] == 102)
+    assert cat["children"][0]["pid"] == 103 and cat["children"][0]["files"][0]["path"] == "/tmp/out"
+
+
+def test_show_a_session_whose_recorder_died(logs, capsys):
+    code, out, err = run(capsys, "show", BOB)
+    assert code == 0, err
+    assert "incomplete" in out and "/usr/bin/ls -l /home" in out and "unknown" in out
+
+
+def test_show_ambiguous_and_unknown_sids(logs, capsys):
+    twin = Writer(logs, TWIN, "dave", NOW - 10)
+    twin.end()
+    code, _, err = run(capsys, "show", "a11ce")
+    assert code == 2 and "ambiguous" in one_error_line(err)
+    code, _, err = run(capsys, "show", "fff")
+    assert code == 2 and "no session 'fff'" in one_error_line(err)
+    code, _, err = run(capsys, "show", "not-a-sid!")
+    assert code == 2 and "is not a session id" in one_error_line(err)
+
+
+# --- search ---------------------------------------------------------------------------------
+
+def search(capsys, *args):
+    code, out, err = run(capsys, "search", "--json", *args)
+    return code, [orjson.loads(x) for x in out.splitlines()], err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--program", "curl", "--event", "exec"], [(ALICE, 3)]),
+    (["--program", "cu*", "--event", "connect"], [(ALICE, 6), (ALICE, 7)]),
+    (["--path", "/etc/*"], [(ALICE, 2), (ALICE, 9)]),
+    (["--path", "*curlrc"], [(ALICE, 5)]),
+    (["--dst", "93.184.216.34:80"], [(ALICE, 6)]),
+    (["--dst", ":443"], [(ALICE, 7)]),
+    (["--dst", "[2001:db8::1]:443"], [(ALICE, 7)]),
+    (["--dst", "93.184.0.0/16"], [(ALICE, 6)]),
+    (["--login", "bob"], [(BOB, 0), (BOB, 1), (BOB, 2)]),
+    (["--event", "start", "--event", "end"], [(BOB, 0), (ALICE, 0), (ALICE, 12), (CAROL, 0)]),
+    (["--event", "exec", "--until", "1d"], [(BOB, 1)]),
+    (["--event", "exec", "--since", "2h"], [(CAROL, 1)]),
+    (["--sid", BOB[:6], "--event", "open"], [(BOB, 2)]),
+])
+def test_search_filters(logs, capsys, args, expected):
+    code, found, err = search(capsys, *args)
+    assert code == 0, err
+    assert [(e["sid"], e["ei"]) for e in found] == expected
+
+
+def test_search_json_lines_are_the_logged_lines(logs, capsys):
+    code, out, _ = run(capsys, "search", "--json", "--sid", ALICE)
+    day_lines = b"".join(open(p, "rb").read() for _, p in
+                         inspect.reader.LogDir(logs.log_dir).day_files())
+    assert code == 0 and all(x.encode() + b"\n" in day_lines for x in out.splitlines())
+
+
+def test_search_human_lines(logs, capsys):
+    code, out, _ = run(capsys, "search", "--program", "curl", "--event", "exec")
+    assert code == 0
+    (line,) = out.splitlines()
+    assert ALICE[:8] in line and "alice" in line and "exec" in line
+    assert "[101<100] /usr/bin/curl http://example.com" in line
+
+
+def test_search_without_matches_exits_1(logs, capsys):
+    code, out, err = run(capsys, "search", "--program", "wget")
+    assert code == 1 and out == "" and one_error_line(err) == "enhrec: no matching events"
+
+
+def test_corrupt_lines_are_skipped_and_counted(logs, capsys):
+    (_, path), *_ = inspect.reader.LogDir(logs.log_dir).day_files()
+    with open(path, "ab") as f:
+        f.write(b"garbage\n")
+    code, found, err = search(capsys, "--login", "bob")
+    assert code == 0 and len(found) == 3
+
+
+@pytest.mark.parametrize("args, words", [
+    (["search", "--since", "soon"], "--since 'soon': not a time"),
+    (["search", "--since", "1h", "--until", "2h"], "is after --until"),
+    (["search", "--dst", "example.com:80"], "not an IP address"),
+    (["search", "--dst", "10.0.0.1:99999"], "port must be"),
+    (["search", "--event", "bogus"], "unknown event type"),
+    (["search", "--sid", "xyz!"], "not a session id"),
+    (["search", "--nope"], "No such option"),
+    (["tail", "-n", "-3"], "-n"),
+    (["show"], "Missing argument"),
+    (["frobnicate"], "No such command"),
+])
+def test_bad_input_is_one_line_and_non_zero(logs, capsys, args, words):
+    code, _, err = run(capsys, *args)
+    assert code == 2 and words in one_error_line(err)
+
+
+def test_missing_log_dir_says_so(config, capsys):
+    code, _, err = run(capsys, "sessions")
+    assert code == 2 and "no audit log at" in one_error_line(err)
+
+
+# --- tail -----------------------------------------------------------------------------------
+
+def test_tail_prints_the_newest_matching_events(logs, capsys):
+    code, out, _ = run(capsys, "tail", "-n", "2", "--json")
+    assert code == 0
+    # events.log points at the newest day: carol's (live) events are its last lines.
+    assert [orjson.loads(x)["ei"] for x in out.splitlines()][-1] == 1
+    code, out, _ = run(capsys, "tail", "--event", "exec", "-n", "1")
+    assert "/usr/bin/vim notes.txt" in out
+
+
+# --- times ----------------------------------------------------------------------------------
+
+NOON = calendar.timegm((2024, 3, 5, 12, 0, 0))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("90s", "2024-03-05T11:58:30.000Z"),
+    ("30m", "2024-03-05T11:30:00.000Z"),
+    ("1h", "2024-03-05T11:00:00.000Z"),
+    ("2d", "2024-03-03T12:00:00.000Z"),
+    ("1w", "2024-02-27T12:00:00.000Z"),
+    ("today", "2024-03-05T00:00:00.000Z"),
+    ("yesterday", "2024-03-04T00:00:00.000Z"),
+    ("now", "2024-03-05T12:00:00.000Z"),
+    ("2024-03-01", "2024-03-01T00:00:00.000Z"),
+    ("2024-03-01T08:30", "2024-03-01T08:30:00.000Z"),
+    ("2024-03-01 08:30:15Z", "2024-03-01T08:30:15.000Z"),
+    ("2024-03-01T08:30:15+02:00", "2024-03-01T06:30:15.000Z"),
+])
+def test_parse_time(text, expected):
+    assert inspect.parse_time(text, "--since", now=NOON) == expected
+
+
+def test_progress_only_on_a_terminal_and_after_a_while(monkeypatch, capsys):
+    progress = inspect.Progress()
+    progress.enabled, progress.DELAY = True, 0.0
+    progress.start(200)
+    progress.update(100, "2024-03-05.00:00:00.log")
+    progress.finish()
+    err = capsys.readouterr().err
+    assert "reading 2024-03-05.00:00:00.log 50%" in err and err.endswith("\r\x1b[K")
+
+
+# --- doctor ---------------------------------------------------------------------------------
+
+def test_doctor_checks(tmp_path):
+    assert doctor.check_kernel("5.4.0-150-generic").status == "FAIL"
+    assert doctor.check_kernel("6.1.0-18-amd64").status == "ok"
+    assert doctor.check_btf(str(tmp_path / "none")).status == "ok"   # not needed
+    cfg = Config(data_dir=str(tmp_path))
+    assert doctor.check_data_dir(cfg).status == "ok"
+    (tmp_path / "file").write_text("x")
+    blocked = Config(data_dir=str(tmp_path / "file" / "data"))
+    assert doctor.check_data_dir(blocked).status == "FAIL"
+    result, _ = doctor.check_config(str(tmp_path / "missing.yaml"))
+    assert result.status == "FAIL" and "config file not found" in result.detail
+    assert ("syscalls", "sys_enter_execve") in doctor.tracepoints()
+
+
+def test_doctor_exit_status_follows_failures(monkeypatch, capsys):
+    good = [doctor.ok("root", "running as root"), doctor.warn("stale sessions", "1", "run it")]
+    monkeypatch.setattr(doctor, "run", lambda path, repair: good)
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "warn  stale sessions: 1: run it" in out
+    bad = good + [doctor.fail("BTF", "missing", "install it")]
+    monkeypatch.setattr(doctor, "run", lambda path, repair: bad)
+    code, out, err = run(capsys, "doctor")
+    assert code == 1 and "FAIL  BTF: missing: install it" in out
+    assert "recording cannot work" in one_error_line(err)
