@@ -337,12 +337,20 @@ def _span(start, stop) -> float | None:
 _KIND_COLOURS = {"exec": "green", "open": "blue", "connect": "magenta", "start": "cyan", "end": "cyan"}
 
 
-def event_line(e: dict) -> str:
+def event_line(e: dict, remote: str | None = None) -> str:
+    """One event as a line; `remote`, where known, is the address its session came from."""
     word, detail, failed = describe(e)
     stamp = click.style(safe(e.get("time", "?")), dim=True)
     sid = click.style(safe(str(e.get("sid", "?"))[:8]), fg="yellow")
     kind = click.style(f"{word:<7}", fg="red" if failed else _KIND_COLOURS.get(word), bold=word == "exec")
-    return f"{stamp} {sid} {safe(e.get('login', '?')):<8} {kind} {detail}"
+    who = safe(e.get("login", "?")) + (f"@{safe(host_of(remote))}" if remote else "")
+    return f"{stamp} {sid} {who:<8} {kind} {detail}"
+
+
+def host_of(address: str) -> str:
+    """10.1.2.3:5555 -> 10.1.2.3, [2001:db8::1]:22 -> 2001:db8::1"""
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    return host.strip("[]")
 
 
 # --- output helpers -------------------------------------------------------------------------
@@ -915,9 +923,13 @@ def search(obj, config_path, as_json, login, program, path, dst, event, since, u
     filters = _filters(login, program, path, dst, event, since, until, sid)
     log, _ = obj.log(config_path)
     stats = reader.Stats()
-    count, sids = 0, {}
+    count, sids, remotes = 0, {}, {}
     first_day, last_day = filters.days()
-    for e, line in reader.day_events(log, first_day, last_day, stats, filters.needles(), Progress()):
+    # Every session.start is read too, to tell where each match's session came from.
+    for e, line in reader.day_events(log, first_day, last_day, stats, filters.needles(), Progress(),
+                                     also_keep=b'"session.start"'):
+        if e.get("event") == START and e.get("addr.remote"):
+            remotes[e.get("sid")] = e["addr.remote"]
         if not filters.match(e):
             continue
         count += 1
@@ -925,7 +937,7 @@ def search(obj, config_path, as_json, login, program, path, dst, event, since, u
         if as_json:
             write_json_line(line)
         else:
-            click.echo(event_line(e))
+            click.echo(event_line(e, remotes.get(e.get("sid"))))
     report_skipped(stats)
     if not count:
         raise NoMatch("no matching events")

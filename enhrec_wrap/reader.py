@@ -232,9 +232,10 @@ def session_events(log: LogDir, sid: str, stats: Stats | None = None, directory:
 
 
 def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None = None,
-               must_contain: tuple[bytes, ...] = (), progress=None):
+               must_contain: tuple[bytes, ...] = (), progress=None, also_keep: bytes | None = None):
     """(event, line) from the daily files in [first_day, last_day], oldest file first.
-    Lines lacking any of `must_contain` are skipped before they are parsed (a cheap pre-filter)."""
+    Lines lacking any of `must_contain` are skipped before they are parsed (a cheap pre-filter),
+    unless they contain `also_keep`."""
     stats = stats if stats is not None else Stats()
     files = log.day_files(first_day, last_day)
     total = sum(_size(path) for _, path in files)
@@ -248,7 +249,8 @@ def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None =
                 if progress and n % 4096 == 0:
                     progress.update(done + stats.bytes_read - before, os.path.basename(path))
                 if must_contain and not all(needle in line for needle in must_contain):
-                    continue
+                    if also_keep is None or also_keep not in line:
+                        continue
                 event = parse(line, stats)
                 if event is not None:
                     yield event, line

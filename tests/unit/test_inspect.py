@@ -268,7 +268,7 @@ def test_search_human_lines(logs, capsys):
     code, out, _ = run(capsys, "search", "--program", "curl", "--event", "exec")
     assert code == 0
     (line,) = out.splitlines()
-    assert ALICE[:8] in line and "alice" in line and "exec" in line
+    assert ALICE[:8] in line and "alice@10.0.0.5 " in line and "exec" in line
     assert "[101<100] /usr/bin/curl http://example.com" in line
 
 
