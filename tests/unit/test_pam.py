@@ -1,0 +1,65 @@
+"""Tests for enhrec_wrap.pam that need neither root nor a PAM stack: who may use it, and the one
+line a refused account gets. The real PAM conversation is tested end to end (tests/e2e)."""
+
+import types
+
+import pam as python_pam
+import pytest
+
+from enhrec_wrap import pam
+from enhrec_wrap.errors import EXIT_SETUP_FAILED, EnhrecError
+
+
+def test_only_root_opens_pam_sessions(monkeypatch):
+    monkeypatch.setattr(pam.os, "getuid", lambda: 1000)
+    with pytest.raises(EnhrecError, match="for root only") as caught:
+        pam.open_session("bob", "alice")
+    assert caught.value.exit_code == EXIT_SETUP_FAILED
+
+
+def test_missing_service_file_is_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(pam.os, "getuid", lambda: 0)
+    monkeypatch.setattr(pam, "PAM_DIR", str(tmp_path))
+    with pytest.raises(EnhrecError, match=f"{tmp_path}/enhrec-wrap is missing: .*make install"):
+        pam.open_session("bob", "root")
+
+
+def fake_handle(code, reason, messages):
+    return types.SimpleNamespace(code=code, reason=reason, messages=messages)
+
+
+def test_refusal_names_the_user_and_the_modules_reason():
+    handle = fake_handle(python_pam.PAM_AUTH_ERR, "Authentication failure",
+                         ["Your account has expired; please contact your system administrator."])
+    line = pam._refusal("bob", "enhrec-wrap", handle)
+    assert line == ("PAM account check refused user 'bob' (service enhrec-wrap): Your account has "
+                    "expired; please contact your system administrator. (PAM: Authentication "
+                    "failure): renew or unlock the account (e.g. chage -E -1 bob), or pick "
+                    "another user")
+    assert "\n" not in line
+
+
+def test_refusal_without_module_messages_gives_pams_reason():
+    handle = fake_handle(python_pam.PAM_ACCT_EXPIRED, "User account has expired", [])
+    line = pam._refusal("bob", "enhrec-wrap", handle)
+    assert "refused user 'bob'" in line and "(service enhrec-wrap): PAM: User account has expired:" in line
+
+
+def test_session_refusal_points_at_the_session_modules():
+    handle = fake_handle(python_pam.PAM_SESSION_ERR, "Cannot make/remove an entry", ["  "])
+    line = pam._refusal("bob", "enhrec-wrap", handle, "session")
+    assert line.startswith("PAM session refused user 'bob'")
+    assert line.endswith("check the session modules in /etc/pam.d/enhrec-wrap")
+
+
+def test_close_is_safe_twice():
+    calls = []
+    handle = types.SimpleNamespace(
+        handle=object(),
+        close_session=lambda: calls.append("close"),
+        pam_setcred=lambda h, flag: calls.append(("setcred", flag)),
+        end=lambda: calls.append("end"))
+    session = pam.PamSession(handle)
+    session.close()
+    session.close()
+    assert calls == ["close", ("setcred", python_pam.PAM_DELETE_CRED), "end"]
