@@ -6,7 +6,11 @@ fallback `make install` builds), tracefs, and the ring-buffer sizes from the con
 
 import ctypes as ct
 import importlib.resources
+import mmap
 import os
+import select
+import struct
+import threading
 
 from enhrec_wrap.decode import Decoder
 from enhrec_wrap.errors import EnhrecError
@@ -20,6 +24,20 @@ COMMAND_RESULT_COUNTER = 3   # STREAM_COMMAND_RESULT in enhrec.h
 MIN_COMMAND_RING_PAGES = 32
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 DOCTOR_HINT = "run `enhrec doctor` for a full check"
+# The kernel's ring buffer record header (include/uapi/linux/bpf.h): u32 length with these two
+# flag bits, u32 page offset; records are 8-byte aligned.
+RINGBUF_BUSY_BIT = 1 << 31
+RINGBUF_DISCARD_BIT = 1 << 30
+RINGBUF_HDR_SIZE = 8
+_RECORD_HEADER = struct.Struct("=I")
+# Records read from each ring per pass: a batch of events is built, written, freed, and its
+# memory reused by the next (about 3 KiB of Python objects per event while it is built).
+BATCH_RECORDS = 4096
+# glibc mallopt(3) parameters, and how much freed memory the consumer keeps for reuse.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MALLOC_KEEP_BYTES = 32 << 20
+MALLOC_MMAP_BYTES = 8 << 20    # blocks at least this big still get their own mapping
 
 
 def ring_pages(setting_pages: int, cpus: int, minimum: int = 1) -> int:
@@ -61,11 +79,63 @@ def possible_cpus() -> int:
     return int(last) + 1
 
 
+class Ring:
+    """A BPF ring buffer read straight from its memory, as libbpf reads it, without a C callback
+    per record: the consumer position page (read-write), then the producer position page and the
+    data pages, mapped twice in a row by the kernel so a record that wraps is contiguous."""
+
+    def __init__(self, map_fd: int, size: int):
+        self.mask = size - 1
+        self._consumer_map = mmap.mmap(map_fd, PAGE_SIZE, mmap.MAP_SHARED,
+                                       mmap.PROT_READ | mmap.PROT_WRITE)
+        self._data_map = mmap.mmap(map_fd, PAGE_SIZE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                                   offset=PAGE_SIZE)
+        self._consumer = memoryview(self._consumer_map).cast("Q")
+        self._producer = memoryview(self._data_map)[:8].cast("Q")
+        self.data = memoryview(self._data_map)[PAGE_SIZE:]
+
+    def read(self, decode, records: list, limit: int) -> int:
+        """Decodes committed records, up to `limit` of them, with decode(data, offset, length)
+        into `records`; returns how many could not be decoded (dropped, and to be counted lost).
+
+        x86-64 only (bpf.py refuses other machines): the positions are plain 8-byte loads and
+        stores, which x86's ordering makes the acquire and release that libbpf uses."""
+        consumer = self._consumer
+        position = consumer[0]
+        producer = self._producer[0]
+        data, mask, unpack_header = self.data, self.mask, _RECORD_HEADER.unpack_from
+        failed = 0
+        limit += len(records)
+        while position < producer and len(records) < limit:
+            offset = position & mask
+            length = unpack_header(data, offset)[0]
+            if length & RINGBUF_BUSY_BIT:
+                break   # still being written; the next read takes it
+            if not length & RINGBUF_DISCARD_BIT:
+                try:
+                    records.append(decode(data, offset + RINGBUF_HDR_SIZE, length))
+                except ValueError:
+                    failed += 1
+            length &= ~RINGBUF_DISCARD_BIT
+            position += (length + RINGBUF_HDR_SIZE + 7) & ~7
+            consumer[0] = position   # at once: the producer may reuse the space
+        return failed
+
+    def close(self):
+        for view in (self._consumer, self._producer, self.data):
+            view.release()
+        self._consumer_map.close()
+        self._data_map.close()
+
+
 class Probes:
-    """The loaded programs of one session: filters on its cgroup, and hands raw records to a
-    callback from `poll`."""
+    """The loaded programs of one session: filters on its cgroup, and hands decoded records to a
+    callback (a list per pass over the rings) from `poll` and `drain`."""
 
     def __init__(self, config, on_record):
+        if os.uname().machine != "x86_64":
+            raise EnhrecError(f"unsupported machine {os.uname().machine}: enhrec-wrap reads its "
+                              "ring buffers with x86-64 memory ordering; run it on x86-64")
         try:
             from bcc import BPF
         except ImportError:
@@ -79,24 +149,35 @@ class Probes:
         ensure_tracefs()
         cpus = possible_cpus()
         program_dir = importlib.resources.files("enhrec_wrap.bpf_programs")
+        pages = {
+            "command": ring_pages(config.command_buffer_size, cpus, MIN_COMMAND_RING_PAGES),
+            "disk": ring_pages(config.disk_buffer_size, cpus),
+            "network": ring_pages(config.network_buffer_size, cpus),
+        }
         cflags = [
             f"-I{program_dir}",
-            f"-DCOMMAND_RING_PAGES={ring_pages(config.command_buffer_size, cpus, MIN_COMMAND_RING_PAGES)}",
-            f"-DDISK_RING_PAGES={ring_pages(config.disk_buffer_size, cpus)}",
-            f"-DNETWORK_RING_PAGES={ring_pages(config.network_buffer_size, cpus)}",
+            f"-DCOMMAND_RING_PAGES={pages['command']}",
+            f"-DDISK_RING_PAGES={pages['disk']}",
+            f"-DNETWORK_RING_PAGES={pages['network']}",
             f"-DPOSSIBLE_CPUS={cpus}",
         ]
         try:
             self.bpf = BPF(src_file=str(program_dir / "recorder.c").encode(), cflags=cflags)
         except Exception as e:   # BCC raises plain Exception for compile, load and attach
             raise EnhrecError(f"cannot load the BPF programs: {_first_line(e)}: {DOCTOR_HINT}") from None
+        release_compiler_memory()
         self.decoder = Decoder(self.bpf)
         self._on_record = on_record
+        self.rings = []
+        self._epoll = select.epoll()
+        self._wake_pid = None
+        self._pidfd = -1
+        # Records dropped in user space (undecodable), per stream: lost like the kernel's.
+        self._user_lost = dict.fromkeys(STREAMS, 0)
         for stream in STREAMS:
-            self.bpf[f"{stream}_events"].open_ring_buffer(self._callback)
-
-    def _callback(self, _ctx, data, size):
-        self._on_record(ct.string_at(data, size))
+            table = self.bpf[f"{stream}_events"]
+            self.rings.append((stream, Ring(table.map_fd, pages[stream] * PAGE_SIZE)))
+            self._epoll.register(table.map_fd, select.EPOLLIN)
 
     def watch(self, cgroup_id: int):
         self.bpf["watched_cgroups"][ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
@@ -106,21 +187,101 @@ class Probes:
         parent so that its events carry a ppid like every other."""
         self.bpf["parents"][ct.c_uint32(child_pid)] = ct.c_uint32(parent_pid)
 
-    def poll(self, timeout_ms: int):
-        self.bpf.ring_buffer_poll(timeout_ms)
+    def poll(self, timeout_ms: int, wake_pid: int | None = None):
+        """Waits up to timeout_ms for records (or, given wake_pid, for that process to exit),
+        then reads every ring once."""
+        if wake_pid != self._wake_pid:
+            self._watch_pid(wake_pid)
+        try:
+            self._epoll.poll(timeout_ms / 1000)
+        except InterruptedError:
+            pass
+        self._read_rings()
 
     def drain(self):
-        self.bpf.ring_buffer_consume()
+        """Reads until the rings are empty: at the end, when nothing in the session runs."""
+        while self._read_rings():
+            pass
+
+    def _read_rings(self) -> int:
+        """One pass: up to BATCH_RECORDS records of each ring, handed on as one list. Bounded
+        batches keep the consumer's memory small and reused (see tune_malloc)."""
+        records = []
+        decode = self.decoder.decode_from
+        for stream, ring in self.rings:
+            failed = ring.read(decode, records, BATCH_RECORDS)
+            if failed:
+                self._user_lost[stream] += failed
+        if records:
+            self._on_record(records)
+        return len(records)
+
+    def _watch_pid(self, pid):
+        if self._pidfd >= 0:
+            self._epoll.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._wake_pid = pid
+        if pid is None:
+            return
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:
+            return   # already reaped: nothing to wait for
+        self._epoll.register(self._pidfd, select.EPOLLIN)
 
     def lost_counts(self) -> dict:
-        """Records the kernel side could not deliver, per stream (and exec results)."""
+        """Records that never reached the log, per stream (and exec results): those the kernel
+        side could not deliver and those user space could not decode."""
         table = self.bpf["lost_events"]
-        counts = {stream: sum(table[ct.c_int(i)]) for i, stream in enumerate(STREAMS)}
+        counts = {stream: sum(table[ct.c_int(i)]) + self._user_lost[stream]
+                  for i, stream in enumerate(STREAMS)}
         counts["command_result"] = sum(table[ct.c_int(COMMAND_RESULT_COUNTER)])
         return counts
 
     def close(self):
+        self._watch_pid(None)
+        self._epoll.close()
+        for _, ring in self.rings:
+            ring.close()
+        self.rings = []
+        detach_tracepoints(self.bpf)
         self.bpf.cleanup()
+
+
+def release_compiler_memory():
+    """Gives back to the system the heap LLVM freed after compiling (about 25 MB of RSS), then
+    keeps what the consumer frees for its next batch.
+
+    By default glibc returns freed memory at the top of the heap once it exceeds 128 KiB, and
+    every batch of events then faults its memory in again: on this VM a page fault costs 5 us,
+    and JSON-encoding an event went from 0.9 us to 8 us (docs/PERFORMANCE.md). Setting the
+    thresholds also stops glibc from adapting them."""
+    try:
+        libc = ct.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        libc.mallopt(M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES)
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
+def detach_tracepoints(bpf):
+    """Detaches all tracepoints at once. Each detach waits for an RCU grace period in the kernel
+    (~40 ms here): one after the other, BCC's cleanup took 0.7 s of every session's end."""
+    threads = [threading.Thread(target=_detach_quietly, args=(bpf, tp))
+               for tp in list(bpf.tracepoint_fds)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _detach_quietly(bpf, tracepoint):
+    try:
+        bpf.detach_tracepoint(tracepoint)
+    except Exception:   # noqa: BLE001 - BCC's cleanup retries what is left, and closing the fd
+        pass            # at exit detaches anyway
 
 
 def _first_line(error) -> str:

@@ -53,10 +53,11 @@ class Layout:
             end = offset + size
         self.struct = struct.Struct(fmt)
         self.names = tuple(names)
+        self.has_tail = tail_field is not None
         self.tail_offset = end if tail_field is None else _field_offset(ctype, tail_field)
 
-    def unpack(self, raw):
-        return dict(zip(self.names, self.struct.unpack_from(raw)))
+    def unpack(self, raw, offset=0):
+        return dict(zip(self.names, self.struct.unpack_from(raw, offset)))
 
 
 def _flatten(ctype, base=0):
@@ -93,15 +94,28 @@ class Decoder:
 
     def decode(self, raw):
         """Returns the record's fields as a dict, with `tail` (bytes) for exec and open."""
-        record_type = self._type_struct.unpack_from(raw)[0]
+        return self.decode_from(raw, 0, len(raw))
+
+    def decode_from(self, buffer, offset, size):
+        """decode() of the `size` bytes at `offset` in `buffer` (a memoryview of a ring buffer:
+        nothing is copied but the fields). Raises ValueError for a record that is not one of
+        ours or is shorter than its type and tail say."""
+        if size < self._type_struct.size:
+            raise ValueError(f"record of {size} bytes")
+        record_type = self._type_struct.unpack_from(buffer, offset)[0]
         layout = self.layouts.get(record_type)
         if layout is None:
             raise ValueError(f"unknown record type {record_type}")
-        fields = layout.unpack(raw)
+        if size < layout.struct.size:
+            raise ValueError(f"record of type {record_type} cut at {size} bytes")
+        fields = dict(zip(layout.names, layout.struct.unpack_from(buffer, offset)))
         fields["comm"] = fields["comm"].split(b"\0", 1)[0]
-        if record_type in TAIL_FIELDS:
-            start = layout.tail_offset
-            fields["tail"] = bytes(raw[start:start + fields["tail_len"]])
+        if layout.has_tail:
+            start = offset + layout.tail_offset
+            end = start + fields["tail_len"]
+            if end > offset + size:
+                raise ValueError(f"record of type {record_type} cut at {size} bytes")
+            fields["tail"] = bytes(buffer[start:end])
         return fields
 
 

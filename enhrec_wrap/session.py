@@ -217,12 +217,13 @@ class Session:
         self.cgroup.wait_empty(KILL_WAIT_SECONDS)
         return lingering
 
-    def _on_record(self, raw):
-        self.records.append(raw)   # decoded after the poll: the callback runs inside BCC
+    def _on_record(self, records):
+        self.records.extend(records)   # decoded records of one pass over the rings
 
     def poll(self):
         if self.probes:
-            self.probes.poll(POLL_MS)
+            # Wakes for records, or as soon as the child exits (not up to POLL_MS later).
+            self.probes.poll(POLL_MS, wake_pid=self.child)
             self._flush_records()
         else:
             time.sleep(POLL_MS / 1000)
@@ -231,19 +232,14 @@ class Session:
         if not self.records:
             return
         batch, self.records = self.records, []
-        decoded = []
-        decoder = self.probes.decoder
-        for raw in batch:
-            complete = self.kernel.feed(decoder.decode(raw))
-            if complete:
-                decoded.append(complete)
-        self._write_kernel_events(decoded)
+        self._write_kernel_events(self.kernel.feed_many(batch))
 
     def _write_kernel_events(self, completed):
+        if not completed:
+            return
         completed.sort(key=lambda item: item[1])
-        made = [self.factory.make(kind, self.factory.kernel_time(ts), **fields)
-                for kind, ts, fields in completed]
-        self._write(made)
+        make, offset = self.factory.make_from, self.factory.monotonic_to_epoch_ns
+        self._write([make(kind, ts + offset, fields) for kind, ts, fields in completed])
 
     def _write(self, made, strict=False):
         """Each event to both sinks. `strict` (before the session's program runs): a failure
