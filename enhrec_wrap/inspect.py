@@ -105,6 +105,8 @@ def human_time(stamp) -> str:
 def duration_text(seconds: float | None) -> str:
     if seconds is None or seconds < 0:
         return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, sec = divmod(int(seconds), 60)
@@ -616,6 +618,10 @@ def tree_as_dict(p: Process, t0: float | None) -> dict:
             "connections": conns, "children": [tree_as_dict(c, t0) for c in p.children]}
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def render_header(head: dict) -> list[str]:
     state_colour = {"complete": "green", "live": "yellow", "incomplete": "red"}[head["state"]]
     lines = [click.style("session ", bold=True) + click.style(head["sid"], fg="yellow", bold=True)
@@ -633,8 +639,8 @@ def render_header(head: dict) -> list[str]:
     lines.append("  ran    " + (shlex.join([safe(a) for a in cmd]) if cmd else "login shell")
                  + ("  (interactive)" if head.get("interactive") else ""))
     status = f"exit {head['exit_status']}" if head["exit_status"] is not None else "exit status unknown"
-    lines.append(f"  result {status}; {head['commands']} commands, {head['files']} files, "
-                 f"{head['connections']} connections")
+    lines.append(f"  result {status}; {counted(head['commands'], 'command')}, "
+                 f"{counted(head['files'], 'file open')}, {counted(head['connections'], 'connection')}")
     lost = head.get("lost_events") or {}
     lost_total = sum(v for v in lost.values() if isinstance(v, int)) + (head.get("lost_return_codes") or 0)
     if head["state"] == "complete" and head.get("enhanced_recording") is not False:
@@ -677,57 +683,65 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
         return f"+{t - t0:.3f}s" if t is not None and t0 is not None else "?"
 
     def walk(p: Process, depth: int):
-        pad = "  " * depth
-        for n, (command, opened, connected) in enumerate(p.images or [[None, [], []]]):
-            if command is not None:
-                rc = command.get("return_code")
-                tail = f"  {click.style(result_text(rc), fg='red')}" if rc is None or rc < 0 else ""
-                arrow = "" if n == 0 else click.style("exec ", dim=True)
-                lines.append(f"{pad}{click.style(offset(command), dim=True)} {arrow}"
-                             f"{click.style(command_line(command), bold=True)}"
-                             f"  {click.style(f'pid {p.pid}', dim=True)}{tail}")
-            elif not opened and not connected:
-                lines.append(f"{pad}{click.style('(no events)', dim=True)}"
-                             f"  {click.style(f'pid {p.pid}', dim=True)}")
-            else:
-                first = (opened + connected)[0]
-                lines.append(f"{pad}{click.style(offset(first), dim=True)} "
-                             f"{click.style('(fork of ' + safe(p.program or '?') + ')', dim=True)}"
-                             f"  {click.style(f'pid {p.pid}', dim=True)}")
-            seen = {}
-            hidden = 0
-            for e in opened:
-                if e.get("event") == COMMAND:   # failed exec: the image goes on
-                    lines.append(f"{pad}    {click.style(offset(e), dim=True)} "
-                                 f"{click.style('exec failed', fg='red')} {command_line(e)}  "
-                                 f"{click.style(result_text(e.get('return_code')), fg='red')}")
-                    continue
-                if not all_files and is_routine(e):
-                    hidden += 1
-                    continue
-                rc = e.get("return_code")
-                key = (e.get("abs_path") or e.get("path"), open_mode(e.get("flags")),
-                       isinstance(rc, int) and rc < 0)
-                if key in seen:
-                    seen[key][1] += 1
-                    continue
-                seen[key] = [e, 1]
-            for (path, mode, failed), (e, count) in seen.items():
-                times = f" (x{count})" if count > 1 else ""
-                err = f"  {click.style(result_text(e.get('return_code')), fg='red')}" if failed else ""
-                lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {safe(path)}{times}{err}")
-            if hidden:
-                lines.append(f"{pad}    {click.style(f'({hidden} library and locale reads; --all-files shows them)', dim=True)}")
-            for e in connected:
-                rc = e.get("return_code")
-                err = ""
-                if rc is None or rc < 0:
-                    err = f"  {click.style(result_text(rc), fg=None if rc == -errno.EINPROGRESS else 'red')}"
-                lines.append(f"{pad}    {click.style('connect', fg='magenta')} "
-                             f"{endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} "
-                             f"{safe(e.get('protocol', ''))}{err}  {click.style(f'({offset(e)})', dim=True)}")
-        for child in sorted(p.children, key=lambda c: c.first_ei):
-            walk(child, depth + 1)
+        images = p.images or [[None, [], []]]
+        children = sorted(p.children, key=lambda c: c.first_ei)
+        for n, image in enumerate(images):
+            show_image(p, n, image, "  " * depth)
+            # Children started before the process's next exec come under this image.
+            until = images[n + 1][0].get("ei", 0) if n + 1 < len(images) else None
+            while children and (until is None or children[0].first_ei < until):
+                walk(children.pop(0), depth + 1)
+
+    def show_image(p: Process, n: int, image, pad: str):
+        command, opened, connected = image
+        if command is not None:
+            rc = command.get("return_code")
+            tail = f"  {click.style(result_text(rc), fg='red')}" if rc is None or rc < 0 else ""
+            arrow = "" if n == 0 else click.style("exec ", dim=True)
+            lines.append(f"{pad}{click.style(offset(command), dim=True)} {arrow}"
+                         f"{click.style(command_line(command), bold=True)}"
+                         f"  {click.style(f'pid {p.pid}', dim=True)}{tail}")
+        elif not opened and not connected:
+            lines.append(f"{pad}{click.style('(no events)', dim=True)}"
+                         f"  {click.style(f'pid {p.pid}', dim=True)}")
+        else:
+            first = (opened + connected)[0]
+            lines.append(f"{pad}{click.style(offset(first), dim=True)} "
+                         f"{click.style('(fork of ' + safe(p.program or '?') + ')', dim=True)}"
+                         f"  {click.style(f'pid {p.pid}', dim=True)}")
+        seen = {}
+        hidden = 0
+        for e in opened:
+            if e.get("event") == COMMAND:   # failed exec: the image goes on
+                lines.append(f"{pad}    {click.style(offset(e), dim=True)} "
+                             f"{click.style('exec failed', fg='red')} {command_line(e)}  "
+                             f"{click.style(result_text(e.get('return_code')), fg='red')}")
+                continue
+            if not all_files and is_routine(e):
+                hidden += 1
+                continue
+            rc = e.get("return_code")
+            key = (e.get("abs_path") or e.get("path"), open_mode(e.get("flags")),
+                   isinstance(rc, int) and rc < 0)
+            if key in seen:
+                seen[key][1] += 1
+                continue
+            seen[key] = [e, 1]
+        for (path, mode, failed), (e, count) in seen.items():
+            times = f" (x{count})" if count > 1 else ""
+            err = f"  {click.style(result_text(e.get('return_code')), fg='red')}" if failed else ""
+            lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {safe(path)}{times}{err}")
+        if hidden:
+            note_text = f"({hidden} library and locale reads; --all-files shows them)"
+            lines.append(f"{pad}    {click.style(note_text, dim=True)}")
+        for e in connected:
+            rc = e.get("return_code")
+            err = ""
+            if rc is None or rc < 0:
+                err = f"  {click.style(result_text(rc), fg=None if rc == -errno.EINPROGRESS else 'red')}"
+            lines.append(f"{pad}    {click.style('connect', fg='magenta')} "
+                         f"{endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} "
+                         f"{safe(e.get('protocol', ''))}{err}  {click.style(f'({offset(e)})', dim=True)}")
 
     for root in roots:
         walk(root, 0)
