@@ -46,7 +46,8 @@ def ensure_mounted(path: str) -> None:
     if libc.mount(b"none", path.encode(), b"cgroup2", 0, None) != 0:
         err = ct.get_errno()
         raise EnhrecError(f"cannot mount cgroup2 on {path}: {os.strerror(err)}: "
-                          "the kernel needs cgroup v2 (CONFIG_CGROUPS, cgroup2 filesystem)")
+                          "the kernel needs cgroup v2 (CONFIG_CGROUPS, cgroup2 filesystem); "
+                          "`enhrec doctor` checks it")
 
 
 class SessionCgroup:
@@ -64,7 +65,8 @@ class SessionCgroup:
             os.mkdir(leaf, 0o755)
         except OSError as e:
             raise EnhrecError(f"cannot create the session cgroup {leaf}: {e.strerror}: "
-                              f"check that {cgroup_path} is a writable cgroup2 mount")
+                              f"check that {cgroup_path} is a writable cgroup2 mount "
+                              "(`enhrec doctor` checks it)")
         return cls(leaf)
 
     def add(self, pid: int) -> None:
