@@ -254,7 +254,8 @@ class Session:
             except EnhrecError as e:
                 if strict:
                     raise
-                self._log_failed(sink, e, len(lines))
+                # The store reports failed batches late (it writes in a thread): their count.
+                self._log_failed(sink, e, getattr(e, "unwritten", len(lines)))
 
     def _log_failed(self, sink, error, count):
         """`close` ends the session at the first failure (fail closed); `continue` keeps it and
@@ -318,7 +319,7 @@ class Session:
             # Not ended (session.end missing somewhere): the lock file stays for recovery.
             self.store.close(ended=self.ended or self.start_ns is None)
         except EnhrecError as e:
-            self._log_failed("session_files", e, 0)
+            self._log_failed("session_files", e, getattr(e, "unwritten", 0))
 
 
 def run(config, request: Request) -> int:

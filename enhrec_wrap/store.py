@@ -7,10 +7,11 @@
     <log_dir>/<server_id>/sessions/default/<sid>-<part>.session.network-events.gz    session.network only
     <log_dir>/<server_id>/open-sessions/<sid>.lock                                   while not properly ended
 
-Each batch is compressed and sync-flushed to the file before write() returns, so a recorder that
-dies (SIGKILL, OOM) leaves a gzip stream whose every written event is readable; only the trailer
-is missing, and the readers (and Go's, and `zcat`) stop at the end of what is there. A normal
-end writes the trailer.
+Each batch is compressed and sync-flushed to the files as it arrives (by the store's writer
+thread, milliseconds later), so a recorder that dies (SIGKILL, OOM) leaves gzip streams whose
+every written event is readable; only the trailer is missing, and the readers (and Go's, and
+`zcat`) stop at the end of what is there. A normal end writes the trailer. The daily file, which
+the recorder writes first and directly, holds everything the store had not yet written.
 
 Part 0 is the only part of a healthy session. When a write fails (disk full), the failed stream
 is cut back to its last complete batch and never written again; the next batch for it goes to a
@@ -21,8 +22,10 @@ recorder for as long as it runs) before anything else, and removed only once ses
 written. A lock file nobody holds is a session whose recorder died: see recovery.py.
 """
 
+import collections
 import fcntl
 import os
+import threading
 import zlib
 
 import orjson
@@ -41,6 +44,8 @@ STREAMS = (EVENTS,) + KIND_STREAMS
 # recorder's hot path; JSON lines still shrink several times.
 _LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+# Batches waiting for the writer thread; beyond this the recorder waits for it.
+MAX_PENDING_BYTES = 16 << 20
 
 
 def session_dir(log_dir: str, server_id: str) -> str:
@@ -163,7 +168,14 @@ class _GzStream:
 
 class SessionStore:
     """Writes one session's files. Files appear with the first event (session.start), so a
-    session that fails before it starts leaves nothing behind."""
+    session that fails before it starts leaves nothing behind.
+
+    The first batch is written before write() returns. Later ones are compressed and written by
+    a thread of the store's own, so that compressing every event twice does not hold up the
+    recorder: zlib runs without the GIL, on another core. Each batch is still flushed to its
+    files as soon as it is compressed, a few milliseconds after it arrived, and a failure is
+    raised by the next write(), flush() or close().
+    """
 
     def __init__(self, log_dir: str, server_id: str, sid: str, lock: OpenLock | None):
         self.dir = session_dir(log_dir, server_id)
@@ -172,6 +184,15 @@ class SessionStore:
         self._streams: dict[str, _GzStream] = {}
         self._parts: dict[str, int] = {}
         self._index_fd = -1
+        self._started = False
+        self._worker = None
+        self._cond = threading.Condition()
+        self._pending = collections.deque()
+        self._pending_bytes = 0
+        self._busy = False
+        self._stopping = False
+        self._failure = None        # the first failure not reported yet
+        self._failed_events = 0     # the events it, and those after it, cost
 
     @classmethod
     def create(cls, log_dir: str, server_id: str, sid: str) -> "SessionStore":
@@ -188,9 +209,64 @@ class SessionStore:
         return store
 
     def write(self, events: list[dict], lines: list[bytes]) -> None:
-        """events[i] is encoded as lines[i]. Raises EnhrecError after writing what it could."""
+        """events[i] is encoded as lines[i]. Raises EnhrecError for this batch when it is the
+        first, else for earlier batches that failed; `unwritten` on it counts their events."""
         if not lines:
             return
+        if not self._started:
+            self._write_batch(events, lines)   # session.start: without it nothing may run
+            self._started = True
+            return
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name="session-store", daemon=True)
+            self._worker.start()
+        size = sum(map(len, lines))
+        with self._cond:
+            while self._pending_bytes > MAX_PENDING_BYTES:
+                self._cond.wait()
+            self._pending.append((events, lines, size))
+            self._pending_bytes += size
+            self._cond.notify_all()
+        self._raise_failure()
+
+    def flush(self) -> None:
+        """Waits until every batch given so far is in its files; raises what failed."""
+        with self._cond:
+            while self._pending or self._busy:
+                self._cond.wait()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        with self._cond:
+            failure, count = self._failure, self._failed_events
+            self._failure, self._failed_events = None, 0
+        if failure is not None:
+            failure.unwritten = count
+            raise failure
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                events, lines, size = self._pending.popleft()
+                self._busy = True
+            failure = None
+            try:
+                self._write_batch(events, lines)
+            except EnhrecError as e:
+                failure = e
+            with self._cond:
+                self._busy = False
+                self._pending_bytes -= size
+                if failure is not None:
+                    self._failure = self._failure or failure
+                    self._failed_events += len(lines)
+                self._cond.notify_all()
+
+    def _write_batch(self, events: list[dict], lines: list[bytes]) -> None:
         batches = {EVENTS: (events[0]["ei"], b"".join(lines))}
         for stream in KIND_STREAMS:
             picked = [(e, line) for e, line in zip(events, lines) if e["event"] == stream]
@@ -212,9 +288,20 @@ class SessionStore:
             raise failure
 
     def close(self, ended: bool) -> None:
-        """Finishes every stream. `ended`: session.end is written (or session.start never was),
-        so the lock file goes; otherwise it stays for recovery to write session.end."""
+        """Writes what is pending and finishes every stream. `ended`: session.end is written (or
+        session.start never was), so the lock file goes; otherwise, or when the last batches
+        failed (session.end may be among them), it stays for recovery to write session.end."""
         failure = None
+        if self._worker is not None:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            self._worker.join()
+            self._worker = None
+        try:
+            self._raise_failure()
+        except EnhrecError as e:
+            failure, ended = e, False
         for stream in list(self._streams.values()):
             try:
                 stream.finish()

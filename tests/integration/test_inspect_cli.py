@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import shlex
-import signal
 import subprocess
 import threading
 import time
@@ -136,17 +135,21 @@ def test_tail_and_follow(recorded):
     follow = subprocess.Popen([*ENHREC, "tail", "--config", recorder.config_path, "-f", "-n", "0",
                                "--event", "exec"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
+    seen = []
+    reading = threading.Thread(target=lambda: seen.extend(follow.stdout), daemon=True)
+    reading.start()
     try:
         time.sleep(1)
         assert recorder.run(["/bin/echo", "followed"]).returncode == 0
         deadline = time.monotonic() + 30
-        seen = ""
-        while "/bin/echo followed" not in seen and time.monotonic() < deadline:
-            seen += follow.stdout.readline()
-        assert "/bin/echo followed" in seen
+        while not any("/bin/echo followed" in x for x in seen) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any("/bin/echo followed" in x for x in seen), seen
     finally:
-        follow.send_signal(signal.SIGINT)
-        _, err = follow.communicate(timeout=10)
+        # SIGTERM, not SIGINT: a test run started in the background inherits SIGINT ignored.
+        follow.terminate()
+        follow.wait(timeout=10)
+        err = follow.stderr.read()
     assert "Traceback" not in err
 
 

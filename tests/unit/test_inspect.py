@@ -114,6 +114,7 @@ def logs(config):
     b = Writer(cfg, BOB, "bob", NOW - 2 * 86400, command=("ls",))
     b.exec(200, 199, "/usr/bin/ls", ["-l", "/home"])
     b.open(200, 199, "ls", "/home", flags=0o200000)
+    b.store.flush()
     for s in b.store._streams.values():   # the recorder died
         os.close(s.fd)
     os.close(b.store._index_fd)

@@ -179,6 +179,8 @@ def _store_session(log_root, sid, batches, close=True):
         writer.write(batch, [line(e) for e in batch])
     if close:
         writer.close(ended=True)
+    else:
+        writer.flush()   # written, and then the recorder "dies" (nothing closed)
     return writer
 
 

@@ -114,6 +114,7 @@ def test_every_batch_is_readable_before_close(log_dir):
     _, directory = files_of_after(writer, events[:1], log_dir)
     for n in range(1, 30):
         write(writer, [events[n]])
+        writer.flush()   # the writer thread's few milliseconds
         assert read_gz(os.path.join(directory, f"{SID}-0.events.gz")) == events[:n + 1]
 
 
@@ -135,8 +136,10 @@ def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir,
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(store, "_write_all", full_disk)
+    write(writer, events[4:8])
     with pytest.raises(EnhrecError) as failure:
-        write(writer, events[4:8])
+        writer.flush()   # reported once written (by the writer thread)
+    assert failure.value.unwritten == 4
     message = str(failure.value)
     assert "No space left on device" in message and "free disk space" in message
     assert "\n" not in message
@@ -151,6 +154,43 @@ def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir,
     assert {"file_name": f"{SID}-1.events.gz", "type": "events", "index": 8} in index
     log = reader.LogDir(log_dir)
     assert [e["ei"] for e in reader.session_events(log, SID)] == [0, 1, 2, 3, 8, 9, 10, 11]
+
+
+def test_first_batch_fails_at_once_later_ones_at_the_next_write(log_dir, monkeypatch):
+    events = session_events(6)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:1])
+    real = store._write_all
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store, "_write_all", full_disk)
+    write(writer, events[1:3])
+    with writer._cond:   # until the writer thread has tried them (flush would raise)
+        while writer._pending or writer._busy:
+            writer._cond.wait()
+    monkeypatch.setattr(store, "_write_all", real)
+    with pytest.raises(EnhrecError) as failure:
+        write(writer, events[3:])
+    assert failure.value.unwritten == 2
+    writer.close(ended=True)
+    log = reader.LogDir(log_dir)
+    assert [e["ei"] for e in reader.session_events(log, SID)] == [0, 3, 4, 5]
+
+
+def test_failure_of_the_last_batches_keeps_the_lock_for_recovery(log_dir, monkeypatch):
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, session_events(2)[:1])
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store, "_write_all", full_disk)
+    write(writer, session_events(2)[1:])   # say, session.end
+    with pytest.raises(EnhrecError):
+        writer.close(ended=True)
+    assert os.path.exists(recovery.lock_path(log_dir, SERVER, SID))
 
 
 def test_unwritable_directory_names_the_file_and_the_fix(tmp_path, log_dir):
@@ -209,6 +249,7 @@ def crashed_session(config, sid, events):
         audit.write([encode(e)])
         write(writer, [e])
     audit.close()
+    writer.flush()
     for stream in writer._streams.values():
         os.close(stream.fd)   # no trailer: as after SIGKILL
     os.close(writer._index_fd)
