@@ -86,6 +86,7 @@ class OpenLock:
         path = os.path.join(directory, f"{sid}{LOCK_SUFFIX}")
         # Locked under a hidden name first: a lock file that can be seen is always held.
         hidden = os.path.join(directory, f".{sid}{LOCK_SUFFIX}")
+        fd = -1
         try:
             _ensure_private_dir(log_dir)
             _ensure_private_dir(os.path.join(log_dir, server_id))
@@ -95,6 +96,8 @@ class OpenLock:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.rename(hidden, path)
         except OSError as err:
+            if fd >= 0:
+                os.close(fd)   # a hidden leftover is removed by recovery
             raise EnhrecError(f"cannot create the session lock {path}: {_reason(err)}: "
                               f"{_fix(err, directory)}") from None
         return cls(path, fd)
