@@ -1,19 +1,32 @@
-"""Loading the recorder's BPF programs with BCC, and reading what they send.
+"""Loading the recorder's BPF programs, and reading what they send.
 
 Everything BCC needs from the machine is set up here: kernel headers (the running kernel's, or the
 fallback `make install` builds), tracefs, and the ring-buffer sizes from the config.
+
+Compiling with BCC (clang) takes most of a session's start and its LLVM most of the recorder's
+memory, so the compiled programs are kept in CACHE_DIR, keyed by everything they depend on (the
+sources, the defines, the kernel and its tracepoint formats, BCC). A session whose programs are
+there loads them itself with the bpf() syscall, without BCC or LLVM (Programs.from_cache); one
+whose programs are not compiles them with BCC and stores them (Programs.compile). The rest of
+this module is the same either way: raw map fds, and the ring buffers read from their memory.
 """
 
 import ctypes as ct
 import fcntl
+import hashlib
 import importlib.resources
+import importlib.util
+import json
 import mmap
 import os
+import re
+import resource
 import select
+import stat
 import struct
 import subprocess
 
-from enhrec_wrap.decode import Decoder
+from enhrec_wrap.decode import Decoder, record_fields
 from enhrec_wrap.errors import EnhrecError
 
 FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
@@ -39,6 +52,12 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MALLOC_KEEP_BYTES = 32 << 20
 MALLOC_MMAP_BYTES = 8 << 20    # blocks at least this big still get their own mapping
+
+# The compiled-program cache: root's alone, like the programs it feeds to the kernel.
+CACHE_DIR = "/var/cache/enhrec-wrap"
+CACHE_FORMAT = "enhrec-bpf-cache 1"
+CACHE_KEEP = 8   # entries kept (one per ring-size configuration, kernel, version ...)
+_TRACEPOINT_PROBE = re.compile(rb"TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)")
 
 
 def ring_pages(setting_pages: int, cpus: int, minimum: int = 1) -> int:
@@ -137,37 +156,12 @@ class Probes:
         if os.uname().machine != "x86_64":
             raise EnhrecError(f"unsupported machine {os.uname().machine}: enhrec-wrap reads its "
                               "ring buffers with x86-64 memory ordering; run it on x86-64")
-        try:
-            from bcc import BPF
-        except ImportError:
-            raise EnhrecError("BCC is not installed: install Debian's python3-bpfcc "
-                              "(`make install` does)") from None
-        headers = kernel_headers()
-        for name in [n for n in os.environ if n.startswith("BCC_")]:
-            del os.environ[name]   # only our own choice of headers, never an inherited one
-        if headers:
-            os.environ["BCC_KERNEL_SOURCE"] = headers
         ensure_tracefs()
-        cpus = possible_cpus()
-        program_dir = importlib.resources.files("enhrec_wrap.bpf_programs")
-        pages = {
-            "command": ring_pages(config.command_buffer_size, cpus, MIN_COMMAND_RING_PAGES),
-            "disk": ring_pages(config.disk_buffer_size, cpus),
-            "network": ring_pages(config.network_buffer_size, cpus),
-        }
-        cflags = [
-            f"-I{program_dir}",
-            f"-DCOMMAND_RING_PAGES={pages['command']}",
-            f"-DDISK_RING_PAGES={pages['disk']}",
-            f"-DNETWORK_RING_PAGES={pages['network']}",
-            f"-DPOSSIBLE_CPUS={cpus}",
-        ]
-        try:
-            self.bpf = BPF(src_file=str(program_dir / "recorder.c").encode(), cflags=cflags)
-        except Exception as e:   # BCC raises plain Exception for compile, load and attach
-            raise EnhrecError(f"cannot load the BPF programs: {_first_line(e)}: {DOCTOR_HINT}") from None
-        release_compiler_memory()
-        self.decoder = Decoder(self.bpf)
+        self.cpus = possible_cpus()
+        pages = ring_sizes(config, self.cpus)
+        self.programs = Programs.load(defines(pages, self.cpus))
+        tune_malloc()
+        self.decoder = Decoder(fields=self.programs.fields)
         self._on_record = on_record
         self.rings = []
         self._epoll = select.epoll()
@@ -175,18 +169,34 @@ class Probes:
         self._pidfd = -1
         # Records dropped in user space (undecodable), per stream: lost like the kernel's.
         self._user_lost = dict.fromkeys(STREAMS, 0)
-        for stream in STREAMS:
-            table = self.bpf[f"{stream}_events"]
-            self.rings.append((stream, Ring(table.map_fd, pages[stream] * PAGE_SIZE)))
-            self._epoll.register(table.map_fd, select.EPOLLIN)
+        try:
+            for stream in STREAMS:
+                fd = self.programs.maps[f"{stream}_events"]
+                self.rings.append((stream, Ring(fd, pages[stream] * PAGE_SIZE)))
+                self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def cached(self) -> bool:
+        """Whether the programs came from the cache (no compile in this session)."""
+        return self.programs.bcc is None
 
     def watch(self, cgroup_id: int):
-        self.bpf["watched_cgroups"][ct.c_uint64(cgroup_id)] = ct.c_uint8(1)
+        self._update("watched_cgroups", struct.pack("=Q", cgroup_id), struct.pack("=B", 1))
 
     def set_parent(self, child_pid: int, parent_pid: int):
         """The session's first process was forked outside the cgroup: tell the kernel side its
         parent so that its events carry a ppid like every other."""
-        self.bpf["parents"][ct.c_uint32(child_pid)] = ct.c_uint32(parent_pid)
+        self._update("parents", struct.pack("=I", child_pid), struct.pack("=I", parent_pid))
+
+    def _update(self, table, key, value):
+        try:
+            map_update(self.programs.maps[table], key, value)
+        except OSError as e:
+            raise EnhrecError(f"cannot update the BPF map {table}: {e.strerror}: "
+                              f"{DOCTOR_HINT}") from None
 
     def poll(self, timeout_ms: int, wake_pid: int | None = None):
         """Waits up to timeout_ms for records (or, given wake_pid, for that process to exit),
@@ -234,10 +244,13 @@ class Probes:
     def lost_counts(self) -> dict:
         """Records that never reached the log, per stream (and exec results): those the kernel
         side could not deliver and those user space could not decode."""
-        table = self.bpf["lost_events"]
-        counts = {stream: sum(table[ct.c_int(i)]) + self._user_lost[stream]
-                  for i, stream in enumerate(STREAMS)}
-        counts["command_result"] = sum(table[ct.c_int(COMMAND_RESULT_COUNTER)])
+        fd = self.programs.maps["lost_events"]
+
+        def counter(index):   # a per-CPU array: one u64 per possible CPU
+            raw = map_lookup(fd, struct.pack("=i", index), 8 * self.cpus)
+            return sum(struct.unpack(f"={self.cpus}Q", raw))
+        counts = {stream: counter(i) + self._user_lost[stream] for i, stream in enumerate(STREAMS)}
+        counts["command_result"] = counter(COMMAND_RESULT_COUNTER)
         return counts
 
     def close(self):
@@ -246,28 +259,425 @@ class Probes:
         for _, ring in self.rings:
             ring.close()
         self.rings = []
-        detach_tracepoints(self.bpf)
-        self.bpf.cleanup()
+        self.programs.close()
 
+
+def ring_sizes(config, cpus) -> dict:
+    """Pages of each stream's ring buffer."""
+    return {
+        "command": ring_pages(config.command_buffer_size, cpus, MIN_COMMAND_RING_PAGES),
+        "disk": ring_pages(config.disk_buffer_size, cpus),
+        "network": ring_pages(config.network_buffer_size, cpus),
+    }
+
+
+def defines(pages, cpus) -> list:
+    """What recorder.c is compiled with (its header comment lists them)."""
+    return [
+        f"-DCOMMAND_RING_PAGES={pages['command']}",
+        f"-DDISK_RING_PAGES={pages['disk']}",
+        f"-DNETWORK_RING_PAGES={pages['network']}",
+        f"-DPOSSIBLE_CPUS={cpus}",
+    ]
+
+
+def program_cache_key(config) -> str:
+    """The cache key of the programs a session with this config loads."""
+    cpus = possible_cpus()
+    source, header, tracepoints = _program_sources()
+    return cache_key(source, header, defines(ring_sizes(config, cpus), cpus), tracepoints)
+
+
+def _program_sources():
+    program_dir = importlib.resources.files("enhrec_wrap.bpf_programs")
+    source = (program_dir / "recorder.c").read_bytes()
+    header = (program_dir / "enhrec.h").read_bytes()
+    tracepoints = [(c.decode(), n.decode()) for c, n in _TRACEPOINT_PROBE.findall(source)]
+    return source, header, tracepoints
+
+
+class Programs:
+    """The recorder's programs, loaded and attached: map fds by table name, the tracepoint
+    attachments (perf event fds), and the record layouts for decoding."""
+
+    def __init__(self, maps, perf_fds, fields, owned_fds=(), bcc=None):
+        self.maps = maps
+        self.perf_fds = perf_fds
+        self.fields = fields
+        self._owned_fds = list(owned_fds)   # maps and programs we created (cache path)
+        self.bcc = bcc                      # the BCC object that owns them (compile path)
+
+    @classmethod
+    def load(cls, defines):
+        """From the cache when it has these programs, else compiled (and then cached)."""
+        source, header, tracepoints = _program_sources()
+        key = cache_key(source, header, defines, tracepoints)
+        entry = read_cache(key)
+        if entry is not None:
+            programs = cls.from_cache(entry)
+            if programs is not None:
+                return programs
+        program_dir = str(importlib.resources.files("enhrec_wrap.bpf_programs"))
+        programs, entry = cls.compile(program_dir, defines)
+        write_cache(key, entry)
+        return programs
+
+    @classmethod
+    def compile(cls, program_dir, defines):
+        """BCC: clang compiles recorder.c, BCC loads and attaches it. Returns the programs and
+        the cache entry describing them."""
+        try:
+            from bcc import BPF
+            from bcc.libbcc import lib
+        except ImportError:
+            raise EnhrecError("BCC is not installed: install Debian's python3-bpfcc "
+                              "(`make install` does)") from None
+        headers = kernel_headers()
+        for name in [n for n in os.environ if n.startswith("BCC_")]:
+            del os.environ[name]   # only our own choice of headers, never an inherited one
+        if headers:
+            os.environ["BCC_KERNEL_SOURCE"] = headers
+        try:
+            bpf = BPF(src_file=os.path.join(program_dir, "recorder.c").encode(),
+                      cflags=[f"-I{program_dir}", *defines])
+        except Exception as e:   # BCC raises plain Exception for compile, load and attach
+            raise EnhrecError(f"cannot load the BPF programs: {_first_line(e)}: "
+                              f"{DOCTOR_HINT}") from None
+        try:
+            entry = _describe(bpf, lib)
+        except Exception:   # noqa: BLE001 - without an entry there is just no cache
+            entry = None
+        fields = entry["fields"] if entry else record_fields(bpf)
+        maps = {m["name"]: m["fd"] for m in entry["maps"]} if entry else {
+            name.decode() if isinstance(name, bytes) else name: bpf[name].map_fd
+            for name in ("command_events", "disk_events", "network_events", "watched_cgroups",
+                         "parents", "lost_events")}
+        programs = cls(maps, list(bpf.tracepoint_fds.values()), fields, bcc=bpf)
+        release_compiler_memory()
+        return programs, entry
+
+    @classmethod
+    def from_cache(cls, entry):
+        """Creates the maps, relocates and loads the programs, attaches them. None when any of
+        it fails (the caller compiles instead); nothing is left behind then."""
+        programs = cls({}, [], entry["fields"])
+        try:
+            _raise_memlock()
+            new_fd = {}
+            for m in entry["maps"]:
+                fd = map_create(m["type"], m["key_size"], m["value_size"], m["max_entries"],
+                                m["flags"], m["name"])
+                programs._owned_fds.append(fd)
+                programs.maps[m["name"]] = fd
+                new_fd[m["fd"]] = fd
+            for p in entry["programs"]:
+                insns = relocate(bytes.fromhex(p["insns"]), new_fd)
+                prog_fd = prog_load(BPF_PROG_TYPE_TRACEPOINT, insns, entry["license"], p["name"])
+                programs._owned_fds.append(prog_fd)
+                category, event = p["tracepoint"].split(":")
+                programs.perf_fds.append(attach_tracepoint(prog_fd, category, event))
+        except (OSError, KeyError, ValueError):
+            programs.close()
+            return None
+        return programs
+
+    def close(self):
+        detach_tracepoints(self.perf_fds)
+        self.perf_fds = []
+        if self.bcc is not None:
+            self.bcc.tracepoint_fds.clear()   # detached above
+            self.bcc.cleanup()
+            self.bcc = None
+        for fd in self._owned_fds:
+            os.close(fd)
+        self._owned_fds = []
+
+
+def _describe(bpf, lib):
+    """The cache entry of a BCC-loaded module: its maps (with the fds its code refers to), its
+    tracepoint programs' instructions, its license and the record layouts."""
+    module = bpf.module
+    lib.bpf_num_tables.restype = ct.c_size_t
+    lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    lib.bpf_table_name.restype = ct.c_char_p
+    lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_ulonglong]
+    lib.bpf_table_fd_id.restype = ct.c_int
+    lib.bpf_table_fd_id.argtypes = [ct.c_void_p, ct.c_ulonglong]
+    for name in ("bpf_table_key_size_id", "bpf_table_leaf_size_id"):
+        getattr(lib, name).restype = ct.c_size_t
+        getattr(lib, name).argtypes = [ct.c_void_p, ct.c_ulonglong]
+    maps = []
+    for i in range(lib.bpf_num_tables(module)):
+        maps.append({
+            "name": lib.bpf_table_name(module, i).decode(),
+            "fd": lib.bpf_table_fd_id(module, i),
+            "type": lib.bpf_table_type_id(module, i),
+            "key_size": lib.bpf_table_key_size_id(module, i),
+            "value_size": lib.bpf_table_leaf_size_id(module, i),
+            "max_entries": lib.bpf_table_max_entries_id(module, i),
+            "flags": lib.bpf_table_flags_id(module, i),
+        })
+    programs = []
+    for i in range(lib.bpf_num_functions(module)):
+        name = lib.bpf_function_name(module, i)
+        if not name.startswith(b"tracepoint__"):
+            continue
+        start = lib.bpf_function_start(module, name)
+        size = lib.bpf_function_size(module, name)
+        programs.append({
+            "name": name.decode(),
+            "tracepoint": name[len(b"tracepoint__"):].replace(b"__", b":").decode(),
+            "insns": ct.string_at(start, size).hex(),
+        })
+    if len(programs) != len(bpf.tracepoint_fds):
+        raise ValueError("not every attached program was found")
+    return {"format": CACHE_FORMAT, "license": lib.bpf_module_license(module).decode(),
+            "maps": maps, "programs": programs, "fields": record_fields(bpf)}
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+def cache_key(source: bytes, header: bytes, defines, tracepoints) -> str:
+    """Everything the compiled programs depend on: the code, the defines, the kernel and the
+    layouts of the tracepoints' arguments (BCC compiles them in), and BCC itself."""
+    h = hashlib.sha256()
+    for part in (CACHE_FORMAT.encode(), os.uname().release.encode(), source, header,
+                 "\0".join(defines).encode(), _bcc_version()):
+        h.update(len(part).to_bytes(8, "little") + part)
+    for category, event in tracepoints:
+        with open(os.path.join(TRACEFS, "events", category, event, "format"), "rb") as f:
+            part = f.read()
+        h.update(len(part).to_bytes(8, "little") + part)
+    return h.hexdigest()
+
+
+def _bcc_version() -> bytes:
+    spec = importlib.util.find_spec("bcc")
+    if spec is None or not spec.submodule_search_locations:
+        return b"no bcc"
+    try:
+        with open(os.path.join(spec.submodule_search_locations[0], "version.py"), "rb") as f:
+            return f.read()
+    except OSError:
+        return b"unknown bcc"
+
+
+def _private_dir_fd(create: bool):
+    """CACHE_DIR, opened, if it is root's alone (else None: a cache anyone else could write
+    would let them choose the programs root loads)."""
+    if create:
+        try:
+            os.mkdir(CACHE_DIR, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return None
+    try:
+        fd = os.open(CACHE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        return None
+    return fd
+
+
+def read_cache(key: str):
+    """The entry stored under key, or None (absent, unreadable, not root's, not ours)."""
+    dir_fd = _private_dir_fd(create=False)
+    if dir_fd is None:
+        return None
+    try:
+        fd = os.open(f"{key}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
+            return None
+        with open(fd, "rb", closefd=False) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    return entry if isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT else None
+
+
+def write_cache(key: str, entry):
+    """Stores entry (atomically: a reader sees all of it or nothing) and keeps the newest
+    CACHE_KEEP entries. Best effort: a session never fails for its cache."""
+    if entry is None:
+        return
+    dir_fd = _private_dir_fd(create=True)
+    if dir_fd is None:
+        return
+    tmp = f".{key}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        with open(fd, "w") as f:
+            json.dump(entry, f)
+        os.rename(tmp, f"{key}.json", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        entries = []
+        for name in os.listdir(dir_fd):
+            if name.endswith(".json") and not name.startswith("."):
+                entries.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns,
+                                name))
+        for _, name in sorted(entries, reverse=True)[CACHE_KEEP:]:
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+    finally:
+        os.close(dir_fd)
+
+
+# -- the bpf() and perf_event_open() system calls (x86-64 numbers) ------------------------------
+
+SYS_BPF = 321
+SYS_PERF_EVENT_OPEN = 298
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 5
+BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE = 1, 2
+BPF_LD_IMM64 = 0x18
+PERF_TYPE_TRACEPOINT = 2
+PERF_SAMPLE_RAW = 1 << 10
+PERF_ATTR_SIZE = 112
+PERF_FLAG_FD_CLOEXEC = 8
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_DISABLE = 0x2401
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+_ATTR_SIZE = 128   # of union bpf_attr we fill; the kernel wants the rest zero, and it is
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+
+
+def _bpf(cmd: int, attr: bytearray) -> int:
+    buf = (ct.c_char * len(attr)).from_buffer(attr)
+    result = _libc.syscall(ct.c_long(SYS_BPF), ct.c_long(cmd), buf, ct.c_long(len(attr)))
+    if result < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def _name(name: str) -> bytes:
+    """A kernel object name: 15 characters of [A-Za-z0-9_.] (BPF_OBJ_NAME_LEN)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15].encode()
+
+
+def map_create(map_type, key_size, value_size, max_entries, flags, name) -> int:
+    attr = bytearray(_ATTR_SIZE)
+    struct.pack_into("=IIIII", attr, 0, map_type, key_size, value_size, max_entries, flags)
+    struct.pack_into("16s", attr, 28, _name(name))
+    return _bpf(BPF_MAP_CREATE, attr)
+
+
+def map_update(fd: int, key: bytes, value: bytes):
+    k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value, len(value))
+    attr = bytearray(_ATTR_SIZE)
+    struct.pack_into("=IIQQQ", attr, 0, fd, 0, ct.addressof(k), ct.addressof(v), 0)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
+    k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value_size)
+    attr = bytearray(_ATTR_SIZE)
+    struct.pack_into("=IIQQQ", attr, 0, fd, 0, ct.addressof(k), ct.addressof(v), 0)
+    _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    return v.raw
+
+
+def relocate(insns: bytes, new_fd: dict) -> bytes:
+    """The program with each map reference (ld_imm64 of a map fd, as BCC emits them) pointing at
+    our map instead of the compiling process's."""
+    code = bytearray(insns)
+    i = 0
+    while i + 16 <= len(code):
+        if code[i] == BPF_LD_IMM64:
+            if code[i + 1] >> 4 in (BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE):
+                old = struct.unpack_from("=i", code, i + 4)[0]
+                struct.pack_into("=i", code, i + 4, new_fd[old])   # KeyError: not ours
+            i += 16   # ld_imm64 takes two instruction slots
+        else:
+            i += 8
+    return bytes(code)
+
+
+def prog_load(prog_type: int, insns: bytes, license: str, name: str) -> int:
+    code = ct.create_string_buffer(insns, len(insns))
+    lic = ct.create_string_buffer(license.encode())
+    attr = bytearray(_ATTR_SIZE)
+    struct.pack_into("=IIQQ", attr, 0, prog_type, len(insns) // 8, ct.addressof(code),
+                     ct.addressof(lic))
+    struct.pack_into("16s", attr, 48, _name(name))
+    return _bpf(BPF_PROG_LOAD, attr)
+
+
+def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
+    """As BCC does it: a perf event on the tracepoint (every task, CPU 0 for the event itself),
+    the program set on it, enabled. Returns the perf event's fd."""
+    with open(os.path.join(TRACEFS, "events", category, event, "id")) as f:
+        tracepoint_id = int(f.read())
+    attr = ct.create_string_buffer(PERF_ATTR_SIZE)
+    struct.pack_into("=IIQQQ", attr, 0, PERF_TYPE_TRACEPOINT, PERF_ATTR_SIZE, tracepoint_id, 1,
+                     PERF_SAMPLE_RAW)
+    struct.pack_into("=I", attr, 48, 1)   # wakeup_events
+    fd = _libc.syscall(ct.c_long(SYS_PERF_EVENT_OPEN), attr, ct.c_long(-1), ct.c_long(0),
+                       ct.c_long(-1), ct.c_long(PERF_FLAG_FD_CLOEXEC))
+    if fd < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err))
+    try:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _raise_memlock():
+    """Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (BCC raises it the same way)."""
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (OSError, ValueError):
+        pass
+
+
+# -- memory ------------------------------------------------------------------------------------
 
 def release_compiler_memory():
-    """Gives back to the system the heap LLVM freed after compiling (about 25 MB of RSS), then
-    keeps what the consumer frees for its next batch.
+    """Gives back to the system the heap LLVM freed after compiling (about 25 MB of RSS)."""
+    try:
+        ct.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def tune_malloc():
+    """Keeps what the consumer frees for its next batch.
 
     By default glibc returns freed memory at the top of the heap once it exceeds 128 KiB, and
-    every batch of events then faults its memory in again: on this VM a page fault costs 5 us,
-    and JSON-encoding an event went from 0.9 us to 8 us (docs/PERFORMANCE.md). Setting the
-    thresholds also stops glibc from adapting them."""
+    every batch of events then faults its memory in again: on this VM a page fault costs 5 us
+    (docs/PERFORMANCE.md). Setting the thresholds also stops glibc from adapting them."""
     try:
         libc = ct.CDLL("libc.so.6")
-        libc.malloc_trim(0)
         libc.mallopt(M_TRIM_THRESHOLD, MALLOC_KEEP_BYTES)
         libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_BYTES)
     except (OSError, AttributeError):
         pass
 
 
-def detach_tracepoints(bpf):
+# -- the end -----------------------------------------------------------------------------------
+
+def detach_tracepoints(fds):
     """Stops every program now, and leaves the kernel's slow part to a helper process.
 
     The last close of a tracepoint's perf event unregisters it and waits for RCU grace periods,
@@ -275,7 +685,7 @@ def detach_tracepoints(bpf):
     session (docs/PERFORMANCE.md). So: disable each event (immediate: no program runs after
     this), hand the fds to a short-lived `cat` (in a session of its own) that holds them until we
     have closed ours, and let its exit do the final closes while ours goes on."""
-    fds = list(bpf.tracepoint_fds.values())
+    fds = list(fds)
     if not fds:
         return
     for fd in fds:
@@ -292,14 +702,12 @@ def detach_tracepoints(bpf):
         os.close(keep_r)
         for fd in fds:
             os.close(fd)   # not the last reference while the helper holds them
-        bpf.tracepoint_fds.clear()
         os.close(keep_w)   # the helper reads end-of-file, exits, and the kernel detaches
 
 
 # The helper process: reads its stdin (our pipe) to the end, then exits. Not waited for:
 # subprocess reaps it later, or init once we have exited.
 HOLDER = ["/bin/cat"]
-PERF_EVENT_IOC_DISABLE = 0x2401   # _IO('$', 1)
 
 
 def _first_line(error) -> str:

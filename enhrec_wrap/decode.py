@@ -41,20 +41,28 @@ _SCALAR_CODES = {
 
 
 class Layout:
-    """The fixed part of one record type: its struct format, field names and tail offset."""
+    """The fixed part of one record type: its struct format, field names and tail offset.
 
-    def __init__(self, ctype, tail_field=None):
+    Made from the record's fields as _flatten lists them (name, offset, struct code, size):
+    taken from the loaded program's ctypes type, or from the copy kept with the compiled
+    programs (bpf.py's cache)."""
+
+    def __init__(self, fields, tail_field=None):
         names, fmt, end = [], "=", 0
-        for name, offset, code, size in _flatten(ctype):
+        tail_offset = None
+        for name, offset, code, size in fields:
             if name == tail_field:
+                tail_offset = offset
                 break
             fmt += "x" * (offset - end) + code
             names.append(name)
             end = offset + size
+        if tail_field is not None and tail_offset is None:
+            raise ValueError(f"the record has no field {tail_field}")
         self.struct = struct.Struct(fmt)
         self.names = tuple(names)
         self.has_tail = tail_field is not None
-        self.tail_offset = end if tail_field is None else _field_offset(ctype, tail_field)
+        self.tail_offset = end if tail_field is None else tail_offset
 
     def unpack(self, raw, offset=0):
         return dict(zip(self.names, self.struct.unpack_from(raw, offset)))
@@ -76,20 +84,21 @@ def _flatten(ctype, base=0):
             yield name, offset, _SCALAR_CODES[ftype], ct.sizeof(ftype)
 
 
-def _field_offset(ctype, name):
-    return getattr(ctype, name).offset
-
-
 class Decoder:
-    """Decodes records of a loaded `bcc.BPF` object."""
+    """Decodes the records of loaded programs."""
 
-    def __init__(self, bpf):
+    def __init__(self, bpf=None, fields=None):
+        """From a loaded `bcc.BPF` object, or from `fields`: {scratch table: [(name, offset,
+        struct code, size), ...]} as record_fields() returns it."""
+        if fields is None:
+            fields = record_fields(bpf)
+        self.fields = fields
         self.layouts = {
-            record_type: Layout(_value_type(bpf, table), TAIL_FIELDS.get(record_type))
+            record_type: Layout(fields[table], TAIL_FIELDS.get(record_type))
             for record_type, table in SCRATCH_TABLES.items()
         }
         header = {name: offset for name, offset, _, _ in
-                  _flatten(_value_type(bpf, SCRATCH_TABLES[RECORD_EXEC_RESULT]))}
+                  fields[SCRATCH_TABLES[RECORD_EXEC_RESULT]]}
         self._type_struct = struct.Struct(f"={header['type']}xH")
 
     def decode(self, raw):
@@ -117,6 +126,12 @@ class Decoder:
                 raise ValueError(f"record of type {record_type} cut at {size} bytes")
             fields["tail"] = bytes(buffer[start:end])
         return fields
+
+
+def record_fields(bpf):
+    """{scratch table: its record's fields, flattened} of a loaded `bcc.BPF` object."""
+    return {table: [list(f) for f in _flatten(_value_type(bpf, table))]
+            for table in SCRATCH_TABLES.values()}
 
 
 def _value_type(bpf, table):
