@@ -136,6 +136,13 @@ class Config:
                    if any(e["event"] == "session.start" for e in events))
 
 
+def program_cache_entry(config: Config) -> str:
+    """The compiled-program cache file the wrapper uses with this config."""
+    code = ("import sys\nfrom enhrec_wrap import bpf\nfrom enhrec_wrap.config import load_config\n"
+            "print(bpf.CACHE_DIR + '/' + bpf.program_cache_key(load_config(sys.argv[1])) + '.json')")
+    return run([VENV_PYTHON, "-I", "-c", code, config.path]).stdout.strip()
+
+
 def environment() -> dict:
     """Ours without sudo's variables: with SUDO_UID set the wrapper runs the session as the sudo
     caller, and the benchmarks are about root sessions."""

@@ -1,7 +1,8 @@
 """The wrapper's own entry point (enhrec_wrap.cli.main, as /usr/local/bin/enhrec-wrap runs it),
-with clocks: when the interpreter runs its first line, when the wrapper's modules and BCC are
-imported, when BCC's BPF() (clang compile + verifier load + attach) begins and ends, when the
-programs are detached, and the end. CLOCK_MONOTONIC, so the caller can add its own fork time.
+with clocks: when the interpreter runs its first line, when the wrapper's modules are imported,
+when loading the BPF programs (from the compiled-program cache, or compiling them with BCC)
+begins and ends, how long detaching them takes, and the end. CLOCK_MONOTONIC, so the caller can
+add its own fork time.
 
 Run as: venv-python -I startup_probe.py TIMES_FILE -- wrapper arguments...
 """
@@ -14,7 +15,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 # What a recorded session imports, eagerly instead of when first used: "import" is all of it.
-import bcc  # noqa: E402,F401
+# Not BCC: a session whose programs are cached never imports it.
 import enhrec_wrap.bpf  # noqa: E402
 import enhrec_wrap.cli  # noqa: E402
 import enhrec_wrap.config  # noqa: E402,F401
@@ -35,9 +36,9 @@ def _wrap(owner, name, begin, end):
     setattr(owner, name, timed)
 
 
-_wrap(bcc.BPF, "__init__", "bpf_begin", "bpf_end")
+_wrap(enhrec_wrap.bpf.Programs, "load", "load_begin", "load_end")
 _wrap(enhrec_wrap.bpf.Probes, "__init__", "probes_begin", "probes_end")
-_wrap(enhrec_wrap.bpf.Probes, "close", "close_begin", "close_end")
+_wrap(enhrec_wrap.bpf.Programs, "close", "close_begin", "close_end")
 
 # The rest of a session's life, by step, where the steps exist (seconds, summed per label).
 SPANS = {}
