@@ -2,7 +2,8 @@
  * in the watched cgroups, and nothing of any other task.
  *
  * Only tracepoint arguments and helpers are used, never kernel struct fields, so the programs
- * compile against any kernel's headers (MACHINE.md: 6.1 headers on a 6.18 kernel).
+ * compile against any kernel's headers (MACHINE.md: 6.1 headers on a 6.18 kernel). The one
+ * kernel layout read is x86-64's struct pt_regs, which is ABI (ptrace's user_regs_struct).
  *
  * Set at load time by enhrec_wrap/bpf.py: COMMAND_RING_PAGES, DISK_RING_PAGES, NETWORK_RING_PAGES,
  * and POSSIBLE_CPUS.
@@ -41,17 +42,8 @@ BPF_PERCPU_ARRAY(exec_result_scratch, struct exec_result_event, 1);
 BPF_PERCPU_ARRAY(open_scratch, struct open_event, 1);
 BPF_PERCPU_ARRAY(connect_scratch, struct connect_event, 1);
 
-/* Syscall arguments kept from entry to exit: user memory is read at exit, when the kernel has
- * faulted the pages in (reading at entry can fail on a page that is not resident yet). */
-struct open_args {
-    const char *filename;
-    const void *how;          /* openat2's struct open_how; its first member is u64 flags */
-    s64 flags;
-    s32 dirfd;
-    u32 mode;
-};
-BPF_HASH(pending_opens, u64, struct open_args, 16384);
-
+/* connect()'s arguments kept from entry to exit: user memory is read at exit, when the kernel
+ * has faulted the pages in (reading at entry can fail on a page that is not resident yet). */
 struct connect_args {
     const void *addr;
     u16 sport;
@@ -59,6 +51,28 @@ struct connect_args {
     u8 saddr[16];
 };
 BPF_HASH(pending_connects, u64, struct connect_args, 16384);
+
+/* The calling task's user registers, saved at syscall entry and untouched until its exit but
+ * for ax (the return value): so an exit program can read the syscall's arguments, and an open
+ * needs one program instead of two (entry stash + exit). Helpers of kernel 5.15. */
+static void *(*current_task_btf)(void) = (void *)BPF_FUNC_get_current_task_btf;
+static void *(*task_pt_regs)(void *task) = (void *)BPF_FUNC_task_pt_regs;
+
+/* x86-64 pt_regs from r10 to di (offsets 56..119): the registers of syscall arguments 1-4. */
+#define PT_REGS_R10_OFFSET 56
+struct syscall_regs {
+    u64 r10;                  /* argument 4 */
+    u64 r9, r8, ax, cx;
+    u64 dx;                   /* argument 3 */
+    u64 si;                   /* argument 2 */
+    u64 di;                   /* argument 1 */
+};
+
+static __always_inline int syscall_args(struct syscall_regs *regs)
+{
+    void *task_regs = task_pt_regs(current_task_btf());
+    return bpf_probe_read_kernel(regs, sizeof(*regs), (u8 *)task_regs + PT_REGS_R10_OFFSET);
+}
 
 static __always_inline int in_session(u64 *cgroup_id)
 {
@@ -199,55 +213,52 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
     return record_exec_result(args->ret);
 }
 
-static __always_inline int stash_open(s32 dirfd, const char *filename, s64 flags, u32 mode,
-                                      const void *how)
+/* The open-like syscalls, by how their arguments are laid out. */
+#define OPEN_OPEN 0           /* open(filename, flags, mode) */
+#define OPEN_OPENAT 1         /* openat(dfd, filename, flags, mode) */
+#define OPEN_OPENAT2 2        /* openat2(dfd, filename, how, size) */
+#define OPEN_CREAT 3          /* creat(pathname, mode) */
+
+/* At the syscall's exit only: the path is read when the kernel has faulted its page in. */
+static __always_inline int record_open(long ret, int kind)
 {
     u64 cgroup_id;
     if (!in_session(&cgroup_id))
-        return 0;
-
-    u64 id = bpf_get_current_pid_tgid();
-    struct open_args a = {};
-    a.filename = filename;
-    a.how = how;
-    a.flags = flags;
-    a.dirfd = dirfd;
-    a.mode = mode;
-    if (pending_opens.update(&id, &a))
-        count_lost(STREAM_DISK);
-    return 0;
-}
-
-static __always_inline int record_open(long ret)
-{
-    u64 cgroup_id;
-    if (!in_session(&cgroup_id))
-        return 0;
-
-    u64 id = bpf_get_current_pid_tgid();
-    struct open_args *a = pending_opens.lookup(&id);
-    if (!a)
         return 0;
 
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
-    if (!e) {
-        pending_opens.delete(&id);
+    struct syscall_regs regs;
+    if (!e || syscall_args(&regs)) {
         count_lost(STREAM_DISK);
         return 0;
     }
+    const char *filename;
     fill_header(&e->hdr, RECORD_OPEN, cgroup_id);
     e->ret = ret;
-    e->flags = a->flags;
-    e->dirfd = a->dirfd;
-    e->mode = a->mode;
-    if (a->how) {
-        u64 how_flags = 0;
-        if (read_user(&how_flags, sizeof(how_flags), a->how) == 0)
+    if (kind == OPEN_OPEN) {
+        filename = (const char *)regs.di;
+        e->dirfd = AT_FDCWD_VALUE;
+        e->flags = (s32)regs.si;
+        e->mode = (u16)regs.dx;   /* umode_t */
+    } else if (kind == OPEN_CREAT) {
+        filename = (const char *)regs.di;
+        e->dirfd = AT_FDCWD_VALUE;
+        e->flags = CREAT_FLAGS;
+        e->mode = (u16)regs.si;
+    } else {
+        filename = (const char *)regs.si;
+        e->dirfd = (s32)regs.di;
+        e->flags = (s32)regs.dx;
+        e->mode = (u16)regs.r10;
+        if (kind == OPEN_OPENAT2) {
+            u64 how_flags = 0;   /* struct open_how starts with u64 flags */
+            read_user(&how_flags, sizeof(how_flags), (const void *)regs.dx);
             e->flags = how_flags;
+            e->mode = 0;
+        }
     }
-    long n = read_user_str(e->path, PATH_READ_MAX, a->filename);
-    pending_opens.delete(&id);
+    long n = read_user_str(e->path, PATH_READ_MAX, filename);
     if (n < 0)
         n = 0;   /* tail_len 0: the path could not be read */
     /* The mask gives the verifier its bound; n is at most PATH_READ_MAX already. */
@@ -258,44 +269,24 @@ static __always_inline int record_open(long ret)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_open)
-{
-    return stash_open(AT_FDCWD_VALUE, args->filename, args->flags, args->mode, NULL);
-}
-
 TRACEPOINT_PROBE(syscalls, sys_exit_open)
 {
-    return record_open(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_openat)
-{
-    return stash_open(args->dfd, args->filename, args->flags, args->mode, NULL);
+    return record_open(args->ret, OPEN_OPEN);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_openat)
 {
-    return record_open(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2)
-{
-    return stash_open(args->dfd, args->filename, 0, 0, args->how);
+    return record_open(args->ret, OPEN_OPENAT);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2)
 {
-    return record_open(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_creat)
-{
-    return stash_open(AT_FDCWD_VALUE, args->pathname, CREAT_FLAGS, args->mode, NULL);
+    return record_open(args->ret, OPEN_OPENAT2);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_creat)
 {
-    return record_open(args->ret);
+    return record_open(args->ret, OPEN_CREAT);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
@@ -435,7 +426,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
     parents.delete(&tid);
-    pending_opens.delete(&id);
     pending_connects.delete(&id);
     return 0;
 }
