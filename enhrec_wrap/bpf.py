@@ -219,7 +219,7 @@ class Probes:
         """One pass: up to BATCH_RECORDS records of each ring, handed on as one list. Bounded
         batches keep the consumer's memory small and reused (see tune_malloc)."""
         records = []
-        decode = self.decoder.decode_from
+        decode = self.decoder.raw_from
         for stream, ring in self.rings:
             failed = ring.read(decode, records, BATCH_RECORDS)
             if failed:

@@ -61,6 +61,7 @@ class Layout:
             raise ValueError(f"the record has no field {tail_field}")
         self.struct = struct.Struct(fmt)
         self.names = tuple(names)
+        self.index = {name: i for i, name in enumerate(names)}   # name -> position in values
         self.has_tail = tail_field is not None
         self.tail_offset = end if tail_field is None else tail_offset
 
@@ -100,10 +101,45 @@ class Decoder:
         header = {name: offset for name, offset, _, _ in
                   fields[SCRATCH_TABLES[RECORD_EXEC_RESULT]]}
         self._type_struct = struct.Struct(f"={header['type']}xH")
+        for layout in self.layouts.values():
+            layout.ts_at = layout.index["ts_ns"]
+            layout.tail_len_at = layout.index["tail_len"]
 
     def decode(self, raw):
         """Returns the record's fields as a dict, with `tail` (bytes) for exec and open."""
         return self.decode_from(raw, 0, len(raw))
+
+    def raw_from(self, buffer, offset, size):
+        """The hot path's decode: (ts_ns, record type, values, tail) with the values in the
+        layout's order (Layout.index) and `tail` bytes or None: no dict per record, and the
+        comm as the kernel sent it (NUL-padded). as_dict() makes decode_from()'s dict of it.
+        Raises ValueError like decode_from()."""
+        if size < self._type_struct.size:
+            raise ValueError(f"record of {size} bytes")
+        record_type = self._type_struct.unpack_from(buffer, offset)[0]
+        layout = self.layouts.get(record_type)
+        if layout is None:
+            raise ValueError(f"unknown record type {record_type}")
+        if size < layout.struct.size:
+            raise ValueError(f"record of type {record_type} cut at {size} bytes")
+        values = layout.struct.unpack_from(buffer, offset)
+        tail = None
+        if layout.has_tail:
+            start = offset + layout.tail_offset
+            end = start + values[layout.tail_len_at]
+            if end > offset + size:
+                raise ValueError(f"record of type {record_type} cut at {size} bytes")
+            tail = bytes(buffer[start:end])
+        return values[layout.ts_at], record_type, values, tail
+
+    def as_dict(self, record_type, values, tail):
+        """A raw_from() record as decode_from() returns it."""
+        layout = self.layouts[record_type]
+        fields = dict(zip(layout.names, values))
+        fields["comm"] = fields["comm"].split(b"\0", 1)[0]
+        if tail is not None:
+            fields["tail"] = tail
+        return fields
 
     def decode_from(self, buffer, offset, size):
         """decode() of the `size` bytes at `offset` in `buffer` (a memoryview of a ring buffer:

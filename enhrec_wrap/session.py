@@ -232,7 +232,7 @@ class Session:
         if not self.records:
             return
         batch, self.records = self.records, []
-        self._write_kernel_events(self.kernel.feed_many(batch))
+        self._write(self.kernel.events(batch, self.probes.decoder, self.factory))
 
     def _write_kernel_events(self, completed):
         if not completed:
