@@ -222,9 +222,10 @@ class Session:
 
     def poll(self):
         if self.probes:
-            # Wakes for records, or as soon as the child exits (not up to POLL_MS later).
-            self.probes.poll(POLL_MS, wake_pid=self.child)
-            self._flush_records()
+            # Wakes for records, or as soon as the child exits (not up to POLL_MS later);
+            # writes what it read in batches of up to 20 ms (Probes.poll).
+            if self.probes.poll(POLL_MS, wake_pid=self.child):
+                self._flush_records()
         else:
             time.sleep(POLL_MS / 1000)
 
