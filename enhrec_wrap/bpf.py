@@ -14,7 +14,6 @@ this module is the same either way: raw map fds, and the ring buffers read from 
 import ctypes as ct
 import fcntl
 import hashlib
-import importlib.resources
 import importlib.util
 import json
 import mmap
@@ -328,10 +327,18 @@ def program_cache_key(config) -> str:
     return cache_key(source, header, defines(ring_sizes(config, cpus), cpus), tracepoints)
 
 
+def _program_dir() -> str:
+    """The installed bpf_programs package's directory (importlib.resources: 6 ms to import)."""
+    import enhrec_wrap.bpf_programs
+    return os.path.dirname(os.path.abspath(enhrec_wrap.bpf_programs.__file__))
+
+
 def _program_sources():
-    program_dir = importlib.resources.files("enhrec_wrap.bpf_programs")
-    source = (program_dir / "recorder.c").read_bytes()
-    header = (program_dir / "enhrec.h").read_bytes()
+    program_dir = _program_dir()
+    with open(os.path.join(program_dir, "recorder.c"), "rb") as f:
+        source = f.read()
+    with open(os.path.join(program_dir, "enhrec.h"), "rb") as f:
+        header = f.read()
     tracepoints = [(c.decode(), n.decode()) for c, n in _TRACEPOINT_PROBE.findall(source)]
     return source, header, tracepoints
 
@@ -357,7 +364,7 @@ class Programs:
             programs = cls.from_cache(entry)
             if programs is not None:
                 return programs
-        program_dir = str(importlib.resources.files("enhrec_wrap.bpf_programs"))
+        program_dir = _program_dir()
         programs, entry = cls.compile(program_dir, defines)
         write_cache(key, entry)
         return programs
@@ -503,15 +510,17 @@ def _describe(bpf, lib):
 # -- the cache ---------------------------------------------------------------------------------
 
 def cache_key(source: bytes, header: bytes, defines, tracepoints) -> str:
-    """Everything the compiled programs depend on: the code, the defines, the kernel and the
-    layouts of the tracepoints' arguments (BCC compiles them in), and BCC itself."""
+    """Everything the compiled programs depend on: the code, the defines, the kernel build (BCC
+    compiles the tracepoints' argument layouts in: the build fixes them) and BCC itself.
+
+    Not the tracepoints' format files themselves: reading them takes the kernel's event_mutex,
+    which a session that just ended holds while its tracepoints unregister (see
+    detach_tracepoints), and the next session's start would wait for it."""
     h = hashlib.sha256()
-    for part in (CACHE_FORMAT.encode(), os.uname().release.encode(), source, header,
-                 "\0".join(defines).encode(), _bcc_version()):
-        h.update(len(part).to_bytes(8, "little") + part)
-    for category, event in tracepoints:
-        with open(os.path.join(TRACEFS, "events", category, event, "format"), "rb") as f:
-            part = f.read()
+    uname = os.uname()
+    for part in (CACHE_FORMAT.encode(), uname.release.encode(), uname.version.encode(),
+                 uname.machine.encode(), source, header, "\0".join(defines).encode(),
+                 " ".join(f"{c}:{e}" for c, e in tracepoints).encode(), _bcc_version()):
         h.update(len(part).to_bytes(8, "little") + part)
     return h.hexdigest()
 
@@ -746,33 +755,33 @@ def detach_tracepoints(fds):
     """Stops every program now, and leaves the kernel's slow part to a helper process.
 
     The last close of a tracepoint's perf event unregisters it and waits for RCU grace periods,
-    under a kernel mutex, one tracepoint after the other: 17 x ~40 ms, 0.7 s at the end of every
-    session (docs/PERFORMANCE.md). So: disable each event (immediate: no program runs after
-    this), hand the fds to a short-lived `cat` (in a session of its own) that holds them until we
-    have closed ours, and let its exit do the final closes while ours goes on."""
+    under the kernel's event_mutex, one tracepoint after the other: 17 x ~40 ms, 0.7 s at the
+    end of every session (docs/PERFORMANCE.md). So: disable each event (immediate: no program
+    runs after this) and hand the fds to a `sleep` that holds them for HOLD_SECONDS, in a
+    session of its own; its exit does the final closes while we have long gone on. A session
+    that starts meanwhile finds the tracepoints still registered and attaches without
+    registering them again, and its own end then unregisters nothing: back-to-back sessions
+    never wait on each other's grace periods."""
     fds = list(fds)
     if not fds:
         return
     for fd in fds:
         fcntl.ioctl(fd, PERF_EVENT_IOC_DISABLE, 0)
-    keep_r, keep_w = os.pipe()
     try:
-        # Only these fds and the pipe: close_fds, so it holds nothing else of ours.
-        subprocess.Popen(HOLDER, stdin=keep_r, stdout=subprocess.DEVNULL,
+        # Only these fds: close_fds, so it holds nothing else of ours.
+        subprocess.Popen(HOLDER, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, pass_fds=fds, close_fds=True,
                          start_new_session=True)
     except OSError:
         pass   # no helper: we pay for the closes ourselves
     finally:
-        os.close(keep_r)
         for fd in fds:
             os.close(fd)   # not the last reference while the helper holds them
-        os.close(keep_w)   # the helper reads end-of-file, exits, and the kernel detaches
 
 
-# The helper process: reads its stdin (our pipe) to the end, then exits. Not waited for:
-# subprocess reaps it later, or init once we have exited.
-HOLDER = ["/bin/cat"]
+# The helper process. Not waited for: subprocess reaps it later, or init once we have exited.
+HOLD_SECONDS = 2
+HOLDER = ["/bin/sleep", str(HOLD_SECONDS)]
 
 
 def _first_line(error) -> str:
