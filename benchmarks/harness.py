@@ -169,8 +169,15 @@ def timed(argv, **kwargs) -> float:
 
 
 def loop_seconds(argv, **kwargs) -> float:
-    """A workload program's own report of its loop's time (the last line of its stdout)."""
-    return float(run(argv, **kwargs).stdout.strip().splitlines()[-1])
+    """A workload program's own report of its loop's wall time (its stdout's last line)."""
+    return loop_times(argv, **kwargs)[0]
+
+
+def loop_times(argv, **kwargs) -> tuple:
+    """A workload program's own report: (wall seconds of its loop, CPU seconds it and its
+    children used)."""
+    wall, cpu = run(argv, **kwargs).stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 class IdleSessions:
