@@ -16,10 +16,11 @@ from enhrec_wrap.config import Config
 from enhrec_wrap.privileges import Account
 from enhrec_wrap.session import Request, Session
 
-# ../shared/fixtures from the project root, as REFERENCE.md and the shared README place it.
+# A copy of ../shared/fixtures/reference-events.jsonl (the events exactly as the reference
+# documents them), kept in the tree so that a clone tests without ../shared beside it.
 REFERENCE_EVENTS = Path(os.environ.get(
     "ENHREC_REFERENCE_EVENTS",
-    Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "reference-events.jsonl"))
+    Path(__file__).resolve().parents[1] / "fixtures" / "reference-events.jsonl"))
 TIME_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
 SERVER_ID = "5d2f4d7a-92c4-4c1e-8b3c-7b0e1f6a9d10"
@@ -81,7 +82,7 @@ def session_events(tmp_path):
 @pytest.fixture(scope="module")
 def reference():
     assert REFERENCE_EVENTS.is_file(), (
-        f"{REFERENCE_EVENTS} is missing: it comes with ../shared; set ENHREC_REFERENCE_EVENTS")
+        f"{REFERENCE_EVENTS} is missing: restore tests/fixtures/ from git")
     found = {}
     for line in REFERENCE_EVENTS.read_text().splitlines():
         event = json.loads(line)
