@@ -51,6 +51,10 @@ struct connect_args {
     u8 saddr[16];
 };
 BPF_HASH(pending_connects, u64, struct connect_args, 16384);
+/* A socket in SYN_SENT -> the connect() call (pid_tgid) that sent it there. The kernel picks an
+ * unbound socket's source port only after SYN_SENT, so the port is read when the socket leaves
+ * that state, which for a blocking connect() happens before the call returns. */
+BPF_HASH(syn_sent_sockets, u64, u64, 16384);
 
 /* The calling task's user registers, saved at syscall entry and untouched until its exit but
  * for ax (the return value): so an exit program can read the syscall's arguments, and an open
@@ -315,12 +319,32 @@ static __always_inline void copy_addrs(u8 *daddr, u8 *saddr, u16 family,
     }
 }
 
+/* The socket left SYN_SENT (established or failed): its source port is known now. May run in
+ * softirq context, in any task, so it goes by the socket and not by the cgroup: only sockets a
+ * session's connect() put in syn_sent_sockets are looked at further. */
+static __always_inline void learn_source_port(const void *skaddr, u16 sport)
+{
+    u64 sk = (u64)skaddr;
+    u64 *id = syn_sent_sockets.lookup(&sk);
+    if (!id)
+        return;
+    u64 connecting = *id;
+    syn_sent_sockets.delete(&sk);
+    struct connect_args *a = pending_connects.lookup(&connecting);
+    if (a)
+        a->sport = sport;   /* still in connect(): a blocking call */
+}
+
 /* TCP only: fires in the connecting task when the SYN is about to be sent, so it knows the
- * source address and port that connect() itself never reports. */
+ * source address that connect() itself never reports. */
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
-    /* Checked before the cgroup: a field load is cheaper than the helper call, and almost no
-     * state change on a host is a SYN_SENT. */
+    /* Checked before the cgroup: field loads are cheaper than the helper call, and almost no
+     * state change on a host is from or to SYN_SENT. */
+    if (args->oldstate == TCP_SYN_SENT_STATE) {
+        learn_source_port(args->skaddr, args->sport);
+        return 0;
+    }
     if (args->newstate != TCP_SYN_SENT_STATE)
         return 0;
     u64 cgroup_id;
@@ -331,10 +355,12 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     struct connect_args *a = pending_connects.lookup(&id);
     if (a) {
         u8 unused[16];
+        u64 sk = (u64)args->skaddr;
         a->flags |= CONNECT_TCP;
-        a->sport = args->sport;
+        a->sport = args->sport;   /* 0 unless the socket was bound: see syn_sent_sockets */
         copy_addrs(unused, a->saddr, args->family, args->daddr, args->saddr,
                    args->daddr_v6, args->saddr_v6);
+        syn_sent_sockets.update(&sk, &id);
         return 0;
     }
 
