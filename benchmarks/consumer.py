@@ -3,9 +3,9 @@ measured on real records.
 
 A session (the installed enhrec_wrap.session.Session, with a ring big enough for all of it) runs
 `openloop N` to its end while nobody consumes, so N open records wait in the ring. Then the
-clock runs while the session's own code reads them in batches (Probes._read_rings) and writes
-them (Session._flush_records: decode, join, event dicts, JSON, the audit log and the session
-files), exactly as while recording. A second run replaces the session-files sink with nothing, to
+clock runs while the session's own code copies them out of the ring (Probes._read_rings), hands
+them on in chunks (Probes._hand_on: decode) and writes them (Session._flush_records: the exec
+join, event dicts, JSON, the audit log and the session files), as while recording. A second run replaces the session-files sink with nothing, to
 show what that sink costs.
 
 Run as: venv-python -I consumer.py OPENLOOP TARGET N DATA_DIR [--no-session-files]
@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 
-from enhrec_wrap.bpf import possible_cpus
+from enhrec_wrap.bpf import HAND_RECORDS, possible_cpus
 from enhrec_wrap.config import Config
 from enhrec_wrap.privileges import account_by_uid
 from enhrec_wrap.session import Request, Session
@@ -56,7 +56,12 @@ def main():
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         written_before = session.factory.next_ei
-        while session.probes._read_rings():
+        probes = session.probes
+        while True:   # Probes.poll's work, without the waiting
+            probes._read_rings()
+            if not probes._backlog:
+                break
+            probes._hand_on(HAND_RECORDS)
             session._flush_records()
         elapsed = time.perf_counter() - start
         written = session.factory.next_ei - written_before

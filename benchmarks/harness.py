@@ -21,6 +21,9 @@ VENV_PYTHON = "/opt/enhrec-wrap/venv/bin/python3"
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = os.path.join(HERE, "workloads")
 SESSION_START_TIMEOUT = 60.0
+# How long an ended session's detached tracepoints stay registered (enhrec_wrap.bpf.HOLD_SECONDS):
+# a measurement "with no session" must start later than that.
+TRACEPOINT_HOLD_SECONDS = 2
 
 
 def machine() -> dict:

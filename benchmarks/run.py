@@ -145,6 +145,8 @@ class Suite:
         ratios = {"open1": [], "open10": [], "fork1": [], "fork10": []}
         base_rates = []
         for _ in range(rounds):
+            # ... and no session's tracepoints still held after its end (bpf.HOLD_SECONDS)
+            time.sleep(h.TRACEPOINT_HOLD_SECONDS + 1)
             base = self._loops(reps)
             one = h.IdleSessions(config, 1)
             try:
