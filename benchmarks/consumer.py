@@ -63,6 +63,8 @@ def main():
                 break
             probes._hand_on(HAND_RECORDS)
             session._flush_records()
+        if not no_files and hasattr(session.store, "flush"):
+            session.store.flush()   # written means in the files: the store compresses in a thread
         elapsed = time.perf_counter() - start
         written = session.factory.next_ei - written_before
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults

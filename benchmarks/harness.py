@@ -176,6 +176,18 @@ def loop_seconds(argv, **kwargs) -> float:
     return loop_times(argv, **kwargs)[0]
 
 
+def loop_times_and_peak(argv) -> tuple:
+    """loop_times() of a command, and the peak RSS (kB) of its biggest process: run from a
+    Python of its own, whose waited-for children are only this command's processes."""
+    code = ("import resource, subprocess, sys\n"
+            "out = subprocess.run(sys.argv[1:], check=True, stdout=subprocess.PIPE).stdout\n"
+            "sys.stdout.write(out.decode())\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    lines = run([VENV_PYTHON, "-I", "-c", code, *argv]).stdout.strip().splitlines()
+    wall, cpu = lines[-2].split()
+    return float(wall), float(cpu), int(lines[-1])
+
+
 def loop_times(argv, **kwargs) -> tuple:
     """A workload program's own report: (wall seconds of its loop, CPU seconds it and its
     children used)."""

@@ -269,11 +269,13 @@ class Suite:
     def open_storm(self):
         argv = [self.ws.openloop, str(OPEN_STORM), self.ws.target]
         reps = self.reps(3, 1)
-        plain, recorded, results = [], [], []
+        plain, recorded, results, peaks = [], [], [], []
         for _ in range(reps):
             plain.append(h.loop_seconds(argv))
             config = self.ws.config()
-            recorded.append(h.loop_seconds(config.argv(argv)))
+            wall, _, peak = h.loop_times_and_peak(config.argv(argv))
+            recorded.append(wall)
+            peaks.append(peak)
             events = config.only_session()
             got = sum(1 for e in h.kernel_events(events, "session.disk")
                       if e["path"] == self.ws.target)
@@ -286,7 +288,8 @@ class Suite:
                  f"recorded {worst[0]:,}, lost {worst[1]:,} (worst of {reps}: "
                  + ", ".join(f"{g:,}+{lo:,}" for g, lo, _ in results)
                  + f"); recorded + lost = {OPEN_STORM:,} exactly: {'yes' if exact else 'NO'}; "
-                 f"loop time {h.median(recorded) / h.median(plain):.2f}×",
+                 f"loop time {h.median(recorded) / h.median(plain):.2f}×; the recorder's peak "
+                 f"RSS {max(peaks) / 1024:.0f} MB",
                  "100% recorded (else exact sum, explained)",
                  worst[0] == OPEN_STORM)
 
