@@ -5,7 +5,7 @@ fallback `make install` builds), tracefs, and the ring-buffer sizes from the con
 
 Compiling with BCC (clang) takes most of a session's start and its LLVM most of the recorder's
 memory, so the compiled programs are kept in CACHE_DIR, keyed by everything they depend on (the
-sources, the defines, the kernel and its tracepoint formats, BCC). A session whose programs are
+sources, the defines, the kernel build, BCC). A session whose programs are
 there loads them itself with the bpf() syscall, without BCC or LLVM (Programs.from_cache); one
 whose programs are not compiles them with BCC and stores them (Programs.compile). The rest of
 this module is the same either way: raw map fds, and the ring buffers read from their memory.
@@ -47,8 +47,7 @@ RINGBUF_BUSY_BIT = 1 << 31
 RINGBUF_DISCARD_BIT = 1 << 30
 RINGBUF_HDR_SIZE = 8
 _RECORD_HEADER = struct.Struct("=I")
-# Records read from each ring per pass: a batch of events is built, written, freed, and its
-# memory reused by the next (about 3 KiB of Python objects per event while it is built).
+# Records copied out of each ring per pass (Probes._read_rings).
 BATCH_RECORDS = 4096
 # How long records read from the rings may wait to be written (see Probes.poll), how many are
 # handed on at once (written in ~12 ms, while the rings fill by ~2,000 records at most), and how
