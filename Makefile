@@ -87,10 +87,11 @@ install-sshd: root
 uninstall-sshd: root
 	@bash "$(REPO)/scripts/install-sshd.sh" uninstall
 
-# uninstall: remove the program; the config and the audit log stay.
+# uninstall: remove the program, its compiled-program cache and its PAM service; the config and
+# the audit log stay.
 uninstall: root
-	rm -rf "$(PREFIX)"
-	rm -f "$(BINDIR)/enhrec-wrap" "$(BINDIR)/enhrec"
+	rm -rf "$(PREFIX)" /var/cache/enhrec-wrap
+	rm -f "$(BINDIR)/enhrec-wrap" "$(BINDIR)/enhrec" /etc/pam.d/enhrec-wrap
 	@echo "uninstall: kept $(CONFDIR) and the audit log (/var/lib/teleport/log by default); remove them yourself if wanted"
 
 # test-venv: $(TEST_VENV) with pytest and the tree installed non-editable, then proof that it is
