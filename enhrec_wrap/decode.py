@@ -145,23 +145,8 @@ class Decoder:
         """decode() of the `size` bytes at `offset` in `buffer` (a memoryview of a ring buffer:
         nothing is copied but the fields). Raises ValueError for a record that is not one of
         ours or is shorter than its type and tail say."""
-        if size < self._type_struct.size:
-            raise ValueError(f"record of {size} bytes")
-        record_type = self._type_struct.unpack_from(buffer, offset)[0]
-        layout = self.layouts.get(record_type)
-        if layout is None:
-            raise ValueError(f"unknown record type {record_type}")
-        if size < layout.struct.size:
-            raise ValueError(f"record of type {record_type} cut at {size} bytes")
-        fields = dict(zip(layout.names, layout.struct.unpack_from(buffer, offset)))
-        fields["comm"] = fields["comm"].split(b"\0", 1)[0]
-        if layout.has_tail:
-            start = offset + layout.tail_offset
-            end = start + fields["tail_len"]
-            if end > offset + size:
-                raise ValueError(f"record of type {record_type} cut at {size} bytes")
-            fields["tail"] = bytes(buffer[start:end])
-        return fields
+        _, record_type, values, tail = self.raw_from(buffer, offset, size)
+        return self.as_dict(record_type, values, tail)
 
 
 def record_fields(bpf):
