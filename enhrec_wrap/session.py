@@ -102,10 +102,12 @@ class Session:
             return
         from enhrec_wrap.bpf import Probes   # BCC is imported only when recording
         self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
-        # Before anything can run in the cgroup: if we die, the watchdog kills what is in it.
-        self.watchdog = Watchdog.start(self.cgroup.path)
+        # Ready before anything can run in the cgroup: if we die, the watchdog kills what is in
+        # it. It starts while the programs load.
+        self.watchdog = Watchdog.launch(self.cgroup.path)
         self.probes = Probes(self.config, self._on_record)
         self.probes.watch(self.cgroup.id)
+        self.watchdog.wait_ready()
 
     def write_start(self):
         self.start_ns = time.time_ns()

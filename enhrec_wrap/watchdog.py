@@ -15,7 +15,7 @@ The session's session.end is written by the next wrapper start or `enhrec doctor
 The recorder also flock-s the cgroup directory for as long as it runs: that is how recovery
 tells a live session's cgroup from a stale one, whatever data_dir the session writes to.
 
-Run as `python -I -m enhrec_wrap.watchdog FD CGROUP_DIR` (by Watchdog.start, never by hand).
+Run as `python -I -m enhrec_wrap.watchdog FD CGROUP_DIR` (by Watchdog.launch, never by hand).
 """
 
 import fcntl
@@ -47,7 +47,9 @@ class Watchdog:
         self.lock_fd = lock_fd
 
     @classmethod
-    def start(cls, cgroup_dir: str) -> "Watchdog":
+    def launch(cls, cgroup_dir: str) -> "Watchdog":
+        """Starts the watchdog process without waiting for it: its Python start-up overlaps the
+        recorder's own set-up. `wait_ready` must follow before the session's child runs."""
         lock_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,12 +68,14 @@ class Watchdog:
                 os.close(fd)
             raise EnhrecError(f"cannot start the session watchdog: {e.strerror}: {DOCTOR_HINT}") from None
         os.close(read_fd)
-        watchdog = cls(process, write_fd, lock_fd)
-        if not watchdog._ready():
-            watchdog._kill()
-            raise EnhrecError(f"the session watchdog did not start (exit status {process.returncode}): "
+        return cls(process, write_fd, lock_fd)
+
+    def wait_ready(self) -> None:
+        if not self._ready():
+            status = self.process.poll()
+            self._kill()
+            raise EnhrecError(f"the session watchdog did not start (exit status {status}): "
                               f"{DOCTOR_HINT}")
-        return watchdog
 
     def _ready(self) -> bool:
         out = self.process.stdout
