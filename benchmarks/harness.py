@@ -141,8 +141,8 @@ class Config:
 
 def program_cache_entry(config: Config) -> str:
     """The compiled-program cache file the wrapper uses with this config."""
-    code = ("import sys\nfrom enhrec_wrap import bpf\nfrom enhrec_wrap.config import load_config\n"
-            "print(bpf.CACHE_DIR + '/' + bpf.program_cache_key(load_config(sys.argv[1])) + '.json')")
+    code = ("import sys\nfrom enhrec_wrap import bpf, program_cache\nfrom enhrec_wrap.config import load_config\n"
+            "print(program_cache.CACHE_DIR + '/' + bpf.program_cache_key(load_config(sys.argv[1])) + '.json')")
     return run([VENV_PYTHON, "-I", "-c", code, config.path]).stdout.strip()
 
 

@@ -4,7 +4,7 @@ Everything BCC needs from the machine is set up here: kernel headers (the runnin
 fallback `make install` builds), tracefs, and the ring-buffer sizes from the config.
 
 Compiling with BCC (clang) takes most of a session's start and its LLVM most of the recorder's
-memory, so the compiled programs are kept in CACHE_DIR, keyed by everything they depend on (the
+memory, so the compiled programs are kept in program_cache.CACHE_DIR, keyed by everything they depend on (the
 sources, the defines, the kernel build, BCC). A session whose programs are
 there loads them itself with the bpf() syscall, without BCC or LLVM (Programs.from_cache); one
 whose programs are not compiles them with BCC and stores them (Programs.compile). The rest of
@@ -15,25 +15,23 @@ import collections
 import ctypes as ct
 import fcntl
 import functools
-import hashlib
-import importlib.util
-import json
 import mmap
 import os
 import re
-import resource
 import select
-import stat
 import struct
 import subprocess
 import threading
 import time
 
+from enhrec_wrap.bpf_syscalls import (BPF_PROG_TYPE_TRACEPOINT, PERF_EVENT_IOC_DISABLE, TRACEFS,
+                                      raise_memlock, attach_tracepoint, map_create,
+                                      map_lookup, map_update, prog_load, relocate)
 from enhrec_wrap.decode import Decoder, record_fields
 from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.program_cache import CACHE_FORMAT, cache_key, read_cache, write_cache
 
 FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
-TRACEFS = "/sys/kernel/tracing"
 STREAMS = ("command", "disk", "network")
 COMMAND_RESULT_COUNTER = 3   # STREAM_COMMAND_RESULT in enhrec.h
 # One exec record can be 34 KiB (argv up to EXEC_DATA_MAX in enhrec.h): the command ring must
@@ -61,10 +59,6 @@ M_MMAP_THRESHOLD = -3
 MALLOC_KEEP_BYTES = 32 << 20
 MALLOC_MMAP_BYTES = 8 << 20    # blocks at least this big still get their own mapping
 
-# The compiled-program cache: root's alone, like the programs it feeds to the kernel.
-CACHE_DIR = "/var/cache/enhrec-wrap"
-CACHE_FORMAT = "enhrec-bpf-cache 1"
-CACHE_KEEP = 8   # entries kept (one per ring-size configuration, kernel, version ...)
 _TRACEPOINT_PROBE = re.compile(rb"TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)")
 
 
@@ -447,7 +441,7 @@ class Programs:
         it fails (the caller compiles instead); nothing is left behind then."""
         programs = cls({}, [], entry["fields"])
         try:
-            _raise_memlock()
+            raise_memlock()
             new_fd = {}
             for m in entry["maps"]:
                 fd = map_create(m["type"], m["key_size"], m["value_size"], m["max_entries"],
@@ -543,224 +537,6 @@ def _describe(bpf, lib):
         raise ValueError("not every attached program was found")
     return {"format": CACHE_FORMAT, "license": lib.bpf_module_license(module).decode(),
             "maps": maps, "programs": programs, "fields": record_fields(bpf)}
-
-
-# -- the cache ---------------------------------------------------------------------------------
-
-def cache_key(source: bytes, header: bytes, defines, tracepoints) -> str:
-    """Everything the compiled programs depend on: the code, the defines, the kernel build (BCC
-    compiles the tracepoints' argument layouts in: the build fixes them) and BCC itself.
-
-    Not the tracepoints' format files themselves: reading them takes the kernel's event_mutex,
-    which a session that just ended holds while its tracepoints unregister (see
-    detach_tracepoints), and the next session's start would wait for it."""
-    h = hashlib.sha256()
-    uname = os.uname()
-    for part in (CACHE_FORMAT.encode(), uname.release.encode(), uname.version.encode(),
-                 uname.machine.encode(), source, header, "\0".join(defines).encode(),
-                 " ".join(f"{c}:{e}" for c, e in tracepoints).encode(), _bcc_version()):
-        h.update(len(part).to_bytes(8, "little") + part)
-    return h.hexdigest()
-
-
-def _bcc_version() -> bytes:
-    spec = importlib.util.find_spec("bcc")
-    if spec is None or not spec.submodule_search_locations:
-        return b"no bcc"
-    try:
-        with open(os.path.join(spec.submodule_search_locations[0], "version.py"), "rb") as f:
-            return f.read()
-    except OSError:
-        return b"unknown bcc"
-
-
-def _private_dir_fd(create: bool):
-    """CACHE_DIR, opened, if it is root's alone (else None: a cache anyone else could write
-    would let them choose the programs root loads)."""
-    if create:
-        try:
-            os.mkdir(CACHE_DIR, 0o700)
-        except FileExistsError:
-            pass
-        except OSError:
-            return None
-    try:
-        fd = os.open(CACHE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    st = os.fstat(fd)
-    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
-        os.close(fd)
-        return None
-    return fd
-
-
-def read_cache(key: str):
-    """The entry stored under key, or None (absent, unreadable, not root's, not ours)."""
-    dir_fd = _private_dir_fd(create=False)
-    if dir_fd is None:
-        return None
-    try:
-        fd = os.open(f"{key}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    finally:
-        os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
-            return None
-        with open(fd, "rb", closefd=False) as f:
-            entry = json.load(f)
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
-    return entry if isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT else None
-
-
-def write_cache(key: str, entry):
-    """Stores entry (atomically: a reader sees all of it or nothing) and keeps the newest
-    CACHE_KEEP entries. Best effort: a session never fails for its cache."""
-    if entry is None:
-        return
-    dir_fd = _private_dir_fd(create=True)
-    if dir_fd is None:
-        return
-    tmp = f".{key}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-        with open(fd, "w") as f:
-            json.dump(entry, f)
-        os.rename(tmp, f"{key}.json", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        entries = []
-        for name in os.listdir(dir_fd):
-            if name.endswith(".json") and not name.startswith("."):
-                entries.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns,
-                                name))
-        for _, name in sorted(entries, reverse=True)[CACHE_KEEP:]:
-            os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-    finally:
-        os.close(dir_fd)
-
-
-# -- the bpf() and perf_event_open() system calls (x86-64 numbers) ------------------------------
-
-SYS_BPF = 321
-SYS_PERF_EVENT_OPEN = 298
-BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD = 0, 1, 2, 5
-BPF_PROG_TYPE_TRACEPOINT = 5
-BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE = 1, 2
-BPF_LD_IMM64 = 0x18
-PERF_TYPE_TRACEPOINT = 2
-PERF_SAMPLE_RAW = 1 << 10
-PERF_ATTR_SIZE = 112
-PERF_FLAG_FD_CLOEXEC = 8
-PERF_EVENT_IOC_ENABLE = 0x2400
-PERF_EVENT_IOC_DISABLE = 0x2401
-PERF_EVENT_IOC_SET_BPF = 0x40042408
-_ATTR_SIZE = 128   # of union bpf_attr we fill; the kernel wants the rest zero, and it is
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
-
-
-def _bpf(cmd: int, attr: bytearray) -> int:
-    buf = (ct.c_char * len(attr)).from_buffer(attr)
-    result = _libc.syscall(ct.c_long(SYS_BPF), ct.c_long(cmd), buf, ct.c_long(len(attr)))
-    if result < 0:
-        err = ct.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
-
-
-def _name(name: str) -> bytes:
-    """A kernel object name: 15 characters of [A-Za-z0-9_.] (BPF_OBJ_NAME_LEN)."""
-    return re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15].encode()
-
-
-def map_create(map_type, key_size, value_size, max_entries, flags, name) -> int:
-    attr = bytearray(_ATTR_SIZE)
-    struct.pack_into("=IIIII", attr, 0, map_type, key_size, value_size, max_entries, flags)
-    struct.pack_into("16s", attr, 28, _name(name))
-    return _bpf(BPF_MAP_CREATE, attr)
-
-
-def map_update(fd: int, key: bytes, value: bytes):
-    k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value, len(value))
-    attr = bytearray(_ATTR_SIZE)
-    struct.pack_into("=IIQQQ", attr, 0, fd, 0, ct.addressof(k), ct.addressof(v), 0)
-    _bpf(BPF_MAP_UPDATE_ELEM, attr)
-
-
-def map_lookup(fd: int, key: bytes, value_size: int) -> bytes:
-    k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value_size)
-    attr = bytearray(_ATTR_SIZE)
-    struct.pack_into("=IIQQQ", attr, 0, fd, 0, ct.addressof(k), ct.addressof(v), 0)
-    _bpf(BPF_MAP_LOOKUP_ELEM, attr)
-    return v.raw
-
-
-def relocate(insns: bytes, new_fd: dict) -> bytes:
-    """The program with each map reference (ld_imm64 of a map fd, as BCC emits them) pointing at
-    our map instead of the compiling process's."""
-    code = bytearray(insns)
-    i = 0
-    while i + 16 <= len(code):
-        if code[i] == BPF_LD_IMM64:
-            if code[i + 1] >> 4 in (BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE):
-                old = struct.unpack_from("=i", code, i + 4)[0]
-                struct.pack_into("=i", code, i + 4, new_fd[old])   # KeyError: not ours
-            i += 16   # ld_imm64 takes two instruction slots
-        else:
-            i += 8
-    return bytes(code)
-
-
-def prog_load(prog_type: int, insns: bytes, license: str, name: str) -> int:
-    code = ct.create_string_buffer(insns, len(insns))
-    lic = ct.create_string_buffer(license.encode())
-    attr = bytearray(_ATTR_SIZE)
-    struct.pack_into("=IIQQ", attr, 0, prog_type, len(insns) // 8, ct.addressof(code),
-                     ct.addressof(lic))
-    struct.pack_into("16s", attr, 48, _name(name))
-    return _bpf(BPF_PROG_LOAD, attr)
-
-
-def attach_tracepoint(prog_fd: int, category: str, event: str) -> int:
-    """As BCC does it: a perf event on the tracepoint (every task, CPU 0 for the event itself),
-    the program set on it, enabled. Returns the perf event's fd."""
-    with open(os.path.join(TRACEFS, "events", category, event, "id")) as f:
-        tracepoint_id = int(f.read())
-    attr = ct.create_string_buffer(PERF_ATTR_SIZE)
-    struct.pack_into("=IIQQQ", attr, 0, PERF_TYPE_TRACEPOINT, PERF_ATTR_SIZE, tracepoint_id, 1,
-                     PERF_SAMPLE_RAW)
-    struct.pack_into("=I", attr, 48, 1)   # wakeup_events
-    fd = _libc.syscall(ct.c_long(SYS_PERF_EVENT_OPEN), attr, ct.c_long(-1), ct.c_long(0),
-                       ct.c_long(-1), ct.c_long(PERF_FLAG_FD_CLOEXEC))
-    if fd < 0:
-        err = ct.get_errno()
-        raise OSError(err, os.strerror(err))
-    try:
-        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
-        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _raise_memlock():
-    """Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (BCC raises it the same way)."""
-    try:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    except (OSError, ValueError):
-        pass
 
 
 # -- memory ------------------------------------------------------------------------------------

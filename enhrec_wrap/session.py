@@ -231,7 +231,7 @@ class Session:
         else:
             time.sleep(POLL_MS / 1000)
 
-    def _flush_records(self, final=False):
+    def _flush_records(self):
         if not self.records:
             return
         batch, self.records = self.records, []

@@ -1,4 +1,4 @@
-"""The compiled-program cache (bpf.py): a session whose programs were compiled before loads them
+"""The compiled-program cache (program_cache.py, bpf.py): a session whose programs were compiled before loads them
 from /var/cache/enhrec-wrap without BCC's compiler, and records the same; the cache is root's
 alone, and an entry anyone else could have written is never loaded."""
 
@@ -6,10 +6,10 @@ import os
 import random
 import stat
 
-from enhrec_wrap import bpf
+from enhrec_wrap import bpf, program_cache
 from enhrec_wrap.config import load_config
 
-CACHE_DIR = bpf.CACHE_DIR
+CACHE_DIR = program_cache.CACHE_DIR
 
 
 def _fresh_key(recorder):
