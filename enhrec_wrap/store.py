@@ -216,8 +216,11 @@ class SessionStore:
         first, else for earlier batches that failed; `unwritten` on it counts their events."""
         if not lines:
             return
+        # Only each event's number and kind are needed to place its line: queuing the dicts
+        # themselves held ~1.5 KB an event in a burst (docs/PERFORMANCE.md).
+        kinds = [(e["ei"], e["event"]) for e in events]
         if not self._started:
-            self._write_batch(events, lines)   # session.start: without it nothing may run
+            self._write_batch(kinds, lines)   # session.start: without it nothing may run
             self._started = True
             return
         if self._worker is None:
@@ -227,7 +230,7 @@ class SessionStore:
         with self._cond:
             while self._pending_bytes > MAX_PENDING_BYTES:
                 self._cond.wait()
-            self._pending.append((events, lines, size))
+            self._pending.append((kinds, lines, size))
             self._pending_bytes += size
             self._cond.notify_all()
         self._raise_failure()
@@ -254,11 +257,11 @@ class SessionStore:
                     self._cond.wait()
                 if not self._pending:
                     return
-                events, lines, size = self._pending.popleft()
+                kinds, lines, size = self._pending.popleft()
                 self._busy = True
             failure = None
             try:
-                self._write_batch(events, lines)
+                self._write_batch(kinds, lines)
             except EnhrecError as e:
                 failure = e
             with self._cond:
@@ -269,17 +272,19 @@ class SessionStore:
                     self._failed_events += len(lines)
                 self._cond.notify_all()
 
-    def _write_batch(self, events: list[dict], lines: list[bytes]) -> None:
-        batches = {EVENTS: (events[0]["ei"], b"".join(lines))}
+    def _write_batch(self, kinds: list[tuple[int, str]], lines: list[bytes]) -> None:
+        """kinds[i] is (ei, event type) of lines[i]."""
+        batch_start = kinds[0][0]
+        batches = {EVENTS: (batch_start, b"".join(lines))}
         for stream in KIND_STREAMS:
-            picked = [(e, line) for e, line in zip(events, lines) if e["event"] == stream]
+            picked = [(ei, line) for (ei, kind), line in zip(kinds, lines) if kind == stream]
             if picked:
-                batches[stream] = (picked[0][0]["ei"], b"".join(line for _, line in picked))
+                batches[stream] = (picked[0][0], b"".join(line for _, line in picked))
         failure = None
         if not self._streams and not self._parts:
             # All four files from the first event on, so every session has the same layout.
             for stream in KIND_STREAMS:
-                batches.setdefault(stream, (events[0]["ei"], b""))
+                batches.setdefault(stream, (batch_start, b""))
         for stream, (first_ei, data) in batches.items():
             try:
                 self._stream(stream, first_ei).append(data)
