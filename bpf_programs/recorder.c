@@ -319,6 +319,34 @@ static __always_inline void copy_addrs(u8 *daddr, u8 *saddr, u16 family,
     }
 }
 
+/* A connect record in the per-CPU scratch, header filled and addresses zeroed; NULL (counted as
+ * lost) when there is no scratch. */
+static __always_inline struct connect_event *new_connect_event(u64 cgroup_id, s64 ret, u16 family,
+                                                              u16 sport, u16 flags)
+{
+    int zero = 0;
+    struct connect_event *e = connect_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(STREAM_NETWORK);
+        return NULL;
+    }
+    fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
+    e->ret = ret;
+    e->family = family;
+    e->sport = sport;
+    e->flags = flags;
+    e->dport = 0;
+    __builtin_memset(e->daddr, 0, 16);
+    __builtin_memset(e->saddr, 0, 16);
+    return e;
+}
+
+static __always_inline void send_connect_event(struct connect_event *e)
+{
+    if (network_events.ringbuf_output(e, sizeof(*e), 0))
+        count_lost(STREAM_NETWORK);
+}
+
 /* The socket left SYN_SENT (established or failed): its source port is known now. May run in
  * softirq context, in any task, so it goes by the socket and not by the cgroup: only sockets a
  * session's connect() put in syn_sent_sockets are looked at further. */
@@ -364,24 +392,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         return 0;
     }
 
-    int zero = 0;
-    struct connect_event *e = connect_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(STREAM_NETWORK);
+    struct connect_event *e = new_connect_event(cgroup_id, 0, args->family, args->sport,
+                                                CONNECT_TCP | CONNECT_NO_SYSCALL);
+    if (!e)
         return 0;
-    }
-    fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
-    e->ret = 0;
-    e->family = args->family;
     e->dport = args->dport;
-    e->sport = args->sport;
-    e->flags = CONNECT_TCP | CONNECT_NO_SYSCALL;
-    __builtin_memset(e->daddr, 0, 16);
-    __builtin_memset(e->saddr, 0, 16);
     copy_addrs(e->daddr, e->saddr, args->family, args->daddr, args->saddr,
                args->daddr_v6, args->saddr_v6);
-    if (network_events.ringbuf_output(e, sizeof(*e), 0))
-        count_lost(STREAM_NETWORK);
+    send_connect_event(e);
     return 0;
 }
 
@@ -403,18 +421,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     if (family != AF_INET_VALUE && family != AF_INET6_VALUE)
         return 0;   /* unix sockets and AF_UNSPEC disconnects are not network events */
 
-    int zero = 0;
-    struct connect_event *e = connect_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(STREAM_NETWORK);
+    struct connect_event *e = new_connect_event(cgroup_id, args->ret, family, a.sport, a.flags);
+    if (!e)
         return 0;
-    }
-    fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
-    e->ret = args->ret;
-    e->family = family;
-    e->sport = a.sport;
-    e->flags = a.flags;
-    __builtin_memset(e->daddr, 0, 16);
     __builtin_memcpy(e->saddr, a.saddr, 16);
 
     u16 port_be = 0;
@@ -424,9 +433,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
         read_user(e->daddr, 16, (const u8 *)a.addr + 8);   /* sin6_addr */
     else
         read_user(e->daddr, 4, (const u8 *)a.addr + 4);    /* sin_addr */
-
-    if (network_events.ringbuf_output(e, sizeof(*e), 0))
-        count_lost(STREAM_NETWORK);
+    send_connect_event(e);
     return 0;
 }
 
