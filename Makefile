@@ -13,11 +13,8 @@ CONFDIR   := /etc/enhrec-wrap
 TEST_VENV := $(REPO)/.venv
 PYTEST    := PYTHONSAFEPATH=1 "$(TEST_VENV)/bin/pytest" -q -p no:cacheprovider --import-mode=importlib
 
-# Entry scripts as NAME=MODULE (each module has main()); `enhrec` comes with enhrec_wrap/inspect.py.
-ENTRY_SCRIPTS := enhrec-wrap=enhrec_wrap.cli
-ifneq ($(wildcard $(REPO)/enhrec_wrap/inspect.py),)
-ENTRY_SCRIPTS += enhrec=enhrec_wrap.inspect
-endif
+# Entry scripts as NAME=MODULE (each module has main()).
+ENTRY_SCRIPTS := enhrec-wrap=enhrec_wrap.cli.wrap enhrec=enhrec_wrap.cli.enhrec
 
 .PHONY: help root install deps venv entry-scripts config pam uninstall install-sshd uninstall-sshd test-venv test unit demo bench clean
 

@@ -1,7 +1,7 @@
 """The consumer's throughput: how many events per second user space decodes, builds and writes,
 measured on real records.
 
-A session (the installed enhrec_wrap.session.Session, with a ring big enough for all of it) runs
+A session (the installed enhrec_wrap.session.lifecycle.Session, with a ring big enough for all of it) runs
 `openloop N` to its end while nobody consumes, so N open records wait in the ring. Then the
 clock runs while the session's own code copies them out of the ring (Probes._read_rings), hands
 them on in chunks (Probes._hand_on: decode) and writes them (Session._flush_records: the exec
@@ -18,10 +18,10 @@ import resource
 import sys
 import time
 
-from enhrec_wrap.bpf import HAND_RECORDS, possible_cpus
+from enhrec_wrap.kernel.loader import HAND_RECORDS, possible_cpus
 from enhrec_wrap.config import Config
-from enhrec_wrap.privileges import account_by_uid
-from enhrec_wrap.session import Request, Session
+from enhrec_wrap.host.privileges import account_by_uid
+from enhrec_wrap.session.lifecycle import Request, Session
 
 RECORD_BYTES = 128   # an open record of a short path, with the ring's header, rounded up
 

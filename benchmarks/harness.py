@@ -21,7 +21,7 @@ VENV_PYTHON = "/opt/enhrec-wrap/venv/bin/python3"
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = os.path.join(HERE, "workloads")
 SESSION_START_TIMEOUT = 60.0
-# How long an ended session's detached tracepoints stay registered (enhrec_wrap.bpf.HOLD_SECONDS):
+# How long an ended session's detached tracepoints stay registered (enhrec_wrap.kernel.loader.HOLD_SECONDS):
 # a measurement "with no session" must start later than that.
 TRACEPOINT_HOLD_SECONDS = 2
 
@@ -141,7 +141,7 @@ class Config:
 
 def program_cache_entry(config: Config) -> str:
     """The compiled-program cache file the wrapper uses with this config."""
-    code = ("import sys\nfrom enhrec_wrap import bpf, program_cache\nfrom enhrec_wrap.config import load_config\n"
+    code = ("import sys\nfrom enhrec_wrap.kernel import loader as bpf, program_cache\nfrom enhrec_wrap.config import load_config\n"
             "print(program_cache.CACHE_DIR + '/' + bpf.program_cache_key(load_config(sys.argv[1])) + '.json')")
     return run([VENV_PYTHON, "-I", "-c", code, config.path]).stdout.strip()
 

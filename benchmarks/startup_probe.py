@@ -1,4 +1,4 @@
-"""The wrapper's own entry point (enhrec_wrap.cli.main, as /usr/local/bin/enhrec-wrap runs it),
+"""The wrapper's own entry point (enhrec_wrap.cli.wrap.main, as /usr/local/bin/enhrec-wrap runs it),
 with clocks: when the interpreter runs its first line, when the wrapper's modules are imported,
 when loading the BPF programs (from the compiled-program cache, or compiling them with BCC)
 begins and ends, how long detaching them takes, and the end. CLOCK_MONOTONIC, so the caller can
@@ -16,10 +16,10 @@ import sys  # noqa: E402
 
 # What a recorded session imports, eagerly instead of when first used: "import" is all of it.
 # Not BCC: a session whose programs are cached never imports it.
-import enhrec_wrap.bpf  # noqa: E402
-import enhrec_wrap.cli  # noqa: E402
+import enhrec_wrap.kernel.loader  # noqa: E402
+import enhrec_wrap.cli.wrap  # noqa: E402
 import enhrec_wrap.config  # noqa: E402,F401
-import enhrec_wrap.session  # noqa: E402,F401
+import enhrec_wrap.session.lifecycle  # noqa: E402,F401
 
 T["imported"] = time.monotonic()
 
@@ -36,24 +36,24 @@ def _wrap(owner, name, begin, end):
     setattr(owner, name, timed)
 
 
-_wrap(enhrec_wrap.bpf.Programs, "load", "load_begin", "load_end")
-_wrap(enhrec_wrap.bpf.Probes, "__init__", "probes_begin", "probes_end")
-_wrap(enhrec_wrap.bpf.Programs, "close", "close_begin", "close_end")
+_wrap(enhrec_wrap.kernel.loader.Programs, "load", "load_begin", "load_end")
+_wrap(enhrec_wrap.kernel.loader.Probes, "__init__", "probes_begin", "probes_end")
+_wrap(enhrec_wrap.kernel.loader.Programs, "close", "close_begin", "close_end")
 
 # The rest of a session's life, by step, where the steps exist (seconds, summed per label).
 SPANS = {}
 STEPS = [
-    ("enhrec_wrap.recovery", "repair_at_start", None),
-    ("enhrec_wrap.pam", "open_session", None),
-    ("enhrec_wrap.watchdog", "Watchdog", "start"),
-    ("enhrec_wrap.watchdog", "Watchdog", "stop"),
-    ("enhrec_wrap.cgroup", "SessionCgroup", "create"),
-    ("enhrec_wrap.cgroup", "SessionCgroup", "remove"),
-    ("enhrec_wrap.session", "Session", "__init__"),
-    ("enhrec_wrap.session", "Session", "spawn"),
-    ("enhrec_wrap.session", "Session", "wait_child"),
-    ("enhrec_wrap.session", "Session", "write_end"),
-    ("enhrec_wrap.session", "Session", "close"),
+    ("enhrec_wrap.session.recovery", "repair_at_start", None),
+    ("enhrec_wrap.login.pam", "open_session", None),
+    ("enhrec_wrap.session.watchdog", "Watchdog", "start"),
+    ("enhrec_wrap.session.watchdog", "Watchdog", "stop"),
+    ("enhrec_wrap.host.cgroup", "SessionCgroup", "create"),
+    ("enhrec_wrap.host.cgroup", "SessionCgroup", "remove"),
+    ("enhrec_wrap.session.lifecycle", "Session", "__init__"),
+    ("enhrec_wrap.session.lifecycle", "Session", "spawn"),
+    ("enhrec_wrap.session.lifecycle", "Session", "wait_child"),
+    ("enhrec_wrap.session.lifecycle", "Session", "write_end"),
+    ("enhrec_wrap.session.lifecycle", "Session", "close"),
 ]
 
 
@@ -86,7 +86,7 @@ def main():
     assert sys.argv[2] == "--"
     status = 0
     try:
-        enhrec_wrap.cli.main(sys.argv[3:])
+        enhrec_wrap.cli.wrap.main(sys.argv[3:])
     except SystemExit as e:
         status = e.code if isinstance(e.code, int) else 1
     T["end"] = time.monotonic()

@@ -1,5 +1,5 @@
 """`python -m enhrec_wrap` runs the wrapper."""
 
-from enhrec_wrap.cli import main
+from enhrec_wrap.cli.wrap import main
 
 main()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes one root-owned entry script from packaging/entry-script.in, replacing it atomically and
 # only when its content, owner or mode differ (so a re-run changes nothing).
-# Usage: install-entry.sh NAME MODULE VENV [BINDIR]   e.g. install-entry.sh enhrec-wrap enhrec_wrap.cli /opt/enhrec-wrap/venv
+# Usage: install-entry.sh NAME MODULE VENV [BINDIR]   e.g. install-entry.sh enhrec-wrap enhrec_wrap.cli.wrap /opt/enhrec-wrap/venv
 set -euo pipefail
 
 [ "$#" -ge 3 ] || { echo "usage: $0 NAME MODULE VENV [BINDIR]" >&2; exit 2; }

@@ -3,7 +3,7 @@
 import calendar
 import os
 
-from enhrec_wrap.auditlog import AuditLog
+from enhrec_wrap.log.auditlog import AuditLog
 
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
 NOON = calendar.timegm((2024, 3, 5, 12, 0, 0))

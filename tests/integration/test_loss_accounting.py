@@ -159,7 +159,8 @@ def test_exec_join_under_loss_logs_every_recorded_argument_record_once():
     whose argument record was lost is dropped (the command is in lost_events); an argument
     record whose result was lost is logged with return_code null, also when the same process
     execs again before the end (it must not be overwritten)."""
-    from enhrec_wrap import decode, events
+    from enhrec_wrap.kernel import decode
+    from enhrec_wrap.events import teleport as events
 
     def exec_record(pid, ts, path):
         tail = path + b"\0" + path + b"\0"

@@ -6,7 +6,8 @@ import os
 import random
 import stat
 
-from enhrec_wrap import bpf, program_cache
+from enhrec_wrap.kernel import loader as bpf
+from enhrec_wrap.kernel import program_cache
 from enhrec_wrap.config import load_config
 
 CACHE_DIR = program_cache.CACHE_DIR

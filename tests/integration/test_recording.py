@@ -18,7 +18,8 @@ import uuid
 
 import pytest
 
-from enhrec_wrap import decode, events
+from enhrec_wrap.kernel import decode
+from enhrec_wrap.events import teleport as events
 
 PYTHON = "/usr/bin/python3"
 TIME_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

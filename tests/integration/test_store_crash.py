@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from enhrec_wrap import reader, store
+from enhrec_wrap.log import reader
+from enhrec_wrap.log import store
 
 SESSION_TIMEOUT = 120
 
@@ -184,12 +185,12 @@ def test_sigkill_of_the_recorder(recorder, tmp_path):
 def test_watchdog_is_outside_the_session_and_root(recorder, test_user):
     # The session's own user tries to kill every watchdog: it must not be able to.
     script = ("echo $ENHREC_SESSION_ID; sleep 1; "
-              "for p in $(pgrep -f 'enhrec_wrap[.]watchdog'); do kill -9 $p; done; sleep 0.5; true")
+              "for p in $(pgrep -f 'enhrec_wrap[.]session[.]watchdog'); do kill -9 $p; done; sleep 0.5; true")
     proc = recorder.popen(["bash", "-c", script], options=("--user", test_user.pw_name))
     sid = proc.stdout.readline().strip()
     leaf = os.path.join(recorder.cgroup_sessions, sid)
     watchdogs = [p for p in recorder.pids_with_argument(leaf)
-                 if b"enhrec_wrap.watchdog" in open(f"/proc/{p}/cmdline", "rb").read()]
+                 if b"enhrec_wrap.session.watchdog" in open(f"/proc/{p}/cmdline", "rb").read()]
     assert len(watchdogs) == 1
     (watchdog,) = watchdogs
     assert os.stat(f"/proc/{watchdog}").st_uid == 0
@@ -253,7 +254,9 @@ def test_full_disk_with_continue_keeps_the_session_and_counts(recorder, small_di
     recorder.configure("enhrec:\n  on_log_failure: continue\n")
     outside = tmp_path / "outside"
     outside.mkdir()
-    script = fill_and_go_on(small_disk, outside, then=f"rm -f {small_disk}/fill; ")
+    # The pause lets the recorder try (and fail) to write the loop's events before there is room
+    # again: without it the rm could come first, and nothing would fail.
+    script = fill_and_go_on(small_disk, outside, then=f"sleep 0.3; rm -f {small_disk}/fill; ")
     result = recorder.run(["bash", "-c", script])
     assert result.returncode == 0, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("enhrec-wrap:")]
@@ -272,9 +275,9 @@ def test_full_disk_with_continue_keeps_the_session_and_counts(recorder, small_di
 def test_session_crossing_midnight_switches_the_day_file(recorder, tmp_path, monkeypatch):
     """A real session (in this process, so that the audit log's clock can be set): the clock
     says 23:59:59 until the session touches a marker, then 00:00:01 the next day."""
-    from enhrec_wrap import session as session_module
+    from enhrec_wrap.session import lifecycle as session_module
     from enhrec_wrap.config import load_config
-    from enhrec_wrap.privileges import account_by_uid
+    from enhrec_wrap.host.privileges import account_by_uid
 
     marker = tmp_path / "midnight"
     before = calendar.timegm((2031, 1, 1, 23, 59, 59))

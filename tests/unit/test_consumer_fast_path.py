@@ -5,7 +5,8 @@ unreadable, non-UTF-8, unknown parent, escaped program), execs, lost results, co
 
 import struct
 
-from enhrec_wrap import decode, events
+from enhrec_wrap.kernel import decode
+from enhrec_wrap.events import teleport as events
 
 # The layouts as BCC flattens bpf_programs/enhrec.h (test_decode.py checks the constants).
 HEADER = [["ts_ns", 0, "Q", 8], ["cgroup_id", 8, "Q", 8], ["pid", 16, "I", 4], ["tid", 20, "I", 4],

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from enhrec_wrap import bpf, decode
+from enhrec_wrap.kernel import loader as bpf
+from enhrec_wrap.kernel import decode
 
 # The installed header is the one the wrapper compiles, next to the decode.py imported here.
 HEADER = importlib.resources.files("enhrec_wrap.bpf_programs") / "enhrec.h"

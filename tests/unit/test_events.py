@@ -11,10 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from enhrec_wrap import decode, events
+from enhrec_wrap.kernel import decode
+from enhrec_wrap.events import teleport as events
 from enhrec_wrap.config import Config
-from enhrec_wrap.privileges import Account
-from enhrec_wrap.session import Request, Session
+from enhrec_wrap.host.privileges import Account
+from enhrec_wrap.session.lifecycle import Request, Session
 
 # A copy of ../shared/fixtures/reference-events.jsonl (the events exactly as the reference
 # documents them), kept in the tree so that a clone tests without ../shared beside it.

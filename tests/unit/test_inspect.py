@@ -8,8 +8,10 @@ import time
 import orjson
 import pytest
 
-from enhrec_wrap import doctor, inspect, store
-from enhrec_wrap.auditlog import AuditLog
+from enhrec_wrap.inspect import doctor
+from enhrec_wrap.cli import enhrec as inspect
+from enhrec_wrap.log import store
+from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.config import Config
 
 SERVER = "5a1f0e2d-1111-4222-8333-444455556666"

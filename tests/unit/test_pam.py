@@ -1,4 +1,4 @@
-"""Tests for enhrec_wrap.pam that need neither root nor a PAM stack: who may use it, and the one
+"""Tests for enhrec_wrap.login.pam that need neither root nor a PAM stack: who may use it, and the one
 line a refused account gets. The real PAM conversation is tested end to end (tests/e2e)."""
 
 import types
@@ -6,7 +6,7 @@ import types
 import pam as python_pam
 import pytest
 
-from enhrec_wrap import pam
+from enhrec_wrap.login import pam
 from enhrec_wrap.errors import EXIT_SETUP_FAILED, EnhrecError
 
 

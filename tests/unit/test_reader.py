@@ -9,7 +9,8 @@ import zlib
 import orjson
 import pytest
 
-from enhrec_wrap import reader, store
+from enhrec_wrap.log import reader
+from enhrec_wrap.log import store
 
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
 OTHER = "9d1c2b3a-0000-4000-8000-000000000001"

@@ -1,4 +1,4 @@
-"""Tests for enhrec_wrap.ssh (what sshd passes to a ForceCommand) and the --ssh checks of the CLI.
+"""Tests for enhrec_wrap.login.ssh (what sshd passes to a ForceCommand) and the --ssh checks of the CLI.
 No root needed: accounts are made up and files belong to whoever runs the tests."""
 
 import base64
@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from enhrec_wrap import cli, ssh
+from enhrec_wrap.cli import wrap as cli
+from enhrec_wrap.login import ssh
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.privileges import Account
+from enhrec_wrap.host.privileges import Account
 
 ME = Account("alice", os.getuid(), os.getgid(), "/home/alice", "/bin/bash")
 KEY_BLOB = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))

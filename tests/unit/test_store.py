@@ -11,8 +11,10 @@ import stat
 import orjson
 import pytest
 
-from enhrec_wrap import reader, recovery, store
-from enhrec_wrap.auditlog import AuditLog
+from enhrec_wrap.log import reader
+from enhrec_wrap.session import recovery
+from enhrec_wrap.log import store
+from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.config import Config
 from enhrec_wrap.errors import EnhrecError
 

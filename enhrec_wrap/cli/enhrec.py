@@ -25,7 +25,9 @@ import time
 import click
 import orjson
 
-from enhrec_wrap import __version__, reader, recovery
+from enhrec_wrap import __version__
+from enhrec_wrap.log import reader
+from enhrec_wrap.session import recovery
 from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError
 
@@ -1028,7 +1030,7 @@ def tail(obj, config_path, as_json, follow, count, login, program, path, dst, ev
 def doctor(obj, config_path, repair):
     """Can this host record sessions? One line per check, with the fix when one fails; exit
     status 1 when recording cannot work."""
-    from enhrec_wrap import doctor as checks
+    from enhrec_wrap.inspect import doctor as checks
 
     results = checks.run(config_path or obj.config_path, repair=repair)
     colours = {"ok": "green", "warn": "yellow", "FAIL": "red"}

@@ -6,7 +6,7 @@ import time
 
 import orjson
 
-from enhrec_wrap import decode
+from enhrec_wrap.kernel import decode
 
 SCHEMA_VERSION = 1
 

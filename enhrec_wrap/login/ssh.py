@@ -15,7 +15,7 @@ import shlex
 import stat
 from dataclasses import dataclass, field
 
-from enhrec_wrap.privileges import Account
+from enhrec_wrap.host.privileges import Account
 
 # Passed on to the session as sshd sets them for a normal login.
 SESSION_VARIABLES = ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "SSH_ORIGINAL_COMMAND")
@@ -115,7 +115,7 @@ def key_fingerprint(auth_info: str) -> str | None:
 def enclosing_session(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
     """The id of the recorded session this process runs in (its cgroup2 path is
     /enhrec/<sid>), or None."""
-    from enhrec_wrap.cgroup import SESSIONS_DIR
+    from enhrec_wrap.host.cgroup import SESSIONS_DIR
 
     try:
         with open(proc_cgroup) as f:

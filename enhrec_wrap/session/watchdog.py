@@ -15,7 +15,7 @@ The session's session.end is written by the next wrapper start or `enhrec doctor
 The recorder also flock-s the cgroup directory for as long as it runs: that is how recovery
 tells a live session's cgroup from a stale one, whatever data_dir the session writes to.
 
-Run as `python -I -m enhrec_wrap.watchdog FD CGROUP_DIR` (by Watchdog.launch, never by hand).
+Run as `python -I -m enhrec_wrap.session.watchdog FD CGROUP_DIR` (by Watchdog.launch, never by hand).
 """
 
 import fcntl
@@ -60,7 +60,7 @@ class Watchdog:
                               f"{DOCTOR_HINT}") from None
         try:
             process = subprocess.Popen(
-                [sys.executable, "-I", "-m", "enhrec_wrap.watchdog", str(read_fd), cgroup_dir],
+                [sys.executable, "-I", "-m", "enhrec_wrap.session.watchdog", str(read_fd), cgroup_dir],
                 pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 start_new_session=True, env={}, cwd="/")
         except OSError as e:

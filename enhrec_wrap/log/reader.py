@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from enhrec_wrap import store
+from enhrec_wrap.log import store
 
 DAY_FILE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.00:00:00\.log$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)

@@ -24,12 +24,12 @@ import subprocess
 import threading
 import time
 
-from enhrec_wrap.bpf_syscalls import (BPF_PROG_TYPE_TRACEPOINT, PERF_EVENT_IOC_DISABLE, TRACEFS,
+from enhrec_wrap.kernel.syscalls import (BPF_PROG_TYPE_TRACEPOINT, PERF_EVENT_IOC_DISABLE, TRACEFS,
                                       raise_memlock, attach_tracepoint, map_create,
                                       map_lookup, map_update, prog_load, relocate)
-from enhrec_wrap.decode import Decoder, record_fields
+from enhrec_wrap.kernel.decode import Decoder, record_fields
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.program_cache import CACHE_FORMAT, cache_key, read_cache, write_cache
+from enhrec_wrap.kernel.program_cache import CACHE_FORMAT, cache_key, read_cache, write_cache
 
 FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
 STREAMS = ("command", "disk", "network")

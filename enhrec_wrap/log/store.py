@@ -30,7 +30,7 @@ import zlib
 
 import orjson
 
-from enhrec_wrap.auditlog import _ensure_private_dir, _fix, _open_private_file, _reason, _write_all
+from enhrec_wrap.log.auditlog import _ensure_private_dir, _fix, _open_private_file, _reason, _write_all
 from enhrec_wrap.errors import EnhrecError
 
 NAMESPACE = "default"

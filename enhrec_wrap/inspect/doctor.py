@@ -13,7 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-from enhrec_wrap import recovery
+from enhrec_wrap.session import recovery
 from enhrec_wrap.config import Config, load_config
 from enhrec_wrap.errors import EnhrecError
 
@@ -99,7 +99,7 @@ def check_tracepoints() -> Result:
     events_dir = next((os.path.join(d, "events") for d in TRACEFS_DIRS
                        if os.path.isdir(os.path.join(d, "events"))), None)
     if events_dir is None and os.geteuid() == 0:
-        from enhrec_wrap.bpf import ensure_tracefs   # as the wrapper does at every start
+        from enhrec_wrap.kernel.loader import ensure_tracefs   # as the wrapper does at every start
         try:
             ensure_tracefs()
             events_dir = os.path.join(TRACEFS_DIRS[0], "events")
@@ -124,7 +124,7 @@ def check_bcc() -> Result:
 
 
 def check_headers() -> Result:
-    from enhrec_wrap.bpf import kernel_headers
+    from enhrec_wrap.kernel.loader import kernel_headers
     try:
         found = kernel_headers()
     except EnhrecError as e:
@@ -136,7 +136,7 @@ def check_headers() -> Result:
 
 
 def check_cgroup2(config: Config) -> Result:
-    from enhrec_wrap.cgroup import is_cgroup2_mount
+    from enhrec_wrap.host.cgroup import is_cgroup2_mount
     path = config.cgroup_path
     name = "cgroup2"
     try:

@@ -14,13 +14,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from enhrec_wrap import events, recovery
-from enhrec_wrap.auditlog import AuditLog, load_or_create_server_id
-from enhrec_wrap.cgroup import SessionCgroup
+from enhrec_wrap.events import teleport as events
+from enhrec_wrap.session import recovery
+from enhrec_wrap.log.auditlog import AuditLog, load_or_create_server_id
+from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.privileges import Account, drop_privileges
-from enhrec_wrap.store import SessionStore
-from enhrec_wrap.watchdog import Watchdog
+from enhrec_wrap.host.privileges import Account, drop_privileges
+from enhrec_wrap.log.store import SessionStore
+from enhrec_wrap.session.watchdog import Watchdog
 
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
@@ -100,7 +101,7 @@ class Session:
         """cgroup, then programs filtering on it: nothing of the session can run before both."""
         if not self.config.enabled:
             return
-        from enhrec_wrap.bpf import Probes   # BCC is imported only when recording
+        from enhrec_wrap.kernel.loader import Probes   # BCC is imported only when recording
         self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
         # Ready before anything can run in the cgroup: if we die, the watchdog kills what is in
         # it. It starts while the programs load.

@@ -18,10 +18,12 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from enhrec_wrap import events, reader, store
-from enhrec_wrap.auditlog import AuditLog, _read_id
-from enhrec_wrap.cgroup import SESSIONS_DIR as CGROUP_SESSIONS_DIR
-from enhrec_wrap.cgroup import SessionCgroup
+from enhrec_wrap.events import teleport as events
+from enhrec_wrap.log import reader
+from enhrec_wrap.log import store
+from enhrec_wrap.log.auditlog import AuditLog, _read_id
+from enhrec_wrap.host.cgroup import SESSIONS_DIR as CGROUP_SESSIONS_DIR
+from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError
 
 # A cgroup is created a moment before its recorder locks it; younger ones are left alone.

@@ -30,7 +30,7 @@ def enhrec_wrap(config_path, user_name, ssh_mode, command):
     be set up (nothing was run); 126 when COMMAND is not executable; 127 when it is not found.
     """
     from enhrec_wrap.config import load_config
-    from enhrec_wrap.session import run
+    from enhrec_wrap.session.lifecycle import run
 
     require_root()
     if ssh_mode:
@@ -43,7 +43,7 @@ def enhrec_wrap(config_path, user_name, ssh_mode, command):
 
 
 def local_request(user_name, command):
-    from enhrec_wrap.session import Request
+    from enhrec_wrap.session.lifecycle import Request
 
     caller = caller_account()
     account = caller
@@ -56,8 +56,8 @@ def local_request(user_name, command):
 def run_with_pam(config, request):
     """A login for the account, as `runuser -l` makes one: PAM's account check (a refused
     account gets nothing run), a PAM session around the recorded one, and PAM's environment."""
-    from enhrec_wrap import pam
-    from enhrec_wrap.session import run
+    from enhrec_wrap.login import pam
+    from enhrec_wrap.session.lifecycle import run
 
     pam_session = pam.open_session(request.account.name, request.user)
     try:
@@ -71,7 +71,7 @@ def check_ssh_caller(config_path, user_name, command):
     """`--ssh` is what every user may run through sudo: from anyone but root it takes nothing
     that could change what runs or how it is recorded, and it never starts a session inside a
     recorded one (the outer session would lose sight of everything started in the inner one)."""
-    from enhrec_wrap.ssh import enclosing_session
+    from enhrec_wrap.login.ssh import enclosing_session
 
     caller = caller_account()
     if caller.uid == 0:
@@ -91,8 +91,8 @@ def check_ssh_caller(config_path, user_name, command):
 def ssh_request(caller, user_name, command):
     """The session sshd was asked for, for the sudo caller (root may name another account and
     command). sshd has already run PAM for it, so there is no PAM here."""
-    from enhrec_wrap.session import Request
-    from enhrec_wrap.ssh import ssh_login
+    from enhrec_wrap.session.lifecycle import Request
+    from enhrec_wrap.login.ssh import ssh_login
 
     account = caller if user_name is None else account_for_user_option(user_name)
     login = ssh_login(account, os.environ)
@@ -121,14 +121,14 @@ def require_root():
 def caller_account():
     """Who started us: the sudo caller (sudo sets SUDO_UID, and only root can run us, so it is
     sudo's own value), else the real uid."""
-    from enhrec_wrap.privileges import account_by_uid
+    from enhrec_wrap.host.privileges import account_by_uid
 
     sudo_uid = os.environ.get("SUDO_UID", "")
     return account_by_uid(int(sudo_uid) if sudo_uid.isdigit() else os.getuid())
 
 
 def account_for_user_option(name):
-    from enhrec_wrap.privileges import account_by_name
+    from enhrec_wrap.host.privileges import account_by_name
 
     if os.getuid() != 0:
         raise EnhrecError("--user is for root only: run as root, or without --user")

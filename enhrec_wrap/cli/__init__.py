@@ -1,0 +1,1 @@
+"""The command lines: the only place that prints errors and picks exit codes."""

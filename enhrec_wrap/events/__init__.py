@@ -1,0 +1,1 @@
+"""Audit events in Teleport's format."""

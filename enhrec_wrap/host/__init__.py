@@ -1,0 +1,1 @@
+"""Operating-system primitives: cgroups, privileges."""

@@ -1,0 +1,1 @@
+"""Reading recorded sessions back, and checking the host."""

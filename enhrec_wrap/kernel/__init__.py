@@ -1,0 +1,1 @@
+"""The BPF programs: loading them, reading their rings, decoding records."""

@@ -1,0 +1,1 @@
+"""The audit log on disk: the daily files, the session files, their readers."""

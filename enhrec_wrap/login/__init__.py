@@ -1,0 +1,1 @@
+"""Who logs in: sshd's request, PAM."""

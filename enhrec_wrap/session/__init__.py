@@ -1,0 +1,1 @@
+"""One recorded session's life: start, child, watchdog, end, and recovery."""
