@@ -3,13 +3,36 @@
 #   - Debian packages (apt-get runs only when one is missing, so a re-run is fast),
 #   - merged kernel headers under PREFIX when /lib/modules/$(uname -r)/build is missing,
 #   - tracefs at /sys/kernel/tracing (BCC attaches tracepoints through it).
-# Usage: install-deps.sh [PREFIX]   (default /opt/enhrec-wrap). Root only; never prompts.
+# Usage: install-deps.sh [--tests] [PREFIX]   (default /opt/enhrec-wrap). With --tests, also the
+# packages that only the tests and the demo need. Root only; never prompts. When a package cannot
+# be had, it stops with one line naming it (apt-get's output is kept in a log file).
 set -euo pipefail
 
+with_tests=0
+if [ "${1:-}" = "--tests" ]; then
+    with_tests=1
+    shift
+fi
 prefix="${1:-/opt/enhrec-wrap}"
 headers_dest="$prefix/kernel-headers"
 kernel_build="/lib/modules/$(uname -r)/build"
 arch="$(dpkg --print-architecture)"
+
+# The Debian packages, one a line with what needs it. To add one, add a line to the right list.
+# Packages the program needs, to install itself and to run:
+program_packages=(
+    python3-bpfcc    # BCC itself (never PyPI's unrelated "bcc")
+    python3-venv     # /usr/bin/python3 -m venv, with pip and setuptools
+    python3-wheel    # setuptools' bdist_wheel, for `pip wheel` in install-into-venv.sh
+    openssh-server   # sshd, behind which make install-sshd puts the wrapper
+    sudo             # the one-command sudo rule of the ForceCommand
+    libpam0g         # libpam.so.0, loaded by python-pam for --user
+)
+# Packages only `make test` and `make demo` need (install-deps.sh --tests):
+test_packages=(
+    curl             # make demo: the obfuscated command it records
+    rsync            # tests/e2e: rsync over ssh
+)
 
 say() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: %s\n' "$*" >&2; exit 1; }
@@ -21,10 +44,40 @@ is_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
 }
 
+# apt-get's own output goes to a log file; on failure one line says which package and how to
+# fix it, with the log kept for the details.
+apt_log=""
+apt_quiet() {
+    apt_log="${apt_log:-$(mktemp /tmp/enhrec-install-deps.XXXXXX.log)}"
+    printf '$ apt-get %s\n' "$*" >>"$apt_log"
+    DEBIAN_FRONTEND=noninteractive apt-get "$@" </dev/null >>"$apt_log" 2>&1
+}
+
+first_problem() {
+    grep -m 1 -E '^(E|W|Err):' "$apt_log" || echo "no error line, see the log"
+}
+
+has_candidate() {
+    local candidate
+    candidate="$(apt-cache policy "$1" 2>/dev/null | sed -n 's/^ *Candidate: //p')"
+    [ -n "$candidate" ] && [ "$candidate" != "(none)" ]
+}
+
+explain_install_failure() {
+    local pkg
+    for pkg in "$@"; do
+        if ! has_candidate "$pkg"; then
+            die "Debian package $pkg cannot be had: no apt source offers it ($(first_problem)); add Debian 12 (bookworm) main to /etc/apt/sources.list.d/debian.sources, check the network, and run make install again (apt output: $apt_log)"
+        fi
+    done
+    die "apt-get install ${*} failed: $(first_problem) (apt output: $apt_log)"
+}
+
 install_packages() {
-    # curl is only for `make demo`, rsync only for the sshd tests; python3-bpfcc is BCC itself
-    # (never the PyPI package "bcc").
-    local wanted=(python3-bpfcc python3-venv openssh-server sudo libpam0g curl rsync)
+    local wanted=("${program_packages[@]}")
+    if [ "$with_tests" -eq 1 ]; then
+        wanted+=("${test_packages[@]}")
+    fi
     if [ ! -e "$kernel_build" ]; then
         wanted+=("linux-headers-$arch")
     fi
@@ -37,12 +90,13 @@ install_packages() {
         return
     fi
     say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    # A failed update (network, a broken source) shows as a package without candidate below.
+    apt_quiet update || true
     # No recommends: openssh-server would pull libpam-systemd, and this host runs without systemd.
-    apt-get install -y -qq --no-install-recommends \
+    apt_quiet install -y --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${missing[@]}" </dev/null >/dev/null
+        "${missing[@]}" || explain_install_failure "${missing[@]}"
+    rm -f "$apt_log"
 }
 
 # Debian ships headers as two trees: -common (arch-independent) and -<arch> (config, generated files).
