@@ -34,6 +34,13 @@ if ! venv_is_usable; then
     say "created $venv"
 fi
 
+# `pip wheel` builds with the venv's setuptools (Debian's 66, from python3-venv) and needs the
+# `wheel` package for bdist_wheel; with --system-site-packages the venv sees Debian's python3-wheel.
+# There is deliberately no pyproject.toml [build-system]: pip would then fetch setuptools and wheel
+# from PyPI into an isolated build environment at every install, even when all else is installed.
+"$venv/bin/python3" -c 'import setuptools, wheel' 2>/dev/null ||
+    die "cannot build a wheel: Debian's python3-wheel is missing (run make deps as root, or apt-get install python3-wheel)"
+
 # Build from a copy: setuptools writes build/ and *.egg-info next to the sources, and a stale
 # build/lib (or one owned by another user) would leak old files into the wheel.
 work="$(mktemp -d)"
