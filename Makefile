@@ -16,7 +16,7 @@ PYTEST    := PYTHONSAFEPATH=1 "$(TEST_VENV)/bin/pytest" -q -p no:cacheprovider -
 # Entry scripts as NAME=MODULE (each module has main()).
 ENTRY_SCRIPTS := enhrec-wrap=enhrec_wrap.cli.wrap enhrec=enhrec_wrap.cli.enhrec
 
-.PHONY: help root install deps venv entry-scripts config pam uninstall install-sshd uninstall-sshd test-venv test unit demo bench clean
+.PHONY: help root install deps test-deps venv entry-scripts config pam uninstall install-sshd uninstall-sshd test-venv test unit demo bench clean
 
 # help: list the targets.
 help:
@@ -41,6 +41,11 @@ install: root deps venv entry-scripts config pam
 # deps: Debian packages, merged kernel headers when needed, tracefs.
 deps: root
 	@bash "$(REPO)/scripts/install-deps.sh" "$(PREFIX)"
+
+# test-deps: the Debian packages of the program and those only the tests and the demo need
+# (scripts/install-deps.sh --tests), in one apt-get run.
+test-deps: root
+	@bash "$(REPO)/scripts/install-deps.sh" --tests "$(PREFIX)"
 
 # venv: the root-owned venv with the tree's current code, not writable by group or others.
 venv: root deps
@@ -99,7 +104,7 @@ test-venv:
 	    f = enhrec_wrap.__file__; ok = f.startswith(sys.prefix + "/lib/"); print("test-venv: enhrec_wrap from", f); sys.exit(not ok)'
 
 # test: the whole suite (unit and integration) against the installed program; no tests is a failure.
-test: install test-venv
+test: test-deps install test-venv
 	cd "$(REPO)" && $(PYTEST) tests || { rc=$$?; [ $$rc -ne 5 ] || echo "make test: pytest collected no tests" >&2; exit $$rc; }
 
 # unit: only tests/unit, which need neither root nor BPF.
@@ -107,7 +112,7 @@ unit: test-venv
 	cd "$(REPO)" && $(PYTEST) tests/unit || { rc=$$?; [ $$rc -ne 5 ] || echo "make unit: pytest collected no tests" >&2; exit $$rc; }
 
 # demo: one recorded session with three bypasses (base64 | sh, a script file, a command under stty -echo).
-demo: install
+demo: test-deps install
 	bash "$(REPO)/scripts/demo.sh"
 
 # bench: benchmarks/run.py with the installed package, when that file exists.
