@@ -11,12 +11,13 @@ VENV      := $(PREFIX)/venv
 BINDIR    := /usr/local/bin
 CONFDIR   := /etc/enhrec-wrap
 TEST_VENV := $(REPO)/.venv
+FRESH_CACHE := /var/cache/enhrec-wrap-fresh
 PYTEST    := PYTHONSAFEPATH=1 "$(TEST_VENV)/bin/pytest" -q -p no:cacheprovider --import-mode=importlib
 
 # Entry scripts as NAME=MODULE (each module has main()).
 ENTRY_SCRIPTS := enhrec-wrap=enhrec_wrap.cli.wrap enhrec=enhrec_wrap.cli.enhrec
 
-.PHONY: help root install deps test-deps venv entry-scripts config pam uninstall install-sshd uninstall-sshd test-venv test unit demo bench clean
+.PHONY: help root install deps test-deps venv entry-scripts config pam uninstall install-sshd uninstall-sshd test-venv test unit demo bench fresh-check clean
 
 # help: list the targets.
 help:
@@ -28,6 +29,7 @@ help:
 	@echo "make unit       run tests/unit only (no root needed)"
 	@echo "make demo       record a session with three audit bypasses and print its events (root)"
 	@echo "make bench      run benchmarks/run.py with the installed package (root)"
+	@echo "make fresh-check  make demo && make test of the committed tree in a new minimal Debian 12 chroot (root)"
 	@echo "make clean      remove the test venv and build leftovers"
 
 # root: stop early with a clear message when not root.
@@ -122,6 +124,11 @@ bench: install
 	else \
 	    echo "bench: benchmarks/run.py does not exist yet"; \
 	fi
+
+# fresh-check: proof that a new user's minimal Debian 12 can run `make demo && make test` with
+# the committed tree; the debootstrap'd base is cached in $(FRESH_CACHE).
+fresh-check: root
+	@FRESH_CACHE="$(FRESH_CACHE)" bash "$(REPO)/scripts/fresh-check.sh"
 
 # clean: the test venv and build leftovers in the tree (the installed program stays).
 clean:
