@@ -152,6 +152,7 @@ build_base() {
         rm -rf --one-file-system "$build"
         die "debootstrap failed: $(grep -m 1 -E '^E:' "$log" || tail -n 1 "$log") (log: $log)"
     fi
+    rm -f "$build"/var/cache/apt/archives/*.deb   # debootstrap's downloads, not part of the system
     tar --numeric-owner -C "$build" -cf "$base.tmp" .
     mv -f "$base.tmp" "$base"
     rm -rf --one-file-system "$build"
@@ -166,6 +167,11 @@ unpack_root() {
     rm -f "$root/etc/apt/sources.list"
     cp "$sources" "$root/etc/apt/sources.list.d/debian.sources"
     cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    # This host's own CA certificates (an HTTPS proxy's, say): ca-certificates, which make install
+    # brings, adds them to the trust store pip uses for PyPI.
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    find /usr/local/share/ca-certificates -maxdepth 1 -type f -name '*.crt' \
+        -exec cp -t "$root/usr/local/share/ca-certificates" {} +
     # A chroot is not a booted system: no package may start a daemon in it (openssh-server would
     # start sshd on port 22), which would also outlive the check.
     printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
