@@ -168,6 +168,11 @@ unpack_root() {
     rm -f "$root/etc/apt/sources.list"
     cp "$sources" "$root/etc/apt/sources.list.d/debian.sources"
     cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+    # The installer writes /etc/hosts with the machine's name, debootstrap does not; without it,
+    # sudo warns "unable to resolve host" on every call. The name is the kernel's, shared with us.
+    hostname >"$root/etc/hostname"
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+        "$(hostname)" >"$root/etc/hosts"
     # This host's own CA certificates (an HTTPS proxy's, say): ca-certificates, which make install
     # brings, adds them to the trust store pip uses for PyPI.
     mkdir -p "$root/usr/local/share/ca-certificates"
