@@ -32,6 +32,8 @@ program_packages=(
 test_packages=(
     curl             # make demo: the obfuscated command it records
     rsync            # tests/e2e: rsync over ssh
+    openssh-client   # tests/e2e: ssh, scp, sftp, ssh-keygen (openssh-server depends on it too)
+    procps           # tests: ps, pgrep (openssh-server depends on it too)
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
