@@ -162,7 +162,7 @@ build_base() {
 # A pristine copy of the base, set up as a freshly installed machine would be.
 unpack_root() {
     tar --numeric-owner -C "$root" -xpf "$base"
-    chmod 0755 "$root"   # it is the chroot's /, made 0700 by mktemp: users must reach /usr
+    chmod 0755 "$root"   # the chroot's /: tar gave it the 0700 of debootstrap's mktemp directory
     # apt sources and name resolution as on this host (a Debian 12 install has bookworm-updates and
     # bookworm-security too, not only debootstrap's one line).
     rm -f "$root/etc/apt/sources.list"

@@ -55,8 +55,10 @@ apt_quiet() {
     DEBIAN_FRONTEND=noninteractive apt-get "$@" </dev/null >>"$apt_log" 2>&1
 }
 
+# The first error apt-get reported, else the first failed fetch, else the first warning.
 first_problem() {
-    grep -m 1 -E '^(E|W|Err):' "$apt_log" || echo "no error line, see the log"
+    grep -m 1 '^E:' "$apt_log" || grep -m 1 '^Err:' "$apt_log" || grep -m 1 '^W:' "$apt_log" ||
+        echo "no error line, see the log"
 }
 
 has_candidate() {
