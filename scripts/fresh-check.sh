@@ -192,6 +192,11 @@ clone_tree() {
     git -C "$root$clone_dir" checkout -q --detach "$commit"
 }
 
+# The namespace's first process, before it may have written $root.mntns.
+stop_inner() {
+    [ -z "$inner" ] || kill -KILL "$inner" 2>/dev/null || true
+}
+
 # Kills what is still running in the check's mount namespace (all of it started by this check), so
 # that the namespace, and with it every mount, ends.
 kill_leftovers() {
@@ -236,7 +241,8 @@ main() {
     root="$(mktemp -d "$work_parent/enhrec-wrap-fresh.XXXXXX")"
     results="$root.steps"
     : >"$results"
-    trap 'kill_leftovers || true; remove_root || true; rm -f "$results" "$root.mntns"' EXIT
+    inner=""
+    trap 'stop_inner; kill_leftovers || true; remove_root || true; rm -f "$results" "$root.mntns"' EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM HUP
 
@@ -249,9 +255,13 @@ main() {
     done
     status="$step_status"
     if [ "$status" -eq 0 ]; then
+        # In the background, so that a signal to this script is handled at once (bash runs a trap
+        # only after a foreground command ends) and the EXIT trap kills the chroot's processes.
         unshare --mount --propagation private -- \
             env FRESH_CACHE="$cache" FRESH_TIMEOUT="$step_timeout" \
-            bash "${BASH_SOURCE[0]}" --inside "$root" "$results" || status=$?
+            bash "${BASH_SOURCE[0]}" --inside "$root" "$results" &
+        inner=$!
+        wait "$inner" || status=$?
     fi
 
     echo
