@@ -243,8 +243,8 @@ main() {
     : >"$results"
     inner=""
     trap 'stop_inner; kill_leftovers || true; remove_root || true; rm -f "$results" "$root.mntns"' EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM HUP
+    trap 'say "stopped by SIGINT"; exit 130' INT
+    trap 'say "stopped by SIGTERM or SIGHUP"; exit 143' TERM HUP
 
     step_status=0
     local step
