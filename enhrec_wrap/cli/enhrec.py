@@ -26,7 +26,7 @@ import click
 import orjson
 
 from enhrec_wrap import __version__
-from enhrec_wrap.log import reader
+from enhrec_wrap.log import layout, reader
 from enhrec_wrap.session import recovery
 from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError
@@ -147,7 +147,7 @@ class Filters:
         first = self.since[:10] if self.since else None
         last = None
         if self.until:
-            last = reader.day_of(reader.day_start(self.until[:10]) + 86400)
+            last = layout.day_of(layout.day_start(self.until[:10]) + 86400)
         return first, last
 
     def needles(self) -> tuple[bytes, ...]:

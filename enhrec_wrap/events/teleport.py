@@ -6,15 +6,12 @@ import time
 
 import orjson
 
+# The kinds are declared in kinds.py; the factory's callers name them as events.SESSION_START ...
+from enhrec_wrap.events.kinds import (SESSION_COMMAND, SESSION_DISK, SESSION_END,  # noqa: F401
+                                      SESSION_NETWORK, SESSION_START)
 from enhrec_wrap.kernel import decode
 
 SCHEMA_VERSION = 1
-
-SESSION_START = ("session.start", "T2000I")
-SESSION_END = ("session.end", "T2004I")
-SESSION_COMMAND = ("session.command", "T4000I")
-SESSION_DISK = ("session.disk", "T4001I")
-SESSION_NETWORK = ("session.network", "T4002I")
 
 AT_FDCWD = -100
 AF_INET6 = 10

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.session import recovery
-from enhrec_wrap.log.auditlog import AuditLog, load_or_create_server_id
+from enhrec_wrap.log.auditlog import AuditLog
+from enhrec_wrap.log.server_id import load_or_create_server_id
 from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.host.privileges import Account, drop_privileges
