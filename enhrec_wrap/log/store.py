@@ -111,6 +111,22 @@ class OpenLock:
         self.fd = -1
 
 
+def is_live(log_dir: str, server_id: str, sid: str) -> bool:
+    """Whether a recorder is writing the session now: it holds the session's lock."""
+    try:
+        fd = os.open(layout.lock_path(log_dir, server_id, sid),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class _GzStream:
     """One gzip file written in sync-flushed batches by one writer."""
 

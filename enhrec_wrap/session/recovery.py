@@ -41,21 +41,6 @@ class Report:
     errors: list = field(default_factory=list)          # one line each
 
 
-def is_live(log_dir: str, server_id: str, sid: str) -> bool:
-    """Whether a recorder is writing the session now."""
-    try:
-        fd = os.open(layout.lock_path(log_dir, server_id, sid), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def check(config) -> Report:
     """Finds stale sessions and cgroups, changing nothing."""
     report = Report()

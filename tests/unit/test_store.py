@@ -211,11 +211,11 @@ def test_unwritable_directory_names_the_file_and_the_fix(tmp_path, log_dir):
 def test_lock_is_held_while_open_and_kept_for_recovery_when_not_ended(log_dir):
     writer = store.SessionStore.create(log_dir, SERVER, SID)
     path = layout.lock_path(log_dir, SERVER, SID)
-    assert recovery.is_live(log_dir, SERVER, SID)
+    assert store.is_live(log_dir, SERVER, SID)
     assert store.OpenLock.try_take(path) is None
     write(writer, session_events(2))
     writer.close(ended=False)
-    assert os.path.exists(path) and not recovery.is_live(log_dir, SERVER, SID)
+    assert os.path.exists(path) and not store.is_live(log_dir, SERVER, SID)
     taken = store.OpenLock.try_take(path)
     assert taken is not None
     taken.release(ended=True)
