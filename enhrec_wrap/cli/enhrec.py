@@ -20,14 +20,16 @@ import click
 
 from enhrec_wrap import __version__
 from enhrec_wrap.config import load_config
-from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.events.timestamps import epoch_of
 from enhrec_wrap.inspect import lookup, query, render, sessions as summaries, tree
 from enhrec_wrap.inspect.output import PROG, Progress, json_line, note, report_skipped, write_json_line
 from enhrec_wrap.log import reader
 
 EXIT_NO_MATCH = 1
+EXIT_CANNOT_RECORD = 1
 EXIT_ERROR = 2
+EXIT_STATUS = {Failure.NO_MATCH: EXIT_NO_MATCH, Failure.CANNOT_RECORD: EXIT_CANNOT_RECORD}
 
 
 class Context:
@@ -157,7 +159,7 @@ def search(obj, config_path, as_json, login, program, path, dst, event, since, u
             click.echo(render.event_line(e, remote))
     report_skipped(stats)
     if not count:
-        raise NoMatch("no matching events")
+        raise EnhrecError("no matching events", Failure.NO_MATCH)
     if sys.stderr.isatty() and not as_json:
         first = next(iter(sids))
         note(f"{count} event(s) in {len(sids)} session(s); read one with `enhrec show "
@@ -219,13 +221,8 @@ def doctor(obj, config_path, repair):
     failed = [r for r in results if r.status == "FAIL"]
     if failed:
         raise EnhrecError(f"recording cannot work on this host: {len(failed)} check(s) failed "
-                          f"({', '.join(r.name for r in failed)})", 1)
+                          f"({', '.join(r.name for r in failed)})", Failure.CANNOT_RECORD)
     click.echo("recording works on this host")
-
-
-class NoMatch(EnhrecError):
-    def __init__(self, message):
-        super().__init__(message, EXIT_NO_MATCH)
 
 
 def _fail(message: str, code: int):
@@ -240,7 +237,7 @@ def main(argv=None):
     except click.UsageError as e:
         _fail(f"{e.format_message()}: see `{e.ctx.command_path if e.ctx else PROG} --help`", EXIT_ERROR)
     except EnhrecError as e:
-        _fail(str(e), e.exit_code if e.exit_code != 125 else EXIT_ERROR)
+        _fail(str(e), EXIT_STATUS.get(e.failure, EXIT_ERROR))
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except (click.Abort, KeyboardInterrupt):
