@@ -54,9 +54,7 @@ entry-scripts: root venv
 
 # config: the default config, only when none is installed yet.
 config: root
-	@if [ ! -f "$(REPO)/conf/enhrec.yaml" ]; then \
-	    echo "config: conf/enhrec.yaml is not in the tree yet; skipped"; \
-	elif [ -e "$(CONFDIR)/enhrec.yaml" ]; then \
+	@if [ -e "$(CONFDIR)/enhrec.yaml" ]; then \
 	    echo "config: kept existing $(CONFDIR)/enhrec.yaml"; \
 	else \
 	    install -d -m 0755 -o root -g root "$(CONFDIR)"; \
@@ -110,13 +108,9 @@ unit: test-venv
 demo: install
 	bash "$(REPO)/scripts/demo.sh"
 
-# bench: benchmarks/run.py with the installed package, when that file exists.
+# bench: benchmarks/run.py with the installed package.
 bench: install
-	@if [ -f "$(REPO)/benchmarks/run.py" ]; then \
-	    cd "$(REPO)" && "$(VENV)/bin/python3" benchmarks/run.py; \
-	else \
-	    echo "bench: benchmarks/run.py does not exist yet"; \
-	fi
+	cd "$(REPO)" && "$(VENV)/bin/python3" benchmarks/run.py
 
 # clean: the test venv and build leftovers in the tree (the installed program stays).
 clean:

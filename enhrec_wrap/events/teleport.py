@@ -328,13 +328,6 @@ def _proc_ppid(pid):
         return 0
 
 
-def _absolute_path(pid, dirfd, path):
-    """A relative open path made absolute with the process's cwd (or dirfd) as /proc shows it
-    now: best effort, None once the process is gone."""
-    base = _base_directory(pid, dirfd)
-    return None if base is None else os.path.normpath(os.path.join(base, path))
-
-
 def _base_directory(pid, dirfd):
     """The directory a relative path of `pid` starts from (bytes), as /proc shows it now; None
     once the process is gone."""
