@@ -13,6 +13,8 @@ from enhrec_wrap.errors import EnhrecError
 
 # The cgroup below the mount that holds one leaf per session (and nothing else).
 PARENT = "enhrec"
+# How long a killed leaf may take to empty before its killer gives up on it.
+KILL_WAIT_SECONDS = 5.0
 
 
 def parent_dir(cgroup_path: str) -> str:
@@ -105,6 +107,11 @@ class SessionCgroup:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+
+    def kill_and_wait(self, timeout: float = KILL_WAIT_SECONDS) -> bool:
+        """kill(), then wait until the leaf is empty; False when it is not within `timeout`."""
+        self.kill()
+        return self.wait_empty(timeout)
 
     def wait_empty(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

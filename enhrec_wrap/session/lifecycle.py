@@ -34,7 +34,6 @@ NOT_STARTED_STATUS = {
 POLL_MS = 50
 # After SIGHUP/SIGTERM the session gets this long to exit on its own before cgroup.kill.
 HANGUP_GRACE_SECONDS = 2.0
-KILL_WAIT_SECONDS = 5.0
 # Signals a terminal sends to its foreground group: the session's to handle, not the wrapper's.
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
@@ -222,8 +221,7 @@ class Session:
             if not self.cgroup.populated():
                 return 0
         lingering = len(self.cgroup.pids())
-        self.cgroup.kill()
-        self.cgroup.wait_empty(KILL_WAIT_SECONDS)
+        self.cgroup.kill_and_wait()
         return lingering
 
     def _on_record(self, records):
@@ -317,8 +315,7 @@ class Session:
             os.waitpid(self.child, 0)
         if self.cgroup:
             if self.cgroup.populated():
-                self.cgroup.kill()
-                self.cgroup.wait_empty(KILL_WAIT_SECONDS)
+                self.cgroup.kill_and_wait()
             self.cgroup.remove()
         if self.watchdog:
             self.watchdog.stop()

@@ -28,7 +28,6 @@ from enhrec_wrap.log.server_id import read_server_id
 
 # A cgroup is created a moment before its recorder locks it; younger ones are left alone.
 CGROUP_GRACE_SECONDS = 30.0
-KILL_WAIT_SECONDS = 5.0
 INCOMPLETE_REASON = "the recorder stopped without ending the session (killed, crashed or power lost)"
 
 
@@ -44,13 +43,9 @@ class Report:
 def check(config) -> Report:
     """Finds stale sessions and cgroups, changing nothing."""
     report = Report()
-    server_id = read_server_id(config.data_dir)
-    if server_id:
-        for sid, path in _lock_files(config.log_dir, server_id):
-            lock = store.OpenLock.try_take(path)
-            if lock is not None:
-                report.stale.append(sid)
-                lock.release(ended=False)
+    for _, sid, lock in _stale_sessions(config):
+        report.stale.append(sid)
+        lock.release(ended=False)
     for leaf in _cgroup_leaves(config.cgroup_path):
         fd = _take_cgroup(leaf, grace=CGROUP_GRACE_SECONDS)
         if fd is not None:
@@ -63,26 +58,21 @@ def repair(config) -> Report:
     """Ends every stale session and removes every stale cgroup; errors are collected, one line
     each, so that one damaged session does not stop the others from being repaired."""
     report = Report()
-    server_id = read_server_id(config.data_dir)
-    if server_id:
-        for sid, path in _lock_files(config.log_dir, server_id):
-            lock = store.OpenLock.try_take(path)
-            if lock is None:
-                continue   # live, or just repaired by someone else
-            report.stale.append(sid)
-            # Its processes first: if its watchdog failed, they are running unrecorded.
-            leaf = leaf_dir(config.cgroup_path, sid)
-            if os.path.isdir(leaf):
-                _remove_cgroup(leaf, 0.0, report)
-            ended = False
-            try:
-                if end_session(config, server_id, sid):
-                    report.repaired.append(sid)
-                ended = True
-            except (EnhrecError, OSError) as e:
-                report.errors.append(f"session {sid}: {e}")
-            finally:
-                lock.release(ended=ended)
+    for server_id, sid, lock in _stale_sessions(config):
+        report.stale.append(sid)
+        # Its processes first: if its watchdog failed, they are running unrecorded.
+        leaf = leaf_dir(config.cgroup_path, sid)
+        if os.path.isdir(leaf):
+            _remove_cgroup(leaf, 0.0, report)
+        ended = False
+        try:
+            if end_session(config, server_id, sid):
+                report.repaired.append(sid)
+            ended = True
+        except (EnhrecError, OSError) as e:
+            report.errors.append(f"session {sid}: {e}")
+        finally:
+            lock.release(ended=ended)
     for leaf in _cgroup_leaves(config.cgroup_path):
         _remove_cgroup(leaf, CGROUP_GRACE_SECONDS, report)
     return report
@@ -192,6 +182,18 @@ def _part_number(path: str) -> int:
     return layout.parse_stream_file(os.path.basename(path)).part
 
 
+def _stale_sessions(config):
+    """(server_id, sid, its lock, now ours) for each session nobody is writing; the caller
+    releases the lock."""
+    server_id = read_server_id(config.data_dir)
+    if not server_id:
+        return
+    for sid, path in _lock_files(config.log_dir, server_id):
+        lock = store.OpenLock.try_take(path)
+        if lock is not None:   # else live, or just repaired by someone else
+            yield server_id, sid, lock
+
+
 def _lock_files(log_dir: str, server_id: str):
     directory = layout.open_sessions_dir(log_dir, server_id)
     try:
@@ -249,8 +251,7 @@ def _remove_cgroup(leaf: str, grace: float, report: Report) -> None:
     report.stale_cgroups.append(leaf)
     try:
         cgroup = SessionCgroup(leaf)
-        cgroup.kill()
-        if not cgroup.wait_empty(KILL_WAIT_SECONDS):
+        if not cgroup.kill_and_wait():
             report.errors.append(f"cgroup {leaf}: processes still running after cgroup.kill")
             return
         cgroup.remove()
