@@ -26,6 +26,7 @@ import collections
 import fcntl
 import os
 import threading
+import time
 import zlib
 
 import orjson
@@ -45,6 +46,9 @@ _LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 # Batches waiting for the writer thread; beyond this the recorder waits for it.
 MAX_PENDING_BYTES = 16 << 20
+# A lock file gets its name microseconds after it is made (OpenLock.create): a hidden one this
+# old belongs to a recorder that died in between, a younger one may be about to be named.
+UNNAMED_LOCK_GRACE_SECONDS = 30.0
 
 
 def index_line(sid: str, part: int, stream: str, first_ei: int) -> bytes:
@@ -109,6 +113,33 @@ class OpenLock:
                 pass
         os.close(self.fd)
         self.fd = -1
+
+
+def stale_locks(log_dir: str, server_id: str):
+    """(sid, its lock, now ours) for each session whose lock nobody holds: its recorder is gone
+    (recovery.py ends it). The caller releases each lock. Hidden lock files of recorders that
+    died before naming theirs are removed on the way."""
+    directory = layout.open_sessions_dir(log_dir, server_id)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        if layout.is_hidden_lock_file(name):
+            _drop_unnamed(path)
+            continue
+        sid = layout.sid_of_lock_file(name)
+        if sid:
+            lock = OpenLock.try_take(path)
+            if lock is not None:   # else live, or just repaired by someone else
+                yield sid, lock
+
+
+def _drop_unnamed(path: str) -> None:
+    lock = OpenLock.try_take(path)
+    if lock is not None:
+        lock.release(ended=time.time() - os.fstat(lock.fd).st_mtime > UNNAMED_LOCK_GRACE_SECONDS)
 
 
 def is_live(log_dir: str, server_id: str, sid: str) -> bool:

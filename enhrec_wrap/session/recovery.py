@@ -186,34 +186,9 @@ def _stale_sessions(config):
     """(server_id, sid, its lock, now ours) for each session nobody is writing; the caller
     releases the lock."""
     server_id = read_server_id(config.data_dir)
-    if not server_id:
-        return
-    for sid, path in _lock_files(config.log_dir, server_id):
-        lock = store.OpenLock.try_take(path)
-        if lock is not None:   # else live, or just repaired by someone else
+    if server_id:
+        for sid, lock in store.stale_locks(config.log_dir, server_id):
             yield server_id, sid, lock
-
-
-def _lock_files(log_dir: str, server_id: str):
-    directory = layout.open_sessions_dir(log_dir, server_id)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    for name in names:
-        if layout.is_hidden_lock_file(name):
-            _drop_unused_hidden(os.path.join(directory, name))
-            continue
-        sid = layout.sid_of_lock_file(name)
-        if sid:
-            yield sid, os.path.join(directory, name)
-
-
-def _drop_unused_hidden(path: str) -> None:
-    """A lock that never got its name (the recorder died within microseconds of making it)."""
-    lock = store.OpenLock.try_take(path)
-    if lock is not None:
-        lock.release(ended=time.time() - os.fstat(lock.fd).st_mtime > CGROUP_GRACE_SECONDS)
 
 
 # --- cgroups --------------------------------------------------------------------------------

@@ -232,6 +232,24 @@ def test_lock_removed_under_a_waiting_taker_is_not_taken(log_dir):
     assert store.OpenLock.try_take(lock.path) is None
 
 
+def test_stale_locks_are_the_unheld_ones_and_old_unnamed_ones_go(log_dir):
+    live = store.OpenLock.create(log_dir, SERVER, SID)
+    dead = store.OpenLock.create(log_dir, SERVER, OTHER)
+    os.close(dead.fd)   # its recorder died
+    old = layout.hidden_lock_path(log_dir, SERVER, "01d00000-0000-4000-8000-000000000000")
+    young = layout.hidden_lock_path(log_dir, SERVER, "0e000000-0000-4000-8000-000000000000")
+    for path in (old, young):
+        open(path, "w").close()   # made, but its recorder died before it was named
+    os.utime(old, (0, 0))
+    stale = list(store.stale_locks(log_dir, SERVER))
+    assert [sid for sid, _ in stale] == [OTHER]
+    for _, lock in stale:
+        lock.release(ended=False)
+    assert not os.path.exists(old) and os.path.exists(young)   # the young one may be named yet
+    assert store.is_live(log_dir, SERVER, SID) and not store.is_live(log_dir, SERVER, OTHER)
+    live.release(ended=True)
+
+
 # --- recovery -------------------------------------------------------------------------------
 
 @pytest.fixture
