@@ -61,9 +61,7 @@ entry-scripts: root venv
 
 # config: the default config, only when none is installed yet.
 config: root
-	@if [ ! -f "$(REPO)/conf/enhrec.yaml" ]; then \
-	    echo "config: conf/enhrec.yaml is not in the tree yet; skipped"; \
-	elif [ -e "$(CONFDIR)/enhrec.yaml" ]; then \
+	@if [ -e "$(CONFDIR)/enhrec.yaml" ]; then \
 	    echo "config: kept existing $(CONFDIR)/enhrec.yaml"; \
 	else \
 	    install -d -m 0755 -o root -g root "$(CONFDIR)"; \
@@ -117,13 +115,9 @@ unit: test-venv
 demo: test-deps install
 	bash "$(REPO)/scripts/demo.sh"
 
-# bench: benchmarks/run.py with the installed package, when that file exists.
+# bench: benchmarks/run.py with the installed package.
 bench: install
-	@if [ -f "$(REPO)/benchmarks/run.py" ]; then \
-	    cd "$(REPO)" && "$(VENV)/bin/python3" benchmarks/run.py; \
-	else \
-	    echo "bench: benchmarks/run.py does not exist yet"; \
-	fi
+	cd "$(REPO)" && "$(VENV)/bin/python3" benchmarks/run.py
 
 # fresh-check: proof that a new user's minimal Debian 12 can run `make demo && make test` with
 # the committed tree; the debootstrap'd base is cached in $(FRESH_CACHE).

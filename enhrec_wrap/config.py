@@ -16,6 +16,7 @@ import stat
 import yaml
 
 from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.log import layout
 
 DEFAULT_CONFIG_PATH = "/etc/enhrec-wrap/enhrec.yaml"
 BUILT_IN_DEFAULTS = "built-in defaults"
@@ -45,7 +46,7 @@ class Config:
 
     @property
     def log_dir(self) -> str:
-        return os.path.join(self.data_dir, "log")
+        return layout.log_dir(self.data_dir)
 
 
 def load_config(path: str | None) -> Config:

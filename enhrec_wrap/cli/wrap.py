@@ -6,9 +6,15 @@ import sys
 import click
 
 from enhrec_wrap import __version__
-from enhrec_wrap.errors import EXIT_SETUP_FAILED, EnhrecError
+from enhrec_wrap.errors import EnhrecError, Failure
 
 PROG = "enhrec-wrap"
+# Besides the command's own status (or 128+N when it died of signal N), as env(1) has them.
+EXIT_SETUP_FAILED = 125
+EXIT_STATUS = {
+    Failure.COMMAND_NOT_FOUND: 127,
+    Failure.COMMAND_NOT_EXECUTABLE: 126,
+}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
@@ -148,6 +154,12 @@ def make_standard_fds_safe():
                 os.close(null)
 
 
+def exit_status(error: EnhrecError) -> int:
+    """125 when recording could not be set up (nothing was run), 126/127 when the command could
+    not be run: the status its session's end records too."""
+    return EXIT_STATUS.get(error.failure, EXIT_SETUP_FAILED)
+
+
 def fail(message: str, code: int) -> None:
     sys.stderr.write(f"{PROG}: {message}\n")
     sys.stderr.flush()
@@ -161,7 +173,7 @@ def main(argv=None):
     except click.UsageError as e:
         fail(f"{e.format_message()}: see `{PROG} --help`", EXIT_SETUP_FAILED)
     except EnhrecError as e:
-        fail(str(e), e.exit_code)
+        fail(str(e), exit_status(e))
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except (click.Abort, KeyboardInterrupt):

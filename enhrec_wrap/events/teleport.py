@@ -6,15 +6,13 @@ import time
 
 import orjson
 
+# The kinds are declared in kinds.py; the factory's callers name them as events.SESSION_START ...
+from enhrec_wrap.events.kinds import (SESSION_COMMAND, SESSION_DISK, SESSION_END,  # noqa: F401
+                                      SESSION_NETWORK, SESSION_START)
+from enhrec_wrap.events.timestamps import rfc3339
 from enhrec_wrap.kernel import decode
 
 SCHEMA_VERSION = 1
-
-SESSION_START = ("session.start", "T2000I")
-SESSION_END = ("session.end", "T2004I")
-SESSION_COMMAND = ("session.command", "T4000I")
-SESSION_DISK = ("session.disk", "T4001I")
-SESSION_NETWORK = ("session.network", "T4002I")
 
 AT_FDCWD = -100
 AF_INET6 = 10
@@ -48,22 +46,6 @@ def unescape(value: str) -> bytes:
             out += value[i].encode("utf-8")
             i += 1
     return bytes(out)
-
-
-def rfc3339(epoch_ns: int) -> str:
-    """UTC, millisecond precision, `Z` suffix: the reference's `time` format."""
-    seconds, rest = divmod(epoch_ns, 1_000_000_000)
-    prefix = _second_prefixes.get(seconds)
-    if prefix is None:
-        if len(_second_prefixes) > 4096:
-            _second_prefixes.clear()
-        prefix = _second_prefixes[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S.",
-                                                           time.gmtime(seconds))
-    return f"{prefix}{rest // 1_000_000:03d}Z"
-
-
-# strftime of each second once: a busy session writes thousands of events per second.
-_second_prefixes = {}
 
 
 class _RandomUUIDs:
@@ -344,13 +326,6 @@ def _proc_ppid(pid):
             return int(stat.read().rsplit(b")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return 0
-
-
-def _absolute_path(pid, dirfd, path):
-    """A relative open path made absolute with the process's cwd (or dirfd) as /proc shows it
-    now: best effort, None once the process is gone."""
-    base = _base_directory(pid, dirfd)
-    return None if base is None else os.path.normpath(os.path.join(base, path))
 
 
 def _base_directory(pid, dirfd):

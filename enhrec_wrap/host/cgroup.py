@@ -11,7 +11,18 @@ import time
 
 from enhrec_wrap.errors import EnhrecError
 
-SESSIONS_DIR = "enhrec"
+# The cgroup below the mount that holds one leaf per session (and nothing else).
+PARENT = "enhrec"
+# How long a killed leaf may take to empty before its killer gives up on it.
+KILL_WAIT_SECONDS = 5.0
+
+
+def parent_dir(cgroup_path: str) -> str:
+    return os.path.join(cgroup_path, PARENT)
+
+
+def leaf_dir(cgroup_path: str, sid: str) -> str:
+    return os.path.join(cgroup_path, PARENT, sid)
 
 
 def is_cgroup2_mount(path: str) -> bool:
@@ -58,8 +69,8 @@ class SessionCgroup:
     @classmethod
     def create(cls, cgroup_path: str, sid: str) -> "SessionCgroup":
         ensure_mounted(cgroup_path)
-        parent = os.path.join(cgroup_path, SESSIONS_DIR)
-        leaf = os.path.join(parent, sid)
+        parent = parent_dir(cgroup_path)
+        leaf = leaf_dir(cgroup_path, sid)
         try:
             os.makedirs(parent, mode=0o755, exist_ok=True)
             os.mkdir(leaf, 0o755)
@@ -96,6 +107,11 @@ class SessionCgroup:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+
+    def kill_and_wait(self, timeout: float = KILL_WAIT_SECONDS) -> bool:
+        """kill(), then wait until the leaf is empty; False when it is not within `timeout`."""
+        self.kill()
+        return self.wait_empty(timeout)
 
     def wait_empty(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -1,106 +1,21 @@
-"""The on-disk audit log, laid out like Teleport's file backend.
+"""The daily files of the audit log, laid out like Teleport's file backend (layout.py).
 
-    <data_dir>/host_uuid                                  the server id
     <data_dir>/log/<server_id>/YYYY-MM-DD.00:00:00.log    every event of every session that UTC day
     <data_dir>/log/events.log -> <server_id>/YYYY-MM-DD.00:00:00.log
 
 Several wrappers (one per login session) append to the same day file at once, so each batch of
 lines goes out as one append under an exclusive flock. Directories are 0700 and files 0600, owned
-by the writer (root): audit logs reveal what every user ran.
+by the writer (root): audit logs reveal what every user ran (files.py).
 """
 
 import errno
 import fcntl
 import os
-import re
-import secrets
-import stat
 import time
-import uuid
 
 from enhrec_wrap.errors import EnhrecError
-
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
-_HOST_UUID = "host_uuid"
-_SYMLINK = "events.log"
-# More than any UUID; a bigger host_uuid is corrupt anyway and need not be read whole.
-_MAX_ID_BYTES = 4096
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-
-_FIXES = {
-    errno.ENOSPC: "free disk space in {dir}",
-    errno.EDQUOT: "free disk space in {dir} or raise root's quota",
-    errno.EROFS: "remount the file system of {dir} read-write, or set teleport.data_dir to a writable one",
-    errno.EACCES: "run as root and check the mode, attributes (lsattr) and mount options of {dir}",
-    errno.EPERM: "run as root and check the mode, attributes (lsattr) and mount options of {dir}",
-    errno.ENOENT: "make sure {dir} and its parents exist as directories, or set teleport.data_dir elsewhere",
-    errno.ENOTDIR: "make sure {dir} and its parents exist as directories, or set teleport.data_dir elsewhere",
-    errno.ELOOP: "replace the symlink in {dir} by a regular file; the audit log never follows symlinks",
-    errno.EIO: "check the disk holding {dir} (dmesg)",
-}
-_DEFAULT_FIX = "check that {dir} is a writable local directory"
-
-
-def load_or_create_server_id(data_dir: str) -> str:
-    """Return the host's UUID from <data_dir>/host_uuid, creating it on first use.
-
-    The file is Teleport's, so a host that also runs Teleport keeps one server id for both.
-    """
-    path = os.path.join(data_dir, _HOST_UUID)
-    try:
-        # An existing data_dir may be Teleport's: its mode is Teleport's business.
-        _ensure_private_dir(data_dir, tighten_existing=False)
-        text = _read_id(path)
-        if text is None:
-            _publish_new_id(data_dir, path)
-            # Read back rather than trust our own id: a concurrent first session may have won.
-            text = _read_id(path) or ""
-    except OSError as err:
-        raise EnhrecError(
-            f"cannot read or create the server id {path}: {_reason(err)}: {_fix(err, data_dir)}"
-        ) from None
-    if not _UUID_RE.fullmatch(text):
-        raise EnhrecError(
-            f"corrupt server id in {path} (expected a UUID, found {text[:40]!r}): restore the file "
-            f"from a backup, or delete it to create a new id (the log directory is named after it)"
-        )
-    return text
-
-
-def _read_id(path: str) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.read(fd, _MAX_ID_BYTES)
-    finally:
-        os.close(fd)
-    # Teleport writes the bare UUID; tolerate a trailing newline added by hand.
-    return data.decode("utf-8", "replace").strip()
-
-
-def _publish_new_id(data_dir: str, path: str) -> None:
-    """Make host_uuid appear complete or not at all, and only once among racing sessions."""
-    tmp = _unique_name(data_dir, _HOST_UUID)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
-    try:
-        try:
-            _make_private(fd, _FILE_MODE)
-            _write_all(fd, str(uuid.uuid4()).encode())
-            # The id names the log directory: a crash must not leave an empty host_uuid behind.
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            # Unlike rename, link refuses to replace: the first session to get here wins.
-            os.link(tmp, path)
-        except FileExistsError:
-            return
-        _fsync_dir(data_dir)
-    finally:
-        os.unlink(tmp)
+from enhrec_wrap.log import layout
+from enhrec_wrap.log.files import ensure_private_dirs, error, open_private_file, unique_name, write_all
 
 
 class AuditLog:
@@ -140,8 +55,7 @@ class AuditLog:
             self._path = ""
 
     def _current_path(self) -> str:
-        day = time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
-        return os.path.join(self._log_dir, self._server_id, f"{day}.00:00:00.log")
+        return layout.day_file(self._log_dir, self._server_id, self._clock())
 
     def _still_open_at(self, path: str) -> bool:
         """Whether our fd is still the file at path.
@@ -160,9 +74,8 @@ class AuditLog:
 
     def _open(self, path: str) -> None:
         try:
-            _ensure_private_dir(self._log_dir)
-            _ensure_private_dir(os.path.dirname(path))
-            fd = _open_private_file(path)
+            ensure_private_dirs(self._log_dir, os.path.dirname(path))
+            fd = open_private_file(path)
         except OSError as err:
             raise self._error(path, err) from None
         try:
@@ -175,7 +88,7 @@ class AuditLog:
         self._fd, self._path = fd, path
 
     def _point_symlink(self, path: str) -> None:
-        link = os.path.join(self._log_dir, _SYMLINK)
+        link = layout.current_link(self._log_dir)
         target = os.path.relpath(path, self._log_dir)
         try:
             if os.readlink(link) == target:
@@ -196,7 +109,7 @@ class AuditLog:
             raise self._error(link, err) from None
 
     def _error(self, path: str, err: OSError) -> EnhrecError:
-        return EnhrecError(f"cannot write the audit log {path}: {_reason(err)}: {_fix(err, self._log_dir)}")
+        return error(f"cannot write the audit log {path}", err, self._log_dir)
 
 
 def _locked_append(fd: int, data: bytes) -> None:
@@ -205,7 +118,7 @@ def _locked_append(fd: int, data: bytes) -> None:
         # Under the lock the end of the file is ours alone, so this is where our batch starts.
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         except OSError:
             # Drop a half-written batch: a partial line would glue onto the next writer's line
             # and make both unparseable.
@@ -232,67 +145,10 @@ def _truncate_quietly(fd: int, size: int) -> None:
 def _replace_symlink(target: str, link: str) -> None:
     # A symlink cannot be overwritten in place; building it aside and renaming over the old one
     # means readers always find events.log, and racing wrappers never fail on an existing name.
-    tmp = _unique_name(os.path.dirname(link), _SYMLINK)
+    tmp = unique_name(os.path.dirname(link), os.path.basename(link))
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def _open_private_file(path: str) -> int:
-    # O_NOFOLLOW: a symlink planted as today's file must not redirect root's appends elsewhere.
-    fd = os.open(
-        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE
-    )
-    try:
-        _make_private(fd, _FILE_MODE)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _ensure_private_dir(path: str, tighten_existing: bool = True) -> None:
-    try:
-        os.mkdir(path, _DIR_MODE)
-    except FileExistsError:
-        if not tighten_existing:
-            return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        _make_private(fd, _DIR_MODE)
-    finally:
-        os.close(fd)
-
-
-def _make_private(fd: int, mode: int) -> None:
-    """Give fd's file exactly `mode` and our owner, whatever the umask or a previous owner did."""
-    st = os.fstat(fd)
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.fchmod(fd, mode)
-    owner = (os.geteuid(), os.getegid())
-    if (st.st_uid, st.st_gid) != owner:
-        os.fchown(fd, *owner)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unique_name(directory: str, base: str) -> str:
-    # Hidden, and unique across processes and retries, so concurrent wrappers never collide.
-    return os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
-
-
-def _reason(err: OSError) -> str:
-    return os.strerror(err.errno) if err.errno else str(err)
-
-
-def _fix(err: OSError, directory: str) -> str:
-    return _FIXES.get(err.errno, _DEFAULT_FIX).format(dir=directory)

@@ -7,20 +7,14 @@ skipped, a line still being written (no newline yet) is left for later, and a gz
 ends early (a recorder that died never writes the trailer) ends where its data ends.
 """
 
-import calendar
 import os
-import re
-import time
 import zlib
 from dataclasses import dataclass, field
 
 import orjson
 
-from enhrec_wrap.log import store
+from enhrec_wrap.log import layout
 
-DAY_FILE_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.00:00:00\.log$")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
-_PART_RE = re.compile(r"^(?P<sid>[0-9a-fA-F-]{36})-(?P<part>\d+)\.events\.gz$")
 _CHUNK = 1 << 20
 _DAY = 86400
 
@@ -128,14 +122,6 @@ def events_of(lines, stats: Stats | None = None):
 
 # --- the directory --------------------------------------------------------------------------
 
-def day_of(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
-
-
-def day_start(day: str) -> int:
-    return calendar.timegm(time.strptime(day, "%Y-%m-%d"))
-
-
 class LogDir:
     """The audit log under <data_dir>/log: one directory per server id (normally one)."""
 
@@ -145,23 +131,23 @@ class LogDir:
     def exists(self) -> bool:
         return os.path.isdir(self.path)
 
-    def server_dirs(self) -> list[str]:
+    def server_ids(self) -> list[str]:
+        """The ids that have a server dir here, in name order."""
         try:
             names = sorted(os.listdir(self.path))
         except FileNotFoundError:
             return []
-        return [os.path.join(self.path, n) for n in names
-                if UUID_RE.match(n) and os.path.isdir(os.path.join(self.path, n))]
+        return [n for n in names if layout.is_uuid(n) and os.path.isdir(layout.server_dir(self.path, n))]
 
     def day_files(self, first_day: str | None = None, last_day: str | None = None) -> list[tuple[str, str]]:
         """(day, path) in day order, limited to [first_day, last_day] when given."""
         found = []
-        for server in self.server_dirs():
+        for server_id in self.server_ids():
+            server = layout.server_dir(self.path, server_id)
             for name in os.listdir(server):
-                m = DAY_FILE_RE.match(name)
-                if not m:
+                day = layout.day_of_file(name)
+                if day is None:
                     continue
-                day = m.group(1)
                 if (first_day and day < first_day) or (last_day and day > last_day):
                     continue
                 found.append((day, os.path.join(server, name)))
@@ -170,7 +156,7 @@ class LogDir:
 
     def current_file(self) -> str | None:
         """The file events.log points at, or None while there is none."""
-        link = os.path.join(self.path, "events.log")
+        link = layout.current_link(self.path)
         try:
             target = os.readlink(link)
         except OSError:
@@ -181,36 +167,38 @@ class LogDir:
     def stored_sids(self) -> dict[str, str]:
         """sid -> its session directory, for every session that has session files."""
         sids = {}
-        for server in self.server_dirs():
-            directory = os.path.join(server, store.SESSIONS_DIR)
+        for directory in self._session_file_dirs():
             try:
                 names = os.listdir(directory)
             except FileNotFoundError:
                 continue
             for name in names:
-                sid = None
-                if name.endswith(".index"):
-                    sid = name[:-len(".index")]
-                else:
-                    m = _PART_RE.match(name)
-                    if m:
-                        sid = m.group("sid")
-                if sid and UUID_RE.match(sid):
+                sid = layout.sid_of_index_file(name) or _sid_of_events_part(name)
+                if sid:
                     sids[sid] = directory
         return sids
 
     def event_parts(self, sid: str, directory: str | None = None) -> list[str]:
         """The session's events.gz parts in order: those in its index, and any on disk that the
         index misses (an index line lost to a full disk)."""
-        directories = [directory] if directory else [
-            os.path.join(s, store.SESSIONS_DIR) for s in self.server_dirs()]
+        directories = [directory] if directory else self._session_file_dirs()
         parts = {}
         for d in directories:
             for name in _listdir(d):
-                m = _PART_RE.match(name)
-                if m and m.group("sid") == sid:
-                    parts[int(m.group("part"))] = os.path.join(d, name)
+                found = layout.parse_stream_file(name)
+                if found and found.sid == sid and found.stream == layout.ALL_EVENTS:
+                    parts[found.part] = os.path.join(d, name)
         return [parts[p] for p in sorted(parts)]
+
+    def _session_file_dirs(self) -> list[str]:
+        return [layout.session_files_dir(self.path, s) for s in self.server_ids()]
+
+
+def _sid_of_events_part(name: str) -> str | None:
+    found = layout.parse_stream_file(name)
+    if found is None or found.stream != layout.ALL_EVENTS or not layout.is_uuid(found.sid):
+        return None
+    return found.sid
 
 
 def _listdir(path: str) -> list[str]:

@@ -1,11 +1,11 @@
-"""The per-session files of the reference layout, written while the session runs.
+"""The per-session files of the reference layout (layout.py), written while the session runs.
 
-    <log_dir>/<server_id>/sessions/default/<sid>.index                              the parts, JSON lines
-    <log_dir>/<server_id>/sessions/default/<sid>-<part>.events.gz                    every event
-    <log_dir>/<server_id>/sessions/default/<sid>-<part>.session.command-events.gz    session.command only
-    <log_dir>/<server_id>/sessions/default/<sid>-<part>.session.disk-events.gz       session.disk only
-    <log_dir>/<server_id>/sessions/default/<sid>-<part>.session.network-events.gz    session.network only
-    <log_dir>/<server_id>/open-sessions/<sid>.lock                                   while not properly ended
+    <server dir>/sessions/default/<sid>.index                              the parts, JSON lines
+    <server dir>/sessions/default/<sid>-<part>.events.gz                    every event
+    <server dir>/sessions/default/<sid>-<part>.session.command-events.gz    session.command only
+    <server dir>/sessions/default/<sid>-<part>.session.disk-events.gz       session.disk only
+    <server dir>/sessions/default/<sid>-<part>.session.network-events.gz    session.network only
+    <server dir>/open-sessions/<sid>.lock                                   while not properly ended
 
 Each batch is compressed and sync-flushed to the files as it arrives (by the store's writer
 thread, milliseconds later), so a recorder that dies (SIGKILL, OOM) leaves gzip streams whose
@@ -26,49 +26,35 @@ import collections
 import fcntl
 import os
 import threading
+import time
 import zlib
 
 import orjson
 
-from enhrec_wrap.log.auditlog import _ensure_private_dir, _fix, _open_private_file, _reason, _write_all
 from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.events.kinds import COMMAND, DISK, NETWORK
+from enhrec_wrap.log import layout
+from enhrec_wrap.log.files import FILE_MODE, ensure_private_dirs, error, open_private_file, write_all
+from enhrec_wrap.log.layout import ALL_EVENTS
 
-NAMESPACE = "default"
-SESSIONS_DIR = os.path.join("sessions", NAMESPACE)
-OPEN_DIR = "open-sessions"
-LOCK_SUFFIX = ".lock"
-EVENTS = "events"
-KIND_STREAMS = ("session.command", "session.disk", "session.network")
-STREAMS = (EVENTS,) + KIND_STREAMS
+# A file of its own for each kernel kind, beside the file of all events.
+KIND_STREAMS = (COMMAND, DISK, NETWORK)
+
 # Fast over small: every event is compressed twice (all events, and its kind's file) on the
 # recorder's hot path; JSON lines still shrink several times.
 _LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 # Batches waiting for the writer thread; beyond this the recorder waits for it.
 MAX_PENDING_BYTES = 16 << 20
-
-
-def session_dir(log_dir: str, server_id: str) -> str:
-    return os.path.join(log_dir, server_id, SESSIONS_DIR)
-
-
-def open_dir(log_dir: str, server_id: str) -> str:
-    return os.path.join(log_dir, server_id, OPEN_DIR)
-
-
-def stream_file_name(sid: str, part: int, stream: str) -> str:
-    if stream == EVENTS:
-        return f"{sid}-{part}.events.gz"
-    return f"{sid}-{part}.{stream}-events.gz"
-
-
-def index_file_name(sid: str) -> str:
-    return f"{sid}.index"
+# A lock file gets its name microseconds after it is made (OpenLock.create): a hidden one this
+# old belongs to a recorder that died in between, a younger one may be about to be named.
+UNNAMED_LOCK_GRACE_SECONDS = 30.0
 
 
 def index_line(sid: str, part: int, stream: str, first_ei: int) -> bytes:
     # Field names and types as in the reference's indexEntry.
-    entry = {"file_name": stream_file_name(sid, part, stream), "type": stream, "index": first_ei}
+    entry = {"file_name": layout.stream_file_name(sid, part, stream), "type": stream,
+             "index": first_ei}
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
 
@@ -82,24 +68,21 @@ class OpenLock:
 
     @classmethod
     def create(cls, log_dir: str, server_id: str, sid: str) -> "OpenLock":
-        directory = open_dir(log_dir, server_id)
-        path = os.path.join(directory, f"{sid}{LOCK_SUFFIX}")
+        directory = layout.open_sessions_dir(log_dir, server_id)
+        path = layout.lock_path(log_dir, server_id, sid)
         # Locked under a hidden name first: a lock file that can be seen is always held.
-        hidden = os.path.join(directory, f".{sid}{LOCK_SUFFIX}")
+        hidden = layout.hidden_lock_path(log_dir, server_id, sid)
         fd = -1
         try:
-            _ensure_private_dir(log_dir)
-            _ensure_private_dir(os.path.join(log_dir, server_id))
-            _ensure_private_dir(directory)
+            ensure_private_dirs(log_dir, directory)
             fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+                         FILE_MODE)
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.rename(hidden, path)
         except OSError as err:
             if fd >= 0:
                 os.close(fd)   # a hidden leftover is removed by recovery
-            raise EnhrecError(f"cannot create the session lock {path}: {_reason(err)}: "
-                              f"{_fix(err, directory)}") from None
+            raise error(f"cannot create the session lock {path}", err, directory) from None
         return cls(path, fd)
 
     @classmethod
@@ -132,12 +115,55 @@ class OpenLock:
         self.fd = -1
 
 
+def stale_locks(log_dir: str, server_id: str):
+    """(sid, its lock, now ours) for each session whose lock nobody holds: its recorder is gone
+    (recovery.py ends it). The caller releases each lock. Hidden lock files of recorders that
+    died before naming theirs are removed on the way."""
+    directory = layout.open_sessions_dir(log_dir, server_id)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        if layout.is_hidden_lock_file(name):
+            _drop_unnamed(path)
+            continue
+        sid = layout.sid_of_lock_file(name)
+        if sid:
+            lock = OpenLock.try_take(path)
+            if lock is not None:   # else live, or just repaired by someone else
+                yield sid, lock
+
+
+def _drop_unnamed(path: str) -> None:
+    lock = OpenLock.try_take(path)
+    if lock is not None:
+        lock.release(ended=time.time() - os.fstat(lock.fd).st_mtime > UNNAMED_LOCK_GRACE_SECONDS)
+
+
+def is_live(log_dir: str, server_id: str, sid: str) -> bool:
+    """Whether a recorder is writing the session now: it holds the session's lock."""
+    try:
+        fd = os.open(layout.lock_path(log_dir, server_id, sid),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class _GzStream:
     """One gzip file written in sync-flushed batches by one writer."""
 
     def __init__(self, path: str):
         self.path = path
-        self.fd = _open_private_file(path)
+        self.fd = open_private_file(path)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
         self.zip = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
         self.broken = False
@@ -156,7 +182,7 @@ class _GzStream:
 
     def _put(self, chunk: bytes) -> None:
         try:
-            _write_all(self.fd, chunk)
+            write_all(self.fd, chunk)
         except OSError:
             # Back to the end of the last whole batch: what is there stays a readable stream.
             # The compressor has consumed the batch, so this stream cannot go on.
@@ -181,7 +207,8 @@ class SessionStore:
     """
 
     def __init__(self, log_dir: str, server_id: str, sid: str, lock: OpenLock | None):
-        self.dir = session_dir(log_dir, server_id)
+        self.dir = layout.session_files_dir(log_dir, server_id)
+        self.server_dir = layout.server_dir(log_dir, server_id)
         self.sid = sid
         self.lock = lock
         self._streams: dict[str, _GzStream] = {}
@@ -275,7 +302,7 @@ class SessionStore:
     def _write_batch(self, kinds: list[tuple[int, str]], lines: list[bytes]) -> None:
         """kinds[i] is (ei, event type) of lines[i]."""
         batch_start = kinds[0][0]
-        batches = {EVENTS: (batch_start, b"".join(lines))}
+        batches = {ALL_EVENTS: (batch_start, b"".join(lines))}
         for stream in KIND_STREAMS:
             picked = [(ei, line) for (ei, kind), line in zip(kinds, lines) if kind == stream]
             if picked:
@@ -340,24 +367,25 @@ class SessionStore:
             raise self._error(path, err) from None
         try:
             # Part 0 starts the session (index 0); a later part where its first event is.
-            _write_all(self._index_fd, index_line(self.sid, part, stream, first_ei if part else 0))
+            write_all(self._index_fd, index_line(self.sid, part, stream, first_ei if part else 0))
         except OSError as err:
             os.close(new.fd)   # still empty: a reader finds no events in it
-            raise self._error(os.path.join(self.dir, index_file_name(self.sid)), err) from None
+            raise self._error(self._index_path(), err) from None
         self._streams[stream] = new
         return new
 
     def _ensure_index(self) -> None:
         if self._index_fd >= 0:
             return
-        _ensure_private_dir(os.path.dirname(os.path.dirname(self.dir)))
-        _ensure_private_dir(os.path.dirname(self.dir))
-        _ensure_private_dir(self.dir)
-        self._index_fd = _open_private_file(os.path.join(self.dir, index_file_name(self.sid)))
+        ensure_private_dirs(self.server_dir, self.dir)
+        self._index_fd = open_private_file(self._index_path())
+
+    def _index_path(self) -> str:
+        return os.path.join(self.dir, layout.index_file_name(self.sid))
 
     def _path(self, stream: str) -> str:
-        return os.path.join(self.dir, stream_file_name(self.sid, self._parts.get(stream, 0), stream))
+        return os.path.join(self.dir, layout.stream_file_name(self.sid, self._parts.get(stream, 0),
+                                                              stream))
 
     def _error(self, path: str, err: OSError) -> EnhrecError:
-        return EnhrecError(f"cannot write the session file {path}: {_reason(err)}: "
-                           f"{_fix(err, self.dir)}")
+        return error(f"cannot write the session file {path}", err, self.dir)

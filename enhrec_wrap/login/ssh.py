@@ -115,7 +115,7 @@ def key_fingerprint(auth_info: str) -> str | None:
 def enclosing_session(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
     """The id of the recorded session this process runs in (its cgroup2 path is
     /enhrec/<sid>), or None."""
-    from enhrec_wrap.host.cgroup import SESSIONS_DIR
+    from enhrec_wrap.host.cgroup import PARENT
 
     try:
         with open(proc_cgroup) as f:
@@ -125,6 +125,6 @@ def enclosing_session(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
     for line in lines:
         if line.startswith("0::"):
             parts = line[3:].strip("/").split("/")
-            if len(parts) >= 2 and parts[0] == SESSIONS_DIR:
+            if len(parts) >= 2 and parts[0] == PARENT:
                 return parts[1]
     return None

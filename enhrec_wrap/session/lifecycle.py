@@ -16,19 +16,24 @@ from dataclasses import dataclass, field
 
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.session import recovery
-from enhrec_wrap.log.auditlog import AuditLog, load_or_create_server_id
+from enhrec_wrap.log.auditlog import AuditLog
+from enhrec_wrap.log.server_id import load_or_create_server_id
 from enhrec_wrap.host.cgroup import SessionCgroup
-from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.host.privileges import Account, drop_privileges
 from enhrec_wrap.log.store import SessionStore
 from enhrec_wrap.session.watchdog import Watchdog
 
-EXIT_NOT_EXECUTABLE = 126
-EXIT_NOT_FOUND = 127
+# The session's exit status (session.end's exit_status) when its command never ran, as env(1)
+# and shells give it: the forked child exits with it.
+NOT_STARTED_STATUS = {
+    Failure.COMMAND_NOT_FOUND: 127,
+    Failure.COMMAND_NOT_EXECUTABLE: 126,
+    Failure.FAILED: 125,
+}
 POLL_MS = 50
 # After SIGHUP/SIGTERM the session gets this long to exit on its own before cgroup.kill.
 HANGUP_GRACE_SECONDS = 2.0
-KILL_WAIT_SECONDS = 5.0
 # Signals a terminal sends to its foreground group: the session's to handle, not the wrapper's.
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
@@ -163,8 +168,8 @@ class Session:
         failure = _read_all(err_r)
         os.close(err_r)
         if failure:
-            code, _, message = failure.decode(errors="replace").partition(":")
-            return EnhrecError(message, int(code))
+            kind, _, message = failure.decode(errors="replace").partition(":")
+            return EnhrecError(message, Failure[kind])
         return None
 
     # -- while it runs -----------------------------------------------------------------------
@@ -216,8 +221,7 @@ class Session:
             if not self.cgroup.populated():
                 return 0
         lingering = len(self.cgroup.pids())
-        self.cgroup.kill()
-        self.cgroup.wait_empty(KILL_WAIT_SECONDS)
+        self.cgroup.kill_and_wait()
         return lingering
 
     def _on_record(self, records):
@@ -311,8 +315,7 @@ class Session:
             os.waitpid(self.child, 0)
         if self.cgroup:
             if self.cgroup.populated():
-                self.cgroup.kill()
-                self.cgroup.wait_empty(KILL_WAIT_SECONDS)
+                self.cgroup.kill_and_wait()
             self.cgroup.remove()
         if self.watchdog:
             self.watchdog.stop()
@@ -364,7 +367,7 @@ def _outputs_closed(fds) -> bool:
 
 
 def _tell_user(message: str) -> None:
-    """For a failure while the session runs, which cannot wait for cli.py: the session goes on
+    """For a failure while the session runs, which cannot wait for cli/wrap.py: the session goes on
     (or is being ended) and the user must know now. Raw mode on a terminal needs the \\r."""
     try:
         end = "\r\n" if os.isatty(2) else "\n"
@@ -393,7 +396,7 @@ def _read_all(fd) -> bytes:
 
 
 def _child(account, path, argv, env, cwd, go_fd, err_fd):
-    """In the forked child: never returns. Reports a failure as b"<exit code>:<message>" on
+    """In the forked child: never returns. Reports a failure as b"<Failure name>:<message>" on
     err_fd (close-on-exec, so a successful exec reports nothing).
 
     All set-up happens before the go signal, outside the session's cgroup, so that the recording
@@ -402,18 +405,19 @@ def _child(account, path, argv, env, cwd, go_fd, err_fd):
         _prepare_child(account, cwd, keep_fds=(go_fd, err_fd))
         program = _find_program(path, env["PATH"])
         if os.read(go_fd, 1) != b"g":
-            os._exit(125)   # the parent could not put us in the cgroup: run nothing
+            # The parent could not put us in the cgroup: run nothing.
+            os._exit(NOT_STARTED_STATUS[Failure.FAILED])
         os.close(go_fd)
     except EnhrecError as e:
-        _report(err_fd, e.exit_code, str(e))
+        _report(err_fd, e.failure, str(e))
     except BaseException as e:  # noqa: BLE001 - the child must never return into the parent
-        _report(err_fd, 125, f"cannot start the session: {e}")
+        _report(err_fd, Failure.FAILED, f"cannot start the session: {e}")
     try:
         os.execve(program, argv, env)
     except FileNotFoundError:
-        _report(err_fd, EXIT_NOT_FOUND, f"{path}: command not found")
+        _report(err_fd, Failure.COMMAND_NOT_FOUND, f"{path}: command not found")
     except BaseException as e:  # noqa: BLE001
-        _report(err_fd, EXIT_NOT_EXECUTABLE, f"{path}: {getattr(e, 'strerror', None) or e}")
+        _report(err_fd, Failure.COMMAND_NOT_EXECUTABLE, f"{path}: {getattr(e, 'strerror', None) or e}")
 
 
 def _prepare_child(account, cwd, keep_fds):
@@ -438,12 +442,12 @@ def _find_program(path, search_path):
         return path
     found = shutil.which(path, path=search_path)
     if found is None:
-        raise EnhrecError(f"{path}: command not found", EXIT_NOT_FOUND)
+        raise EnhrecError(f"{path}: command not found", Failure.COMMAND_NOT_FOUND)
     return found
 
 
-def _report(fd, code, message):
+def _report(fd, failure, message):
     try:
-        os.write(fd, f"{code}:{message}".encode())
+        os.write(fd, f"{failure.name}:{message}".encode())
     finally:
-        os._exit(code)
+        os._exit(NOT_STARTED_STATUS.get(failure, NOT_STARTED_STATUS[Failure.FAILED]))

@@ -18,17 +18,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from enhrec_wrap.events import teleport as events
-from enhrec_wrap.log import reader
-from enhrec_wrap.log import store
-from enhrec_wrap.log.auditlog import AuditLog, _read_id
-from enhrec_wrap.host.cgroup import SESSIONS_DIR as CGROUP_SESSIONS_DIR
-from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.events import kinds
+from enhrec_wrap.events import teleport as events
+from enhrec_wrap.host.cgroup import SessionCgroup, leaf_dir, parent_dir
+from enhrec_wrap.log import layout, reader, store
+from enhrec_wrap.log.auditlog import AuditLog
+from enhrec_wrap.log.server_id import read_server_id
 
 # A cgroup is created a moment before its recorder locks it; younger ones are left alone.
 CGROUP_GRACE_SECONDS = 30.0
-KILL_WAIT_SECONDS = 5.0
 INCOMPLETE_REASON = "the recorder stopped without ending the session (killed, crashed or power lost)"
 
 
@@ -41,43 +40,12 @@ class Report:
     errors: list = field(default_factory=list)          # one line each
 
 
-def server_id_of(data_dir: str) -> str | None:
-    """The host's server id without creating it (None on a host that never recorded)."""
-    try:
-        return _read_id(os.path.join(data_dir, "host_uuid"))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def lock_path(log_dir: str, server_id: str, sid: str) -> str:
-    return os.path.join(store.open_dir(log_dir, server_id), f"{sid}{store.LOCK_SUFFIX}")
-
-
-def is_live(log_dir: str, server_id: str, sid: str) -> bool:
-    """Whether a recorder is writing the session now."""
-    try:
-        fd = os.open(lock_path(log_dir, server_id, sid), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def check(config) -> Report:
     """Finds stale sessions and cgroups, changing nothing."""
     report = Report()
-    server_id = server_id_of(config.data_dir)
-    if server_id:
-        for sid, path in _lock_files(config.log_dir, server_id):
-            lock = store.OpenLock.try_take(path)
-            if lock is not None:
-                report.stale.append(sid)
-                lock.release(ended=False)
+    for _, sid, lock in _stale_sessions(config):
+        report.stale.append(sid)
+        lock.release(ended=False)
     for leaf in _cgroup_leaves(config.cgroup_path):
         fd = _take_cgroup(leaf, grace=CGROUP_GRACE_SECONDS)
         if fd is not None:
@@ -90,26 +58,21 @@ def repair(config) -> Report:
     """Ends every stale session and removes every stale cgroup; errors are collected, one line
     each, so that one damaged session does not stop the others from being repaired."""
     report = Report()
-    server_id = server_id_of(config.data_dir)
-    if server_id:
-        for sid, path in _lock_files(config.log_dir, server_id):
-            lock = store.OpenLock.try_take(path)
-            if lock is None:
-                continue   # live, or just repaired by someone else
-            report.stale.append(sid)
-            # Its processes first: if its watchdog failed, they are running unrecorded.
-            leaf = os.path.join(config.cgroup_path, CGROUP_SESSIONS_DIR, sid)
-            if os.path.isdir(leaf):
-                _remove_cgroup(leaf, 0.0, report)
-            ended = False
-            try:
-                if end_session(config, server_id, sid):
-                    report.repaired.append(sid)
-                ended = True
-            except (EnhrecError, OSError) as e:
-                report.errors.append(f"session {sid}: {e}")
-            finally:
-                lock.release(ended=ended)
+    for server_id, sid, lock in _stale_sessions(config):
+        report.stale.append(sid)
+        # Its processes first: if its watchdog failed, they are running unrecorded.
+        leaf = leaf_dir(config.cgroup_path, sid)
+        if os.path.isdir(leaf):
+            _remove_cgroup(leaf, 0.0, report)
+        ended = False
+        try:
+            if end_session(config, server_id, sid):
+                report.repaired.append(sid)
+            ended = True
+        except (EnhrecError, OSError) as e:
+            report.errors.append(f"session {sid}: {e}")
+        finally:
+            lock.release(ended=ended)
     for leaf in _cgroup_leaves(config.cgroup_path):
         _remove_cgroup(leaf, CGROUP_GRACE_SECONDS, report)
     return report
@@ -136,7 +99,7 @@ class _Seen:
     last_part: int = -1
 
     def add(self, event: dict):
-        start = events.SESSION_START[0]
+        start = kinds.START
         if self.first is None or (event.get("event") == start and self.first.get("event") != start):
             self.first = event
         ei = event.get("ei")
@@ -145,7 +108,7 @@ class _Seen:
         t = event.get("time")
         if isinstance(t, str) and t > self.last_time:
             self.last_time = t
-        if event.get("event") == events.SESSION_END[0]:
+        if event.get("event") == kinds.END:
             self.has_end = True
 
 
@@ -153,7 +116,7 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
     """Writes session.end {incomplete: true} where it is missing. The caller holds the lock.
     Returns False when there was nothing to end (the session never wrote session.start)."""
     log = reader.LogDir(config.log_dir)
-    directory = store.session_dir(config.log_dir, server_id)
+    directory = layout.session_files_dir(config.log_dir, server_id)
     stored = _Seen()
     for path in log.event_parts(sid, directory):
         stored.last_part = max(stored.last_part, _part_number(path))
@@ -169,7 +132,7 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
     first = stored.first or daily.first
     if first is None or (stored.has_end and daily.has_end):
         return False
-    start = first if first.get("event") == events.SESSION_START[0] else {}
+    start = first if first.get("event") == kinds.START else {}
     factory = events.EventFactory(sid, server_id, first.get("server_hostname", config.nodename),
                                   first.get("login", ""), first.get("user", ""))
     factory.next_ei = max(stored.last_ei, daily.last_ei) + 1
@@ -194,7 +157,7 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
     if not stored.has_end:
         # After the last part, which may end in an unfinished gzip stream.
         writer = store.SessionStore.continue_session(config.log_dir, server_id, sid,
-                                                     {store.EVENTS: stored.last_part})
+                                                     {layout.ALL_EVENTS: stored.last_part})
         try:
             writer.write([end], [line])
         finally:
@@ -206,52 +169,38 @@ def _days_to_scan(config, server_id, sid, stored: _Seen, clock) -> tuple[str, st
     """The daily files that can hold the session: from the day it started (its lock file was
     made then) to the day after its last stored event, never past today."""
     try:
-        began = os.stat(lock_path(config.log_dir, server_id, sid)).st_mtime
+        began = os.stat(layout.lock_path(config.log_dir, server_id, sid)).st_mtime
     except OSError:
         began = clock()
-    first_day = reader.day_of(began)
+    first_day = layout.day_of(began)
     last_seen = stored.last_time[:10] or first_day
-    last_day = reader.day_of(reader.day_start(max(last_seen, first_day)) + 86400)
-    return first_day, min(last_day, reader.day_of(clock()))
+    last_day = layout.day_of(layout.day_start(max(last_seen, first_day)) + 86400)
+    return first_day, min(last_day, layout.day_of(clock()))
 
 
 def _part_number(path: str) -> int:
-    name = os.path.basename(path)
-    return int(name[37:name.index(".")])
+    return layout.parse_stream_file(os.path.basename(path)).part
 
 
-def _lock_files(log_dir: str, server_id: str):
-    directory = store.open_dir(log_dir, server_id)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith(".") and name.endswith(store.LOCK_SUFFIX):
-            _drop_unused_hidden(os.path.join(directory, name))
-            continue
-        sid = name[:-len(store.LOCK_SUFFIX)]
-        if name.endswith(store.LOCK_SUFFIX) and reader.UUID_RE.match(sid):
-            yield sid, os.path.join(directory, name)
-
-
-def _drop_unused_hidden(path: str) -> None:
-    """A lock that never got its name (the recorder died within microseconds of making it)."""
-    lock = store.OpenLock.try_take(path)
-    if lock is not None:
-        lock.release(ended=time.time() - os.fstat(lock.fd).st_mtime > CGROUP_GRACE_SECONDS)
+def _stale_sessions(config):
+    """(server_id, sid, its lock, now ours) for each session nobody is writing; the caller
+    releases the lock."""
+    server_id = read_server_id(config.data_dir)
+    if server_id:
+        for sid, lock in store.stale_locks(config.log_dir, server_id):
+            yield server_id, sid, lock
 
 
 # --- cgroups --------------------------------------------------------------------------------
 
 def _cgroup_leaves(cgroup_path: str) -> list[str]:
-    parent = os.path.join(cgroup_path, CGROUP_SESSIONS_DIR)
+    parent = parent_dir(cgroup_path)
     try:
         names = sorted(os.listdir(parent))
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [os.path.join(parent, n) for n in names
-            if reader.UUID_RE.match(n) and os.path.isdir(os.path.join(parent, n))]
+            if layout.is_uuid(n) and os.path.isdir(os.path.join(parent, n))]
 
 
 def _take_cgroup(leaf: str, grace: float) -> int | None:
@@ -277,8 +226,7 @@ def _remove_cgroup(leaf: str, grace: float, report: Report) -> None:
     report.stale_cgroups.append(leaf)
     try:
         cgroup = SessionCgroup(leaf)
-        cgroup.kill()
-        if not cgroup.wait_empty(KILL_WAIT_SECONDS):
+        if not cgroup.kill_and_wait():
             report.errors.append(f"cgroup {leaf}: processes still running after cgroup.kill")
             return
         cgroup.remove()

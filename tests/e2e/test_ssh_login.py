@@ -2,7 +2,6 @@
 really ran, with the connection's addresses, the key that logged in and the exit status."""
 
 import base64
-import os
 
 # The obfuscated command: nothing of it is visible on the ssh command line.
 HIDDEN = "id -un; cat /etc/hostname; echo hidden-$((6 * 7))"

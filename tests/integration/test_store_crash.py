@@ -16,7 +16,7 @@ import time
 import pytest
 
 from enhrec_wrap.log import reader
-from enhrec_wrap.log import store
+from enhrec_wrap.log import layout
 
 SESSION_TIMEOUT = 120
 
@@ -27,7 +27,7 @@ def server_dir(recorder):
 
 
 def session_files(recorder, sid):
-    directory = os.path.join(server_dir(recorder), store.SESSIONS_DIR)
+    directory = os.path.join(server_dir(recorder), layout.SESSION_FILES)
     return directory, sorted(n for n in os.listdir(directory) if n.startswith(sid))
 
 
@@ -37,7 +37,7 @@ def gz_events(path):
 
 
 def open_locks(recorder):
-    directory = os.path.join(server_dir(recorder), store.OPEN_DIR)
+    directory = os.path.join(server_dir(recorder), layout.OPEN_SESSIONS)
     return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
 
 
@@ -90,7 +90,7 @@ def test_layout_after_a_real_session(recorder):
     stored = gz_events(os.path.join(directory, f"{sid}-0.events.gz"))
     assert stored == session.events
     for kind in ("session.command", "session.disk", "session.network"):
-        got = gz_events(os.path.join(directory, store.stream_file_name(sid, 0, kind)))
+        got = gz_events(os.path.join(directory, layout.stream_file_name(sid, 0, kind)))
         assert got == session.of(kind) and got
     assert open_locks(recorder) == []   # ended: nothing for recovery
 
@@ -227,7 +227,7 @@ def all_lines_parse(recorder):
     for path in glob.glob(os.path.join(server_dir(recorder), "*.log")):
         for line in open(path, "rb"):
             json.loads(line)
-    for path in glob.glob(os.path.join(server_dir(recorder), store.SESSIONS_DIR, "*.gz")):
+    for path in glob.glob(os.path.join(server_dir(recorder), layout.SESSION_FILES, "*.gz")):
         list(reader.events_of(reader.gz_lines(path)))
 
 

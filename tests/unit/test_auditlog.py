@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from enhrec_wrap.log import auditlog
-from enhrec_wrap.log.auditlog import AuditLog, load_or_create_server_id
+from enhrec_wrap.log.auditlog import AuditLog
+from enhrec_wrap.log.server_id import load_or_create_server_id
 from enhrec_wrap.errors import EnhrecError
 
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"

@@ -105,8 +105,11 @@ def test_default_path_is_read_when_present(monkeypatch, write):
     assert (cfg.source, cfg.nodename) == (path, "from-default")
 
 
-def test_default_config_path_constant():
-    assert DEFAULT_CONFIG_PATH == "/etc/enhrec-wrap/enhrec.yaml"
+def test_make_install_puts_the_config_where_it_is_read():
+    makefile = (pathlib.Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    (confdir,) = [line.split(":=")[1].strip() for line in makefile.splitlines()
+                  if line.startswith("CONFDIR ")]
+    assert DEFAULT_CONFIG_PATH == f"{confdir}/enhrec.yaml"
 
 
 def test_shipped_conf_is_accepted_unchanged(tmp_path):

@@ -8,9 +8,12 @@ import time
 import orjson
 import pytest
 
+from enhrec_wrap.cli import enhrec as cli
+from enhrec_wrap.events.timestamps import rfc3339_from_seconds
 from enhrec_wrap.inspect import doctor
-from enhrec_wrap.cli import enhrec as inspect
-from enhrec_wrap.log import store
+from enhrec_wrap.inspect.output import Progress
+from enhrec_wrap.inspect.times import parse_time
+from enhrec_wrap.log import reader, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.config import Config
 
@@ -24,7 +27,7 @@ O_WRONLY_CREAT_TRUNC = 0o1101
 
 
 def stamp(epoch):
-    return inspect.rfc3339(epoch)
+    return rfc3339_from_seconds(epoch)
 
 
 class Writer:
@@ -88,7 +91,7 @@ def config(tmp_path, monkeypatch):
         seen.append(path)
         return cfg
 
-    monkeypatch.setattr(inspect, "load_config", fake_load_config)
+    monkeypatch.setattr(cli, "load_config", fake_load_config)
     cfg_seen = seen
     return cfg, cfg_seen
 
@@ -130,7 +133,7 @@ def logs(config):
 
 def run(capsys, *args):
     with pytest.raises(SystemExit) as done:
-        inspect.main(list(args))
+        cli.main(list(args))
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return done.value.code, out, err
@@ -263,7 +266,7 @@ def test_search_filters(logs, capsys, args, expected):
 def test_search_json_lines_are_the_logged_lines(logs, capsys):
     code, out, _ = run(capsys, "search", "--json", "--sid", ALICE)
     day_lines = b"".join(open(p, "rb").read() for _, p in
-                         inspect.reader.LogDir(logs.log_dir).day_files())
+                         reader.LogDir(logs.log_dir).day_files())
     assert code == 0 and all(x.encode() + b"\n" in day_lines for x in out.splitlines())
 
 
@@ -281,7 +284,7 @@ def test_search_without_matches_exits_1(logs, capsys):
 
 
 def test_corrupt_lines_are_skipped_and_counted(logs, capsys):
-    (_, path), *_ = inspect.reader.LogDir(logs.log_dir).day_files()
+    (_, path), *_ = reader.LogDir(logs.log_dir).day_files()
     with open(path, "ab") as f:
         f.write(b"garbage\n")
     code, found, err = search(capsys, "--login", "bob")
@@ -341,11 +344,11 @@ NOON = calendar.timegm((2024, 3, 5, 12, 0, 0))
     ("2024-03-01T08:30:15+02:00", "2024-03-01T06:30:15.000Z"),
 ])
 def test_parse_time(text, expected):
-    assert inspect.parse_time(text, "--since", now=NOON) == expected
+    assert parse_time(text, "--since", now=NOON) == expected
 
 
 def test_progress_only_on_a_terminal_and_after_a_while(monkeypatch, capsys):
-    progress = inspect.Progress()
+    progress = Progress()
     progress.enabled, progress.DELAY = True, 0.0
     progress.start(200)
     progress.update(100, "2024-03-05.00:00:00.log")

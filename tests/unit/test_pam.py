@@ -7,14 +7,14 @@ import pam as python_pam
 import pytest
 
 from enhrec_wrap.login import pam
-from enhrec_wrap.errors import EXIT_SETUP_FAILED, EnhrecError
+from enhrec_wrap.errors import EnhrecError, Failure
 
 
 def test_only_root_opens_pam_sessions(monkeypatch):
     monkeypatch.setattr(pam.os, "getuid", lambda: 1000)
     with pytest.raises(EnhrecError, match="for root only") as caught:
         pam.open_session("bob", "alice")
-    assert caught.value.exit_code == EXIT_SETUP_FAILED
+    assert caught.value.failure is Failure.FAILED   # enhrec-wrap exits 125: nothing was run
 
 
 def test_missing_service_file_is_named(monkeypatch, tmp_path):

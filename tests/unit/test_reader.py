@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from enhrec_wrap.log import reader
-from enhrec_wrap.log import store
+from enhrec_wrap.log import layout, store
 
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
 OTHER = "9d1c2b3a-0000-4000-8000-000000000001"
@@ -206,7 +206,7 @@ def test_session_events_of_a_crashed_recorder(tmp_path):
 def test_parts_found_without_the_index(tmp_path):
     root = tmp_path / "log"
     _store_session(root, SID, [[event(0, kind="session.start")]])
-    directory = root / SERVER / store.SESSIONS_DIR
+    directory = root / SERVER / layout.SESSION_FILES
     (directory / f"{SID}-1.events.gz").write_bytes(gzip.compress(line(event(1))))
     os.unlink(directory / f"{SID}.index")
     log = reader.LogDir(str(root))

@@ -13,7 +13,7 @@ import pytest
 
 from enhrec_wrap.log import reader
 from enhrec_wrap.session import recovery
-from enhrec_wrap.log import store
+from enhrec_wrap.log import layout, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.config import Config
 from enhrec_wrap.errors import EnhrecError
@@ -58,7 +58,7 @@ def read_gz(path):
 
 
 def files_of(log_dir):
-    directory = os.path.join(log_dir, SERVER, store.SESSIONS_DIR)
+    directory = os.path.join(log_dir, SERVER, layout.SESSION_FILES)
     return sorted(os.listdir(directory)), directory
 
 
@@ -84,7 +84,7 @@ def test_layout_index_and_contents(log_dir):
     with gzip.open(os.path.join(directory, f"{SID}-0.events.gz")) as f:
         assert [orjson.loads(x) for x in f] == events
     for kind in KINDS:
-        got = read_gz(os.path.join(directory, store.stream_file_name(SID, 0, kind)))
+        got = read_gz(os.path.join(directory, layout.stream_file_name(SID, 0, kind)))
         assert got == [e for e in events if e["event"] == kind]
 
 
@@ -105,8 +105,8 @@ def test_files_are_private(log_dir):
 def test_nothing_written_leaves_no_files_and_no_lock(log_dir):
     writer = store.SessionStore.create(log_dir, SERVER, SID)
     writer.close(ended=True)
-    assert not os.path.exists(os.path.join(log_dir, SERVER, store.SESSIONS_DIR))
-    assert os.listdir(store.open_dir(log_dir, SERVER)) == []
+    assert not os.path.exists(os.path.join(log_dir, SERVER, layout.SESSION_FILES))
+    assert os.listdir(layout.open_sessions_dir(log_dir, SERVER)) == []
 
 
 def test_every_batch_is_readable_before_close(log_dir):
@@ -131,13 +131,13 @@ def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir,
     events = session_events(12)
     writer = store.SessionStore.create(log_dir, SERVER, SID)
     write(writer, events[:4])
-    real = store._write_all
+    real = store.write_all
 
     def full_disk(fd, data):
         os.write(fd, data[:len(data) // 2])   # half of it got out before the disk filled
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "_write_all", full_disk)
+    monkeypatch.setattr(store, "write_all", full_disk)
     write(writer, events[4:8])
     with pytest.raises(EnhrecError) as failure:
         writer.flush()   # reported once written (by the writer thread)
@@ -145,7 +145,7 @@ def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir,
     message = str(failure.value)
     assert "No space left on device" in message and "free disk space" in message
     assert "\n" not in message
-    monkeypatch.setattr(store, "_write_all", real)
+    monkeypatch.setattr(store, "write_all", real)
     write(writer, events[8:])
     writer.close(ended=True)
     _, directory = files_of(log_dir)
@@ -162,17 +162,17 @@ def test_first_batch_fails_at_once_later_ones_at_the_next_write(log_dir, monkeyp
     events = session_events(6)
     writer = store.SessionStore.create(log_dir, SERVER, SID)
     write(writer, events[:1])
-    real = store._write_all
+    real = store.write_all
 
     def full_disk(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "_write_all", full_disk)
+    monkeypatch.setattr(store, "write_all", full_disk)
     write(writer, events[1:3])
     with writer._cond:   # until the writer thread has tried them (flush would raise)
         while writer._pending or writer._busy:
             writer._cond.wait()
-    monkeypatch.setattr(store, "_write_all", real)
+    monkeypatch.setattr(store, "write_all", real)
     with pytest.raises(EnhrecError) as failure:
         write(writer, events[3:])
     assert failure.value.unwritten == 2
@@ -188,11 +188,11 @@ def test_failure_of_the_last_batches_keeps_the_lock_for_recovery(log_dir, monkey
     def full_disk(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "_write_all", full_disk)
+    monkeypatch.setattr(store, "write_all", full_disk)
     write(writer, session_events(2)[1:])   # say, session.end
     with pytest.raises(EnhrecError):
         writer.close(ended=True)
-    assert os.path.exists(recovery.lock_path(log_dir, SERVER, SID))
+    assert os.path.exists(layout.lock_path(log_dir, SERVER, SID))
 
 
 def test_unwritable_directory_names_the_file_and_the_fix(tmp_path, log_dir):
@@ -210,12 +210,12 @@ def test_unwritable_directory_names_the_file_and_the_fix(tmp_path, log_dir):
 
 def test_lock_is_held_while_open_and_kept_for_recovery_when_not_ended(log_dir):
     writer = store.SessionStore.create(log_dir, SERVER, SID)
-    path = recovery.lock_path(log_dir, SERVER, SID)
-    assert recovery.is_live(log_dir, SERVER, SID)
+    path = layout.lock_path(log_dir, SERVER, SID)
+    assert store.is_live(log_dir, SERVER, SID)
     assert store.OpenLock.try_take(path) is None
     write(writer, session_events(2))
     writer.close(ended=False)
-    assert os.path.exists(path) and not recovery.is_live(log_dir, SERVER, SID)
+    assert os.path.exists(path) and not store.is_live(log_dir, SERVER, SID)
     taken = store.OpenLock.try_take(path)
     assert taken is not None
     taken.release(ended=True)
@@ -230,6 +230,24 @@ def test_lock_removed_under_a_waiting_taker_is_not_taken(log_dir):
     assert os.fstat(fd).st_nlink == 0   # what try_take checks after locking
     os.close(fd)
     assert store.OpenLock.try_take(lock.path) is None
+
+
+def test_stale_locks_are_the_unheld_ones_and_old_unnamed_ones_go(log_dir):
+    live = store.OpenLock.create(log_dir, SERVER, SID)
+    dead = store.OpenLock.create(log_dir, SERVER, OTHER)
+    os.close(dead.fd)   # its recorder died
+    old = layout.hidden_lock_path(log_dir, SERVER, "01d00000-0000-4000-8000-000000000000")
+    young = layout.hidden_lock_path(log_dir, SERVER, "0e000000-0000-4000-8000-000000000000")
+    for path in (old, young):
+        open(path, "w").close()   # made, but its recorder died before it was named
+    os.utime(old, (0, 0))
+    stale = list(store.stale_locks(log_dir, SERVER))
+    assert [sid for sid, _ in stale] == [OTHER]
+    for _, lock in stale:
+        lock.release(ended=False)
+    assert not os.path.exists(old) and os.path.exists(young)   # the young one may be named yet
+    assert store.is_live(log_dir, SERVER, SID) and not store.is_live(log_dir, SERVER, OTHER)
+    live.release(ended=True)
 
 
 # --- recovery -------------------------------------------------------------------------------
@@ -266,7 +284,7 @@ def test_check_finds_stale_sessions_and_changes_nothing(config):
     crashed_session(config, SID, session_events(5))
     report = recovery.check(config)
     assert report.stale == [SID]
-    assert os.path.exists(recovery.lock_path(config.log_dir, SERVER, SID))
+    assert os.path.exists(layout.lock_path(config.log_dir, SERVER, SID))
     assert all(e["event"] != "session.end" for e in daily_events(config, SID))
 
 
@@ -284,7 +302,7 @@ def test_repair_ends_a_stale_session_in_both_sinks(config):
         assert end["session_start"] == events[0]["time"]
         assert end["session_stop"] == max(e["time"] for e in events)
         assert (end["login"], end["user"], end["server_id"]) == ("alice", "alice", SERVER)
-    assert not os.path.exists(recovery.lock_path(config.log_dir, SERVER, SID))
+    assert not os.path.exists(layout.lock_path(config.log_dir, SERVER, SID))
     # The crashed part stays as it was; session.end went to a new part.
     _, directory = files_of(config.log_dir)
     assert read_gz(os.path.join(directory, f"{SID}-0.events.gz")) == events

@@ -1,0 +1,18 @@
+"""The kinds of audit event: Teleport's name (the `event` field) and code (`code`) of each.
+
+Declared once, here: the factory writes them (teleport.py), the session files are named after
+them (log/layout.py), and `enhrec` reads them back (inspect/). docs/events.md is the schema.
+"""
+
+START = "session.start"
+END = "session.end"
+COMMAND = "session.command"
+DISK = "session.disk"
+NETWORK = "session.network"
+
+# (name, code), as the event factory takes a kind.
+SESSION_START = (START, "T2000I")
+SESSION_END = (END, "T2004I")
+SESSION_COMMAND = (COMMAND, "T4000I")
+SESSION_DISK = (DISK, "T4001I")
+SESSION_NETWORK = (NETWORK, "T4002I")

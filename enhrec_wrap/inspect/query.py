@@ -1,0 +1,208 @@
+"""Which events a question is about: the filters of search, tail and sessions, and the reads
+that apply them to the log (its daily files, or events.log as it grows).
+
+A new way to pick events (a new option) is a new field of Filters: its test in match(), and, when
+it can, a needle that lets the reader skip lines before parsing them.
+"""
+
+import fnmatch
+import ipaddress
+import os
+import re
+import time
+
+import orjson
+
+from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START
+from enhrec_wrap.inspect.text import KIND_WORDS
+from enhrec_wrap.inspect.times import parse_time
+from enhrec_wrap.log import layout, reader
+
+EVENT_ALIASES = {
+    "start": START, "end": END,
+    "command": COMMAND, "exec": COMMAND, "commands": COMMAND,
+    "disk": DISK, "open": DISK, "file": DISK, "files": DISK,
+    "network": NETWORK, "connect": NETWORK, "net": NETWORK, "connection": NETWORK,
+}
+_GLOB_CHARS = re.compile(r"[*?\[\]]")
+# How long `tail -f` waits when events.log has nothing new.
+FOLLOW_IDLE_SECONDS = 0.25
+
+
+class Filters:
+    """The event filters shared by search and tail; every one given must match."""
+
+    def __init__(self, login=None, program=None, path=None, dst=None, event=(), since=None,
+                 until=None, sid=None, now=None):
+        self.login = login
+        self.program = program
+        self.path = path
+        self.dst = _parse_dst(dst) if dst else None
+        self.events = {_event_type(e) for e in event}
+        self.since = parse_time(since, "--since", now) if since else None
+        self.until = parse_time(until, "--until", now) if until else None
+        if self.since and self.until and self.since > self.until:
+            raise EnhrecError(f"--since {since!r} is after --until {until!r}: swap them")
+        self.sid = sid.lower() if sid else None
+        if self.sid is not None and not re.fullmatch(r"[0-9a-f-]+", self.sid):
+            raise EnhrecError(f"--sid {sid!r}: not a session id (or a prefix of one): "
+                              "list them with `enhrec sessions`")
+
+    def days(self) -> tuple[str | None, str | None]:
+        """The daily files that can hold matches: an event is written at or after its time, so
+        to a file of its day or (just after midnight) of the next."""
+        first = self.since[:10] if self.since else None
+        last = None
+        if self.until:
+            last = layout.day_of(layout.day_start(self.until[:10]) + 86400)
+        return first, last
+
+    def needles(self) -> tuple[bytes, ...]:
+        """Byte strings every matching line must contain: a cheap test before parsing."""
+        found = []
+        if self.sid:
+            found.append(self.sid.encode())
+        if self.login is not None:
+            found.append(orjson.dumps(self.login))
+        if len(self.events) == 1:
+            found.append(orjson.dumps(next(iter(self.events))))
+        for pattern in (self.program, self.path):
+            if pattern:
+                literal = max(_GLOB_CHARS.split(pattern), key=len)
+                if len(literal) >= 2:
+                    found.append(orjson.dumps(literal)[1:-1])
+        if self.dst and isinstance(self.dst[0], str):
+            found.append(self.dst[0].encode())
+        return tuple(found)
+
+    def match(self, e: dict) -> bool:
+        if self.sid and not str(e.get("sid", "")).startswith(self.sid):
+            return False
+        if self.login is not None and e.get("login") != self.login:
+            return False
+        if self.events and e.get("event") not in self.events:
+            return False
+        if self.since or self.until:
+            t = e.get("time")
+            if not isinstance(t, str) or (self.since and t < self.since) or (self.until and t > self.until):
+                return False
+        if self.program and not any(fnmatch.fnmatchcase(name, self.program) for name in _program_names(e)):
+            return False
+        if self.path and not any(isinstance(p, str) and fnmatch.fnmatchcase(p, self.path)
+                                 for p in (e.get("path"), e.get("abs_path"))):
+            return False
+        if self.dst and not _dst_matches(e, self.dst):
+            return False
+        return True
+
+
+def _event_type(word: str) -> str:
+    key = word.strip().lower()
+    if key in KIND_WORDS:
+        return key
+    if key in EVENT_ALIASES:
+        return EVENT_ALIASES[key]
+    raise EnhrecError(f"--event {word!r}: unknown event type: give one of start, end, exec, open, "
+                      "connect (or session.start, session.end, session.command, session.disk, "
+                      "session.network)")
+
+
+def _parse_dst(text: str):
+    """ADDR, ADDR:PORT, [IPv6]:PORT, :PORT, or a network (10.0.0.0/8) -> (address|network, port)."""
+    raw = text.strip()
+    addr, port = raw, None
+    if raw.startswith("["):
+        close = raw.find("]")
+        if close < 0:
+            raise EnhrecError(f"--dst {text!r}: missing ]: write an IPv6 address with a port as [::1]:22")
+        addr, rest = raw[1:close], raw[close + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise EnhrecError(f"--dst {text!r}: expected :PORT after ]")
+            port = rest[1:]
+    elif raw.count(":") == 1:
+        addr, port = raw.split(":")
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise EnhrecError(f"--dst {text!r}: the port must be a number from 1 to 65535")
+        port = int(port)
+    if addr == "":
+        if port is None:
+            raise EnhrecError("--dst: give an address, ADDR:PORT or :PORT")
+        return None, port
+    try:
+        if "/" in addr:
+            return ipaddress.ip_network(addr, strict=False), port
+        return str(ipaddress.ip_address(addr)), port
+    except ValueError:
+        raise EnhrecError(f"--dst {text!r}: not an IP address: give e.g. 10.0.0.5, 10.0.0.5:443, "
+                          "[2001:db8::1]:443, :22 or 10.0.0.0/8 (names are not resolved)") from None
+
+
+def _dst_matches(e: dict, dst) -> bool:
+    if e.get("event") != NETWORK:
+        return False
+    addr, port = dst
+    if port is not None and e.get("dst_port") != port:
+        return False
+    if addr is None:
+        return True
+    if isinstance(addr, str):
+        return e.get("dst_addr") == addr
+    try:
+        return ipaddress.ip_address(e.get("dst_addr", "")) in addr
+    except ValueError:
+        return False
+
+
+def _program_names(e: dict) -> list[str]:
+    names = [e["program"]] if isinstance(e.get("program"), str) else []
+    if e.get("event") == COMMAND and isinstance(e.get("path"), str):
+        names.append(os.path.basename(e["path"]))
+    return names
+
+
+# --- reading the log with them ----------------------------------------------------------------
+
+def search(log: reader.LogDir, filters: Filters, stats: reader.Stats, progress=None):
+    """(event, line, the address its session came from or None) of every match in the daily
+    files, oldest first."""
+    remotes = {}
+    first_day, last_day = filters.days()
+    # Every session.start is read too, to tell where each match's session came from.
+    for e, line in reader.day_events(log, first_day, last_day, stats, filters.needles(), progress,
+                                     also_keep=orjson.dumps(START)):
+        if e.get("event") == START and e.get("addr.remote"):
+            remotes[e.get("sid")] = e["addr.remote"]
+        if filters.match(e):
+            yield e, line, remotes.get(e.get("sid"))
+
+
+def newest(path: str, end: int, filters: Filters, count: int) -> list[tuple[dict, bytes]]:
+    """The last `count` matches in the file before byte `end`, oldest first."""
+    found = []
+    if count:
+        for line in reader.reverse_lines(path, end):
+            e = reader.parse(line)
+            if e is not None and filters.match(e):
+                found.append((e, line))
+                if len(found) == count:
+                    break
+    found.reverse()
+    return found
+
+
+def follow(follower: reader.Follower, filters: Filters):
+    """Forever: the matches among the lines appended since the last step (often none); waits a
+    moment before the next step when nothing at all was appended."""
+    while True:
+        lines = follower.poll()
+        matches = []
+        for line in lines:
+            e = reader.parse(line)
+            if e is not None and filters.match(e):
+                matches.append((e, line))
+        yield matches
+        if not lines:
+            time.sleep(FOLLOW_IDLE_SECONDS)

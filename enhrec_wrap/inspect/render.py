@@ -1,0 +1,237 @@
+"""Events, sessions and process trees as lines for a terminal, coloured with click.style (which
+drops the colours when the output is not a terminal). Every value from the log passes through
+text.safe() on its way here.
+
+A new view (a new command's output) gets its function here, beside these.
+"""
+
+import errno
+import re
+import shlex
+
+import click
+
+from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START
+from enhrec_wrap.events.timestamps import epoch_of, seconds_between
+from enhrec_wrap.inspect.text import (KIND_WORDS, O_ACCMODE, command_line, counted, duration_text,
+                                      endpoint, host_of, human_time, open_mode, result_text, safe)
+from enhrec_wrap.inspect.tree import Process
+
+_ROUTINE_RE = re.compile(r"^/etc/ld\.so\.cache$|^/(usr/)?lib(32|64|x32)?/.*\.so(\.[0-9.]+)?$"
+                         r"|^/usr/(lib|share)/locale/|/gconv/gconv-modules")
+_STATE_COLOURS = {"complete": "green", "live": "yellow", "incomplete": "red"}
+_CHECK_COLOURS = {"ok": "green", "warn": "yellow", "FAIL": "red"}
+
+
+# --- events ---------------------------------------------------------------------------------
+
+def describe(e: dict) -> tuple[str, str, bool]:
+    """(kind word, detail, failed) for one event, as one line of text."""
+    kind = e.get("event", "?")
+    word = KIND_WORDS.get(kind, safe(kind))
+    rc = e.get("return_code")
+    failed = isinstance(rc, int) and rc < 0
+    proc = f"[{e.get('pid', '?')}<{e.get('ppid', '?')}]"
+    if kind == COMMAND:
+        detail = f"{proc} {command_line(e)}"
+    elif kind == DISK:
+        detail = f"{proc} {safe(e.get('program', '?'))} {open_mode(e.get('flags'))} {safe(e.get('abs_path') or e.get('path', '?'))}"
+    elif kind == NETWORK:
+        detail = f"{proc} {safe(e.get('program', '?'))} -> {endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} {e.get('protocol', '')}".rstrip()
+    elif kind == START:
+        cmd = e.get("initial_command") or []
+        detail = f"user {safe(e.get('user', '?'))} from {_remote(e)}" + (
+            f": {shlex.join([safe(a) for a in cmd])}" if cmd else ": login shell")
+    elif kind == END:
+        parts = []
+        if "exit_status" in e:
+            parts.append(f"exit {e['exit_status']}")
+        parts.append(duration_text(seconds_between(e.get("session_start"), e.get("session_stop"))))
+        if e.get("incomplete"):
+            parts.append("incomplete")
+        detail = ", ".join(parts)
+    else:
+        detail = ""
+    if failed or rc is None and kind == COMMAND:
+        detail += f" -> {result_text(rc)}"
+    return word, detail, failed
+
+
+def _remote(e: dict) -> str:
+    remote = e.get("addr.remote")
+    return safe(remote) if remote else "local"
+
+
+_KIND_COLOURS = {"exec": "green", "open": "blue", "connect": "magenta", "start": "cyan", "end": "cyan"}
+
+
+def event_line(e: dict, remote: str | None = None) -> str:
+    """One event as a line; `remote`, where known, is the address its session came from."""
+    word, detail, failed = describe(e)
+    stamp = click.style(safe(e.get("time", "?")), dim=True)
+    sid = click.style(safe(str(e.get("sid", "?"))[:8]), fg="yellow")
+    kind = click.style(f"{word:<7}", fg="red" if failed else _KIND_COLOURS.get(word), bold=word == "exec")
+    who = safe(e.get("login", "?")) + (f"@{safe(host_of(remote))}" if remote else "")
+    return f"{stamp} {sid} {who:<8} {kind} {detail}"
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+def session_table(found, log_dir: str) -> list[str]:
+    """`enhrec sessions`: a header row, then one row per session."""
+    rows = [("SID", "LOGIN", "FROM", "START (UTC)", "DURATION", "CMDS", "FILES", "CONNS", "EXIT", "STATE")]
+    for s in found:
+        d = s.as_dict(log_dir)
+        rows.append((s.sid[:8], safe(d["login"] or "?"), safe(d["remote"] or "local"),
+                     d["start"][:19].replace("T", " "), duration_text(d["duration_seconds"]),
+                     str(s.commands), str(s.files), str(s.connections),
+                     "-" if d["exit_status"] is None else str(d["exit_status"]), d["state"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    numeric = {4, 5, 6, 7, 8}
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.rjust(w) if i in numeric and n else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells[-1] = row[-1]
+        if n == 0:
+            lines.append(click.style("  ".join(cells).rstrip(), bold=True))
+        else:
+            cells[-1] = click.style(cells[-1], fg=_STATE_COLOURS.get(row[-1]))
+            cells[0] = click.style(cells[0], fg="yellow")
+            lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+# --- one session ----------------------------------------------------------------------------
+
+def render_header(head: dict) -> list[str]:
+    state_colour = _STATE_COLOURS[head["state"]]
+    lines = [click.style("session ", bold=True) + click.style(head["sid"], fg="yellow", bold=True)
+             + "  " + click.style(head["state"], fg=state_colour, bold=True)]
+    who = f"{safe(head['login'])} (logged in as {safe(head['user'])}) on {safe(head['server_hostname'])}"
+    lines.append(f"  who    {who}")
+    where = safe(head["remote"]) if head["remote"] else "local (no remote address)"
+    if head.get("local"):
+        where += f" -> {safe(head['local'])}"
+    lines.append(f"  from   {where}")
+    stop = human_time(head["stop"]) if head["stop"] else "?"
+    lines.append(f"  when   {human_time(head['start'])} UTC, {duration_text(head['duration_seconds'])} "
+                 f"(until {stop})")
+    cmd = head.get("initial_command")
+    lines.append("  ran    " + (shlex.join([safe(a) for a in cmd]) if cmd else "login shell")
+                 + ("  (interactive)" if head.get("interactive") else ""))
+    status = f"exit {head['exit_status']}" if head["exit_status"] is not None else "exit status unknown"
+    lines.append(f"  result {status}; {counted(head['commands'], 'command')}, "
+                 f"{counted(head['files'], 'file open')}, {counted(head['connections'], 'connection')}")
+    lost = head.get("lost_events") or {}
+    lost_total = sum(v for v in lost.values() if isinstance(v, int)) + (head.get("lost_return_codes") or 0)
+    if head["state"] == "complete" and head.get("enhanced_recording") is not False:
+        text = "none" if not lost_total else ", ".join(f"{k} {v}" for k, v in lost.items() if v)
+        if head.get("lost_return_codes"):
+            text += f", return codes {head['lost_return_codes']}"
+        lines.append("  lost   " + (click.style(text, fg="red") if lost_total else text))
+    elif head.get("enhanced_recording") is False:
+        lines.append("  lost   " + click.style("everything: recording was disabled", fg="red"))
+    else:
+        lines.append("  lost   " + click.style("unknown (the session has no regular end)", fg="red"))
+    problems = []
+    if head.get("unwritten_events"):
+        problems.append("not written: " + ", ".join(f"{k} {v}" for k, v in head["unwritten_events"].items()))
+    if head.get("missing_events"):
+        problems.append(f"{head['missing_events']} event(s) missing from the files read")
+    if head.get("killed_processes"):
+        problems.append(f"{head['killed_processes']} background process(es) killed at the end")
+    if head.get("incomplete_reason"):
+        problems.append(safe(head["incomplete_reason"]))
+    for p in problems:
+        lines.append("  note   " + click.style(p, fg="red"))
+    return lines
+
+
+def is_routine(e: dict) -> bool:
+    """A read-only open every program makes (the loader, shared libraries, locale data): noise
+    in a session's story, hidden unless asked for. Writes, and anything else, always show."""
+    flags, path = e.get("flags"), e.get("abs_path") or e.get("path")
+    if not isinstance(flags, int) or flags & O_ACCMODE or not isinstance(path, str):
+        return False
+    return bool(_ROUTINE_RE.search(path))
+
+
+def render_tree(roots: list[Process], t0: float | None, all_files: bool = False) -> list[str]:
+    lines = []
+
+    def offset(e) -> str:
+        t = epoch_of(e.get("time"))
+        return f"+{t - t0:.3f}s" if t is not None and t0 is not None else "?"
+
+    def walk(p: Process, depth: int):
+        images = p.images or [[None, [], []]]
+        children = sorted(p.children, key=lambda c: c.first_ei)
+        for n, image in enumerate(images):
+            show_image(p, n, image, "  " * depth)
+            # Children started before the process's next exec come under this image.
+            until = images[n + 1][0].get("ei", 0) if n + 1 < len(images) else None
+            while children and (until is None or children[0].first_ei < until):
+                walk(children.pop(0), depth + 1)
+
+    def show_image(p: Process, n: int, image, pad: str):
+        command, opened, connected = image
+        if command is not None:
+            rc = command.get("return_code")
+            tail = f"  {click.style(result_text(rc), fg='red')}" if rc is None or rc < 0 else ""
+            arrow = "" if n == 0 else click.style("exec ", dim=True)
+            lines.append(f"{pad}{click.style(offset(command), dim=True)} {arrow}"
+                         f"{click.style(command_line(command), bold=True)}"
+                         f"  {click.style(f'pid {p.pid}', dim=True)}{tail}")
+        elif not opened and not connected:
+            lines.append(f"{pad}{click.style('(no events)', dim=True)}"
+                         f"  {click.style(f'pid {p.pid}', dim=True)}")
+        else:
+            first = (opened + connected)[0]
+            lines.append(f"{pad}{click.style(offset(first), dim=True)} "
+                         f"{click.style('(fork of ' + safe(p.program or '?') + ')', dim=True)}"
+                         f"  {click.style(f'pid {p.pid}', dim=True)}")
+        seen = {}
+        hidden = 0
+        for e in opened:
+            if e.get("event") == COMMAND:   # failed exec: the image goes on
+                lines.append(f"{pad}    {click.style(offset(e), dim=True)} "
+                             f"{click.style('exec failed', fg='red')} {command_line(e)}  "
+                             f"{click.style(result_text(e.get('return_code')), fg='red')}")
+                continue
+            if not all_files and is_routine(e):
+                hidden += 1
+                continue
+            rc = e.get("return_code")
+            key = (e.get("abs_path") or e.get("path"), open_mode(e.get("flags")),
+                   isinstance(rc, int) and rc < 0)
+            if key in seen:
+                seen[key][1] += 1
+                continue
+            seen[key] = [e, 1]
+        for (path, mode, failed), (e, count) in seen.items():
+            times = f" (x{count})" if count > 1 else ""
+            err = f"  {click.style(result_text(e.get('return_code')), fg='red')}" if failed else ""
+            lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {safe(path)}{times}{err}")
+        if hidden:
+            note_text = f"({hidden} library and locale reads; --all-files shows them)"
+            lines.append(f"{pad}    {click.style(note_text, dim=True)}")
+        for e in connected:
+            rc = e.get("return_code")
+            err = ""
+            if rc is None or rc < 0:
+                err = f"  {click.style(result_text(rc), fg=None if rc == -errno.EINPROGRESS else 'red')}"
+            lines.append(f"{pad}    {click.style('connect', fg='magenta')} "
+                         f"{endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} "
+                         f"{safe(e.get('protocol', ''))}{err}  {click.style(f'({offset(e)})', dim=True)}")
+
+    for root in roots:
+        walk(root, 0)
+    return lines
+
+
+# --- doctor ---------------------------------------------------------------------------------
+
+def check_line(r) -> str:
+    """One check of `enhrec doctor`: its status, what it found, and the fix when there is one."""
+    return (f"{click.style(f'{r.status:<5}', fg=_CHECK_COLOURS[r.status], bold=r.status == 'FAIL')} "
+            f"{r.name}: {r.detail}" + (f": {r.fix}" if r.fix else ""))

@@ -1,0 +1,109 @@
+"""Root-only files and directories, and the one-line message of a file operation that failed.
+
+Everything the audit log writes goes through these: directories are 0700 and files 0600, owned
+by the writer (root), whatever the umask or an earlier owner left, because audit logs reveal what
+every user ran. Nothing here follows a symlink planted where a log file belongs.
+"""
+
+import errno
+import os
+import secrets
+import stat
+
+from enhrec_wrap.errors import EnhrecError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+_FIXES = {
+    errno.ENOSPC: "free disk space in {dir}",
+    errno.EDQUOT: "free disk space in {dir} or raise root's quota",
+    errno.EROFS: "remount the file system of {dir} read-write, or set teleport.data_dir to a writable one",
+    errno.EACCES: "run as root and check the mode, attributes (lsattr) and mount options of {dir}",
+    errno.EPERM: "run as root and check the mode, attributes (lsattr) and mount options of {dir}",
+    errno.ENOENT: "make sure {dir} and its parents exist as directories, or set teleport.data_dir elsewhere",
+    errno.ENOTDIR: "make sure {dir} and its parents exist as directories, or set teleport.data_dir elsewhere",
+    errno.ELOOP: "replace the symlink in {dir} by a regular file; the audit log never follows symlinks",
+    errno.EIO: "check the disk holding {dir} (dmesg)",
+}
+_DEFAULT_FIX = "check that {dir} is a writable local directory"
+
+
+def error(what: str, err: OSError, directory: str) -> EnhrecError:
+    """`<what>: <why>: <how to fix it>` for a failed operation on a file in `directory`."""
+    return EnhrecError(f"{what}: {_reason(err)}: {_fix(err, directory)}")
+
+
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err)
+
+
+def _fix(err: OSError, directory: str) -> str:
+    return _FIXES.get(err.errno, _DEFAULT_FIX).format(dir=directory)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def open_private_file(path: str) -> int:
+    """An fd appending to `path`, created 0600 when missing."""
+    # O_NOFOLLOW: a symlink planted as today's file must not redirect root's appends elsewhere.
+    fd = os.open(
+        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE
+    )
+    try:
+        make_private(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def ensure_private_dir(path: str, tighten_existing: bool = True) -> None:
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        if not tighten_existing:
+            return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        make_private(fd, DIR_MODE)
+    finally:
+        os.close(fd)
+
+
+def ensure_private_dirs(top: str, bottom: str) -> None:
+    """ensure_private_dir() of `top` and of each directory below it down to `bottom`."""
+    ensure_private_dir(top)
+    path = top
+    for name in os.path.relpath(bottom, top).split(os.sep):
+        if name != os.curdir:
+            path = os.path.join(path, name)
+            ensure_private_dir(path)
+
+
+def make_private(fd: int, mode: int) -> None:
+    """Give fd's file exactly `mode` and our owner, whatever the umask or a previous owner did."""
+    st = os.fstat(fd)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+    owner = (os.geteuid(), os.getegid())
+    if (st.st_uid, st.st_gid) != owner:
+        os.fchown(fd, *owner)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unique_name(directory: str, base: str) -> str:
+    """A hidden name in `directory` for a file that is renamed or linked into place once whole."""
+    # Unique across processes and retries, so concurrent wrappers never collide.
+    return os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
