@@ -66,6 +66,23 @@ def index_file_name(sid: str) -> str:
     return f"{sid}.index"
 
 
+def last_parts(log_dir: str, server_id: str, sid: str) -> dict[str, int]:
+    """The highest part number on disk of each of the session's streams."""
+    directory = session_dir(log_dir, server_id)
+    found = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return found
+    for stream in STREAMS:
+        suffix = stream_file_name("", 0, stream)[2:]   # what follows "<sid>-<part>"
+        for name in names:
+            head, _, part = name[:-len(suffix)].rpartition("-") if name.endswith(suffix) else ("", "", "")
+            if head == sid and part.isdigit():
+                found[stream] = max(found.get(stream, -1), int(part))
+    return found
+
+
 def index_line(sid: str, part: int, stream: str, first_ei: int) -> bytes:
     # Field names and types as in the reference's indexEntry.
     entry = {"file_name": stream_file_name(sid, part, stream), "type": stream, "index": first_ei}
