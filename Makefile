@@ -17,7 +17,7 @@ PYTEST    := PYTHONSAFEPATH=1 "$(TEST_VENV)/bin/pytest" -q -p no:cacheprovider -
 # Entry scripts as NAME=MODULE (each module has main()).
 ENTRY_SCRIPTS := enhrec-wrap=enhrec_wrap.cli.wrap enhrec=enhrec_wrap.cli.enhrec
 
-.PHONY: help root install deps test-deps venv entry-scripts config pam uninstall install-sshd uninstall-sshd test-venv test unit demo bench fresh-check clean
+.PHONY: help root install deps test-deps venv entry-scripts config pam uninstall uninstall-kernel install-sshd uninstall-sshd test-venv test unit demo bench fresh-check clean
 
 # help: list the targets.
 help:
@@ -91,10 +91,17 @@ uninstall-sshd: root
 
 # uninstall: remove the program, its compiled-program cache and its PAM service; the config and
 # the audit log stay.
-uninstall: root
+uninstall: root uninstall-kernel
 	rm -rf "$(PREFIX)" /var/cache/enhrec-wrap
 	rm -f "$(BINDIR)/enhrec-wrap" "$(BINDIR)/enhrec" /etc/pam.d/enhrec-wrap
 	@echo "uninstall: kept $(CONFDIR) and the audit log (/var/lib/teleport/log by default); remove them yourself if wanted"
+
+# uninstall-kernel: unload the kernel programs pinned in /sys/fs/bpf/enhrec-wrap (normally
+# unloaded by themselves when the host is idle); refuses while a session uses them.
+uninstall-kernel: root
+	@if [ -n "$(wildcard $(VENV)/lib/python3*/site-packages/enhrec_wrap/kernel/idle.py)" ]; then \
+	    cd / && "$(VENV)/bin/python3" -I -m enhrec_wrap.kernel.idle --now; fi
+	@rmdir /sys/fs/bpf/enhrec-wrap 2>/dev/null || true
 
 # test-venv: $(TEST_VENV) with pytest and the tree installed non-editable, then proof that it is
 # that copy (and not the source tree) which imports: enhrec_wrap.bpf_programs exists only installed.

@@ -1,9 +1,14 @@
-/* The records the BPF programs put in the ring buffers. Defined here once; the Python side takes
- * their layout from the loaded program's table types (see enhrec_wrap/decode.py), so nothing here
- * is declared a second time.
+/* The records the BPF programs put in the ring buffers, and every constant the kernel side and
+ * the Python side share. Defined here once: the Python side takes the records' layout from the
+ * loaded program's table types (enhrec_wrap/kernel/decode.py) and reads the #defines below from
+ * this file (enhrec_wrap/kernel/abi.py), so nothing here is declared a second time.
  *
  * Every record starts with struct event_header. Records with a text tail (exec, open) are sent
  * with their used length only, so a 20-byte path costs 20 bytes of ring, not PATH_READ_MAX.
+ *
+ * One set of programs serves every session on the host (enhrec_wrap/kernel/host.py). A session
+ * is the cgroup id under which it put its own ring buffers in session_rings; a task whose
+ * cgroup is in none of them costs one hash lookup per traced call.
  */
 #ifndef ENHREC_H
 #define ENHREC_H
@@ -21,12 +26,16 @@
 #define RECORD_OPEN 3         /* open/openat/openat2/creat exit */
 #define RECORD_CONNECT 4      /* connect() exit, or a TCP SYN_SENT outside connect() */
 
-/* streams: one ring buffer and one lost counter each */
+/* Sessions one set of programs can serve at once (entries of each *_rings map). */
+#define MAX_SESSIONS 4096
+
+/* streams: one ring buffer per session and one lost counter each */
 #define STREAM_COMMAND 0
 #define STREAM_DISK 1
 #define STREAM_NETWORK 2
 #define STREAM_COMMAND_RESULT 3  /* exec results lost: the command is logged, its return code is not */
 #define STREAM_COUNT 4
+#define RING_STREAMS 3           /* the streams with a ring: command, disk, network */
 
 /* exec_event.truncated bits */
 #define ARGV_TOO_MANY 1       /* more than MAX_ARGS arguments */
@@ -36,6 +45,18 @@
 /* connect_event.flags bits */
 #define CONNECT_TCP 1         /* the kernel moved a TCP socket to SYN_SENT in this call */
 #define CONNECT_NO_SYSCALL 2  /* SYN_SENT seen outside connect() (e.g. io_uring); no return code */
+
+/* The key of a session's ring of one stream in session_rings. */
+struct ring_key {
+    u64 cgroup_id;
+    u32 stream;               /* STREAM_COMMAND, STREAM_DISK or STREAM_NETWORK */
+    u32 pad;
+};
+
+/* A session's lost records per stream, in the per-CPU lost_events map under its cgroup id. */
+struct lost_counts {
+    u64 count[STREAM_COUNT];
+};
 
 struct event_header {
     u64 ts_ns;                /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

@@ -1,12 +1,15 @@
 /* enhrec-wrap's kernel side: tracepoint programs that record exec, open and connect of the tasks
- * in the watched cgroups, and nothing of any other task.
+ * in the sessions' cgroups, and nothing of any other task.
+ *
+ * Loaded once per host and shared by every session (enhrec_wrap/kernel/host.py): a session is
+ * known by the cgroup id under which it put its own ring buffers in session_rings. A task
+ * outside every session costs each program one hash lookup.
  *
  * Only tracepoint arguments and helpers are used, never kernel struct fields, so the programs
  * compile against any kernel's headers (MACHINE.md: 6.1 headers on a 6.18 kernel). The one
  * kernel layout read is x86-64's struct pt_regs, which is ABI (ptrace's user_regs_struct).
  *
- * Set at load time by enhrec_wrap/bpf.py: COMMAND_RING_PAGES, DISK_RING_PAGES, NETWORK_RING_PAGES,
- * and POSSIBLE_CPUS.
+ * Set at load time by enhrec_wrap/kernel/host.py: POSSIBLE_CPUS.
  */
 #include "enhrec.h"
 
@@ -26,12 +29,16 @@ static long (*read_user)(void *dst, u32 size, const void *unsafe_ptr) =
 static long (*read_user_str)(void *dst, u32 size, const void *unsafe_ptr) =
     (void *)BPF_FUNC_probe_read_user_str;
 
-BPF_RINGBUF_OUTPUT(command_events, COMMAND_RING_PAGES);
-BPF_RINGBUF_OUTPUT(disk_events, DISK_RING_PAGES);
-BPF_RINGBUF_OUTPUT(network_events, NETWORK_RING_PAGES);
+/* Each session's ring buffers, by its cgroup id and stream. The sessions create the rings
+ * themselves (of the sizes their config asks: the kernel does not compare a ring's size with the
+ * template's) and remove them at their end; ring_template only gives session_rings its inner
+ * type. One map for all streams: the kernel waits for an RCU grace period after each change of
+ * a map of maps from user space (~13 ms here), and one map lets a session put all its rings in,
+ * or take them out, with one batch and one wait. */
+BPF_RINGBUF_OUTPUT(ring_template, 1);
+BPF_HASH_OF_MAPS(session_rings, struct ring_key, "ring_template", MAX_SESSIONS * RING_STREAMS);
 
-BPF_HASH(watched_cgroups, u64, u8, 64);
-BPF_PERCPU_ARRAY(lost_events, u64, STREAM_COUNT);
+BPF_PERCPU_HASH(lost_events, u64, struct lost_counts, MAX_SESSIONS);
 BPF_HASH(parents, u32, u32, 65536);   /* child tid -> parent tgid, from sched_process_fork */
 
 /* Records are built in per-CPU scratch space: they are far larger than the 512-byte stack.
@@ -78,17 +85,27 @@ static __always_inline int syscall_args(struct syscall_regs *regs)
     return bpf_probe_read_kernel(regs, sizeof(*regs), (u8 *)task_regs + PT_REGS_R10_OFFSET);
 }
 
-static __always_inline int in_session(u64 *cgroup_id)
+/* The calling task's session ring of one stream, or NULL when the task is in no session. */
+static __always_inline void *session_ring(u64 *cgroup_id, u32 stream)
 {
-    *cgroup_id = bpf_get_current_cgroup_id();
-    return watched_cgroups.lookup(cgroup_id) != NULL;
+    struct ring_key key = {};
+    key.cgroup_id = *cgroup_id = bpf_get_current_cgroup_id();
+    key.stream = stream;
+    return session_rings.lookup(&key);
 }
 
-static __always_inline void count_lost(int stream)
+static __always_inline void count_lost(u64 cgroup_id, int stream)
 {
-    u64 *count = lost_events.lookup(&stream);
-    if (count)
-        (*count)++;   /* per-CPU slot: no other CPU writes it */
+    struct lost_counts *lost = lost_events.lookup(&cgroup_id);
+    if (lost && stream >= 0 && stream < STREAM_COUNT)
+        lost->count[stream]++;   /* per-CPU value: no other CPU writes it */
+}
+
+/* Sends a record, or counts it as lost in the session's counters. */
+static __always_inline void send(void *ring, const void *record, u64 size, u64 cgroup_id, int stream)
+{
+    if (bpf_ringbuf_output(ring, (void *)record, size, 0))
+        count_lost(cgroup_id, stream);
 }
 
 static __always_inline void fill_header(struct event_header *hdr, u16 type, u64 cgroup_id)
@@ -112,13 +129,14 @@ static __always_inline int record_exec(s32 dirfd, const char *filename,
                                        const char *const *argv, u32 at_flags)
 {
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    void *ring = session_ring(&cgroup_id, STREAM_COMMAND);   /* NULL: not in a session */
+    if (!ring)
         return 0;
 
     int cpu = bpf_get_smp_processor_id();
     struct exec_event *e = exec_scratch.lookup(&cpu);
     if (!e) {
-        count_lost(STREAM_COMMAND);
+        count_lost(cgroup_id, STREAM_COMMAND);
         return 0;
     }
     fill_header(&e->hdr, RECORD_EXEC, cgroup_id);
@@ -173,27 +191,26 @@ static __always_inline int record_exec(s32 dirfd, const char *filename,
      * bound it can carry to the size argument: data[] is 2 * EXEC_DATA_MAX long for this. */
     off &= 2 * EXEC_DATA_MAX - 1;
     e->hdr.tail_len = off;
-    if (command_events.ringbuf_output(e, offsetof(struct exec_event, data) + off, 0))
-        count_lost(STREAM_COMMAND);
+    send(ring, e, offsetof(struct exec_event, data) + off, cgroup_id, STREAM_COMMAND);
     return 0;
 }
 
 static __always_inline int record_exec_result(long ret)
 {
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    void *ring = session_ring(&cgroup_id, STREAM_COMMAND);   /* NULL: not in a session */
+    if (!ring)
         return 0;
 
     int zero = 0;
     struct exec_result_event *e = exec_result_scratch.lookup(&zero);
     if (!e) {
-        count_lost(STREAM_COMMAND_RESULT);
+        count_lost(cgroup_id, STREAM_COMMAND_RESULT);
         return 0;
     }
     fill_header(&e->hdr, RECORD_EXEC_RESULT, cgroup_id);
     e->ret = ret;
-    if (command_events.ringbuf_output(e, sizeof(*e), 0))
-        count_lost(STREAM_COMMAND_RESULT);
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_COMMAND_RESULT);
     return 0;
 }
 
@@ -227,14 +244,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
 static __always_inline int record_open(long ret, int kind)
 {
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    void *ring = session_ring(&cgroup_id, STREAM_DISK);   /* NULL: not in a session */
+    if (!ring)
         return 0;
 
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
     struct syscall_regs regs;
     if (!e || syscall_args(&regs)) {
-        count_lost(STREAM_DISK);
+        count_lost(cgroup_id, STREAM_DISK);
         return 0;
     }
     const char *filename;
@@ -268,8 +286,7 @@ static __always_inline int record_open(long ret, int kind)
     /* The mask gives the verifier its bound; n is at most PATH_READ_MAX already. */
     n &= 2 * PATH_READ_MAX - 1;
     e->hdr.tail_len = n;
-    if (disk_events.ringbuf_output(e, offsetof(struct open_event, path) + n, 0))
-        count_lost(STREAM_DISK);
+    send(ring, e, offsetof(struct open_event, path) + n, cgroup_id, STREAM_DISK);
     return 0;
 }
 
@@ -296,14 +313,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_creat)
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    if (!session_ring(&cgroup_id, STREAM_NETWORK))
         return 0;
 
     u64 id = bpf_get_current_pid_tgid();
     struct connect_args a = {};
     a.addr = args->uservaddr;
     if (pending_connects.update(&id, &a))
-        count_lost(STREAM_NETWORK);
+        count_lost(cgroup_id, STREAM_NETWORK);
     return 0;
 }
 
@@ -327,7 +344,7 @@ static __always_inline struct connect_event *new_connect_event(u64 cgroup_id, s6
     int zero = 0;
     struct connect_event *e = connect_scratch.lookup(&zero);
     if (!e) {
-        count_lost(STREAM_NETWORK);
+        count_lost(cgroup_id, STREAM_NETWORK);
         return NULL;
     }
     fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
@@ -341,11 +358,6 @@ static __always_inline struct connect_event *new_connect_event(u64 cgroup_id, s6
     return e;
 }
 
-static __always_inline void send_connect_event(struct connect_event *e)
-{
-    if (network_events.ringbuf_output(e, sizeof(*e), 0))
-        count_lost(STREAM_NETWORK);
-}
 
 /* The socket left SYN_SENT (established or failed): its source port is known now. May run in
  * softirq context, in any task, so it goes by the socket and not by the cgroup: only sockets a
@@ -376,7 +388,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (args->newstate != TCP_SYN_SENT_STATE)
         return 0;
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);   /* NULL: not in a session */
+    if (!ring)
         return 0;
 
     u64 id = bpf_get_current_pid_tgid();
@@ -399,14 +412,15 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     e->dport = args->dport;
     copy_addrs(e->daddr, e->saddr, args->family, args->daddr, args->saddr,
                args->daddr_v6, args->saddr_v6);
-    send_connect_event(e);
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
     return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);   /* NULL: not in a session */
+    if (!ring)
         return 0;
 
     u64 id = bpf_get_current_pid_tgid();
@@ -433,14 +447,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
         read_user(e->daddr, 16, (const u8 *)a.addr + 8);   /* sin6_addr */
     else
         read_user(e->daddr, 4, (const u8 *)a.addr + 4);    /* sin_addr */
-    send_connect_event(e);
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    if (!session_ring(&cgroup_id, STREAM_COMMAND))
         return 0;
 
     u32 child = args->child_pid;
@@ -452,7 +466,7 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {
     u64 cgroup_id;
-    if (!in_session(&cgroup_id))
+    if (!session_ring(&cgroup_id, STREAM_COMMAND))
         return 0;
 
     /* A task killed inside a syscall never reaches its exit tracepoint: drop what it left. */

@@ -43,6 +43,7 @@ class Config:
     cgroup_path: str = "/cgroup2"
     background_processes: str = "kill"
     on_log_failure: str = "close"
+    idle_unload_seconds: int = 300   # kernel/idle.py
 
     @property
     def log_dir(self) -> str:
@@ -188,6 +189,16 @@ def _pages(value) -> int:
     return value
 
 
+MAX_IDLE_SECONDS = 7 * 86400
+
+
+def _seconds(value) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_IDLE_SECONDS:
+        raise _BadValue(f"must be a whole number of seconds from 0 to {MAX_IDLE_SECONDS}, "
+                        f"got {_show(value)}")
+    return value
+
+
 def _absolute_path(value) -> str:
     # Relative paths would depend on the directory the login shell happens to start in.
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
@@ -221,6 +232,7 @@ _RECORDING_KEYS = {
 _ENHREC_KEYS = {
     "background_processes": _one_of("kill", "record"),
     "on_log_failure": _one_of("close", "continue"),
+    "idle_unload_seconds": _seconds,
 }
 
 # Teleport's own keys in the sections we own: accepted so that a real teleport.yaml loads,

@@ -209,13 +209,15 @@ def tail(obj, config_path, as_json, follow, count, login, program, path, dst, ev
 @config_option
 @click.option("--repair", is_flag=True,
               help="End sessions left without session.end and remove their cgroups (root).")
+@click.option("--unload", is_flag=True,
+              help="Unload the kernel programs now where no session uses them (root).")
 @click.pass_obj
-def doctor(obj, config_path, repair):
+def doctor(obj, config_path, repair, unload):
     """Can this host record sessions? One line per check, with the fix when one fails; exit
     status 1 when recording cannot work."""
     from enhrec_wrap.inspect import doctor as checks
 
-    results = checks.run(config_path or obj.config_path, repair=repair)
+    results = checks.run(config_path or obj.config_path, repair=repair, unload=unload)
     for r in results:
         click.echo(render.check_line(r))
     failed = [r for r in results if r.status == "FAIL"]

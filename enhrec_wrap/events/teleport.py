@@ -10,7 +10,7 @@ import orjson
 from enhrec_wrap.events.kinds import (SESSION_COMMAND, SESSION_DISK, SESSION_END,  # noqa: F401
                                       SESSION_NETWORK, SESSION_START)
 from enhrec_wrap.events.timestamps import rfc3339
-from enhrec_wrap.kernel import decode
+from enhrec_wrap.kernel import abi, decode
 
 SCHEMA_VERSION = 1
 
@@ -147,7 +147,7 @@ class KernelEvents:
         as_dict, feed = decoder.as_dict, self.feed
         pending = []   # (ts_ns, values, tail) of opens, or (ts_ns, None, (kind, fields))
         for ts, record_type, values, tail in records:
-            if record_type == decode.RECORD_OPEN:
+            if record_type == abi.RECORD_OPEN:
                 pending.append((ts, values, tail))
             else:
                 event = feed(as_dict(record_type, values, tail))
@@ -160,7 +160,7 @@ class KernelEvents:
             self.superseded = []
         pending.sort(key=_first)
 
-        at = decoder.layouts[decode.RECORD_OPEN].index
+        at = decoder.layouts[abi.RECORD_OPEN].index
         p_pid, p_ppid, p_cgroup, p_comm = at["pid"], at["ppid"], at["cgroup_id"], at["comm"]
         p_ret, p_flags = at["ret"], at["flags"]
         envelope, uuid = factory.envelope, factory._uuid
@@ -191,7 +191,7 @@ class KernelEvents:
                             "return_code": values[p_ret]})
                         ei += 1
                         continue
-                kind, _, fields = self._disk(as_dict(decode.RECORD_OPEN, values, tail))
+                kind, _, fields = self._disk(as_dict(abi.RECORD_OPEN, values, tail))
             else:
                 kind, _, fields = tail
             made.append({"ei": ei, "event": kind[0], "code": kind[1], "uid": uuid(),
@@ -203,22 +203,26 @@ class KernelEvents:
     def feed(self, record):
         """Returns (kind, ts_ns, fields) for a complete event, or None."""
         record_type = record["type"]
-        if record_type == decode.RECORD_OPEN:
+        if record_type == abi.RECORD_OPEN:
             return self._disk(record)
-        if record_type == decode.RECORD_EXEC:
+        if record_type == abi.RECORD_EXEC:
             earlier = self.pending_execs.get(record["pid"])
             if earlier is not None:
                 self.superseded.append(earlier)
             self.pending_execs[record["pid"]] = record
             return None
-        if record_type == decode.RECORD_EXEC_RESULT:
+        if record_type == abi.RECORD_EXEC_RESULT:
             started = self.pending_execs.pop(record["pid"], None)
             if started is None:
                 return None   # its argument record was lost, and counted as lost in the kernel
             return self._command(started, record["ret"], record["comm"])
-        if record_type == decode.RECORD_CONNECT:
+        if record_type == abi.RECORD_CONNECT:
             return self._network(record)
         return None
+
+    def held_by_type(self) -> dict:
+        """Records held until their exec's result comes, by record type (session/ledger.py)."""
+        return {abi.RECORD_EXEC: len(self.pending_execs) + len(self.superseded)}
 
     def unfinished(self):
         """Execs whose result never came (the result record was lost, or the task died inside
@@ -237,7 +241,7 @@ class KernelEvents:
         fields["argv_truncated"] = cut
         if record["dirfd"] != AT_FDCWD:
             fields["dirfd"] = record["dirfd"]
-        if record["truncated"] & decode.ARGV_UNREADABLE:
+        if record["truncated"] & abi.ARGV_UNREADABLE:
             fields["argv_unreadable"] = True
         if escaped:
             fields["escaped_fields"] = escaped
@@ -272,7 +276,7 @@ class KernelEvents:
         fields = _process_fields(record, record["comm"], escaped)
         version = 6 if record["family"] == AF_INET6 else 4
         size = 16 if version == 6 else 4
-        is_tcp = bool(record["flags"] & decode.CONNECT_TCP)
+        is_tcp = bool(record["flags"] & abi.CONNECT_TCP)
         import ipaddress   # here: 5 ms of every session's start, for the sessions that connect
         fields["src_addr"] = str(ipaddress.ip_address(record["saddr"][:size]))
         fields["dst_addr"] = str(ipaddress.ip_address(record["daddr"][:size]))
@@ -281,7 +285,7 @@ class KernelEvents:
         fields["protocol"] = "tcp" if is_tcp else "other"
         if is_tcp and record["sport"]:
             fields["src_port"] = record["sport"]
-        if record["flags"] & decode.CONNECT_NO_SYSCALL:
+        if record["flags"] & abi.CONNECT_NO_SYSCALL:
             fields["return_code"] = None
         else:
             fields["return_code"] = record["ret"]

@@ -6,6 +6,7 @@ cannot move a process out of it.
 """
 
 import ctypes as ct
+import fcntl
 import os
 import time
 
@@ -62,9 +63,12 @@ def ensure_mounted(path: str) -> None:
 
 
 class SessionCgroup:
-    def __init__(self, path: str):
+    def __init__(self, path: str, lock_fd: int = -1):
         self.path = path
         self.id = os.stat(path).st_ino
+        # flock-ed for as long as its session is being recorded (by the recorder, and by its
+        # watchdog, which shares the open file): how recovery tells a live cgroup from a stale one.
+        self.lock_fd = lock_fd
 
     @classmethod
     def create(cls, cgroup_path: str, sid: str) -> "SessionCgroup":
@@ -74,11 +78,18 @@ class SessionCgroup:
         try:
             os.makedirs(parent, mode=0o755, exist_ok=True)
             os.mkdir(leaf, 0o755)
+            lock_fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise EnhrecError(f"cannot create the session cgroup {leaf}: {e.strerror}: "
                               f"check that {cgroup_path} is a writable cgroup2 mount "
                               "(`enhrec doctor` checks it)")
-        return cls(leaf)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)   # new and ours: nobody else can hold it
+        return cls(leaf, lock_fd)
+
+    def close(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
     def add(self, pid: int) -> None:
         self._write("cgroup.procs", str(pid))
@@ -114,11 +125,13 @@ class SessionCgroup:
         return self.wait_empty(timeout)
 
     def wait_empty(self, timeout: float) -> bool:
+        """Waits for the last process to go, polling every 2 ms: a killed session must be dead
+        within 50 ms of its recorder's death (watchdog.py)."""
         deadline = time.monotonic() + timeout
         while self.populated():
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.01)
+            time.sleep(0.002)
         return True
 
     def remove(self) -> None:

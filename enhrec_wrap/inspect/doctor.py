@@ -7,7 +7,6 @@ at every start: mounting tracefs to look at the tracepoints, and, with --repair,
 sessions and removing their cgroups (recovery.py).
 """
 
-import importlib.resources
 import os
 import re
 import tempfile
@@ -22,7 +21,6 @@ MIN_KERNEL = (5, 8)
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 LOW_SPACE_BYTES = 100 << 20
-_TRACEPOINT_RE = re.compile(r"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
 
 
 @dataclass
@@ -45,12 +43,67 @@ def fail(name, detail, fix):
     return Result("FAIL", name, detail, fix)
 
 
-def run(config_path: str | None, repair: bool = False) -> list[Result]:
+def run(config_path: str | None, repair: bool = False, unload: bool = False) -> list[Result]:
     config_result, config = check_config(config_path)
     results = [check_root(), check_kernel(), check_btf(), check_tracepoints(), check_bcc(),
                check_headers(), check_cgroup2(config), config_result, check_data_dir(config)]
     results.append(check_stale(config, repair))
+    results.append(check_programs(config, unload))
     return results
+
+
+def check_programs(config: Config, unload: bool) -> Result:
+    """What is loaded in the kernel, for which sessions; with `unload`, the sets no session
+    uses are unloaded now (`make uninstall` does this)."""
+    name = "kernel programs"
+    if os.geteuid() != 0:
+        return warn(name, "cannot look without root", "run it as root")
+    from enhrec_wrap.kernel import host as kernel
+    from enhrec_wrap.kernel import idle
+    try:
+        unloaded = idle.unload_unused()[0] if unload else 0
+        with kernel.HostLock():
+            loaded = _loaded_sets(kernel)
+    except EnhrecError as e:
+        return fail(name, str(e), "check that bpffs can be mounted on /sys/fs/bpf")
+    ours = kernel.program_version()
+    prefix = f"unloaded {unloaded} unused set(s); " if unload else ""
+    if not loaded:
+        return ok(name, prefix + "none loaded (the next session loads them; an idle host "
+                  f"unloads them {config.idle_unload_seconds} s after its last session)")
+    parts = [f"{version[:12]}{' (this version)' if version == ours else ' (another version)'} "
+             f"for {_sessions_text(sessions, config)}" for version, sessions in loaded]
+    detail = prefix + "loaded once for the host: " + "; ".join(parts)
+    if unload:
+        return fail(name, detail, "end those sessions first, then unload again")
+    return ok(name, detail)
+
+
+def _loaded_sets(kernel) -> list[tuple[str, list[int]]]:
+    loaded = []
+    for version in kernel.pinned_versions():
+        host = kernel.HostPrograms.open(version)
+        if host is not None:
+            loaded.append((version, host.sessions()))
+            host.close()
+    return loaded
+
+
+def _sessions_text(cgroup_ids: list[int], config: Config) -> str:
+    """The sessions of these cgroup ids, by sid where the cgroup is found."""
+    if not cgroup_ids:
+        return "no session"
+    from enhrec_wrap.host.cgroup import parent_dir
+    parent = parent_dir(config.cgroup_path)
+    by_id = {}
+    try:
+        for entry in os.scandir(parent):
+            by_id[entry.inode()] = entry.name[:8]
+    except OSError:
+        pass
+    names = [by_id.get(cgroup_id, f"cgroup {cgroup_id}") for cgroup_id in cgroup_ids]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"{len(names)} session(s): {shown}"
 
 
 def check_root() -> Result:
@@ -83,23 +136,18 @@ def check_btf(path: str = BTF_PATH) -> Result:
     return ok("BTF", f"{path} absent, which is fine: the recorder needs no BTF")
 
 
-def tracepoints() -> list[tuple[str, str]]:
-    """The tracepoints the recorder attaches, read from its own source."""
-    source = importlib.resources.files("enhrec_wrap.bpf_programs") / "recorder.c"
-    return _TRACEPOINT_RE.findall(source.read_text())
-
-
 def check_tracepoints() -> Result:
     name = "tracepoints"
+    from enhrec_wrap.kernel import abi
     try:
-        wanted = tracepoints()
+        wanted = abi.tracepoints()
     except OSError as e:
         return fail(name, f"cannot read the recorder's BPF source: {e.strerror}",
                     "reinstall (make install)")
     events_dir = next((os.path.join(d, "events") for d in TRACEFS_DIRS
                        if os.path.isdir(os.path.join(d, "events"))), None)
     if events_dir is None and os.geteuid() == 0:
-        from enhrec_wrap.kernel.loader import ensure_tracefs   # as the wrapper does at every start
+        from enhrec_wrap.kernel.host import ensure_tracefs   # as the wrapper does
         try:
             ensure_tracefs()
             events_dir = os.path.join(TRACEFS_DIRS[0], "events")
@@ -124,7 +172,7 @@ def check_bcc() -> Result:
 
 
 def check_headers() -> Result:
-    from enhrec_wrap.kernel.loader import kernel_headers
+    from enhrec_wrap.kernel.compiler import kernel_headers
     try:
         found = kernel_headers()
     except EnhrecError as e:

@@ -9,19 +9,8 @@ a record is one `unpack_from` on the bytes the ring buffer handed us.
 import ctypes as ct
 import struct
 
-# Record types and flag bits: the values of the #defines in bpf_programs/enhrec.h. BCC does not
-# export preprocessor constants, so these few numbers are the only thing the two sides share by
-# value; tests/unit/test_decode.py reads the header and checks them.
-RECORD_EXEC = 1
-RECORD_EXEC_RESULT = 2
-RECORD_OPEN = 3
-RECORD_CONNECT = 4
-ARG_READ_MAX = 1024
-ARGV_TOO_MANY = 1
-ARGV_DATA_FULL = 2
-ARGV_UNREADABLE = 4
-CONNECT_TCP = 1
-CONNECT_NO_SYSCALL = 2
+from enhrec_wrap.kernel import abi
+from enhrec_wrap.kernel.abi import RECORD_CONNECT, RECORD_EXEC, RECORD_EXEC_RESULT, RECORD_OPEN
 
 # The scratch table holding each record type while the BPF program builds it.
 SCRATCH_TABLES = {
@@ -100,6 +89,7 @@ class Decoder:
         }
         header = {name: offset for name, offset, _, _ in
                   fields[SCRATCH_TABLES[RECORD_EXEC_RESULT]]}
+        self.type_offset = header["type"]   # of the record type, in every record
         self._type_struct = struct.Struct(f"={header['type']}xH")
         for layout in self.layouts.values():
             layout.ts_at = layout.index["ts_ns"]
@@ -166,7 +156,7 @@ def split_exec_tail(fields):
     filename = tail[:fields["filename_len"]].rstrip(b"\0")
     args = tail[fields["filename_len"]:].split(b"\0")
     args = args[:fields["argc"]]
-    cut = fields["truncated"] != 0 or any(len(a) >= ARG_READ_MAX - 1 for a in args)
+    cut = fields["truncated"] != 0 or any(len(a) >= abi.ARG_READ_MAX - 1 for a in args)
     return filename, args, cut
 
 

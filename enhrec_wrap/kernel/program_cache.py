@@ -1,6 +1,6 @@
-"""The compiled-program cache: what BCC compiled, kept so that later sessions load it without
-BCC or LLVM (enhrec_wrap/bpf.py, Programs.from_cache). Root's alone, like the programs it feeds
-to the kernel: an entry anyone else could have written is never read."""
+"""The compiled-program cache: what BCC compiled (compiler.py), kept so that the programs can be
+loaded again without BCC or LLVM (host.py). Root's alone, like the programs it feeds to the
+kernel: an entry anyone else could have written is never read."""
 
 import hashlib
 import importlib.util
@@ -9,24 +9,35 @@ import os
 import stat
 
 CACHE_DIR = "/var/cache/enhrec-wrap"
-CACHE_FORMAT = "enhrec-bpf-cache 1"
+CACHE_FORMAT = "enhrec-bpf-cache 2"
+BTF_PATH = "/sys/kernel/btf/vmlinux"
 CACHE_KEEP = 8   # entries kept (one per ring-size configuration, kernel, version ...)
 
 
-def cache_key(source: bytes, header: bytes, defines, tracepoints) -> str:
+def cache_key(source: bytes, header: bytes, defines) -> str:
     """Everything the compiled programs depend on: the code, the defines, the kernel build (BCC
-    compiles the tracepoints' argument layouts in: the build fixes them) and BCC itself.
+    compiles the tracepoints' argument layouts in, and the kernel's struct offsets come from its
+    BTF: the build fixes both) and BCC itself. The key is also the version of a pinned set
+    (host.py): a session never uses programs built from other code or for another kernel.
 
     Not the tracepoints' format files themselves: reading them takes the kernel's event_mutex,
-    which a session that just ended holds while its tracepoints unregister (see
-    detach_tracepoints), and the next session's start would wait for it."""
+    which a kernel busy unregistering tracepoints holds for a while."""
     h = hashlib.sha256()
     uname = os.uname()
     for part in (CACHE_FORMAT.encode(), uname.release.encode(), uname.version.encode(),
-                 uname.machine.encode(), source, header, "\0".join(defines).encode(),
-                 " ".join(f"{c}:{e}" for c, e in tracepoints).encode(), _bcc_version()):
+                 uname.machine.encode(), _btf_identity(), source, header,
+                 "\0".join(defines).encode(), _bcc_version()):
         h.update(len(part).to_bytes(8, "little") + part)
     return h.hexdigest()
+
+
+def _btf_identity() -> bytes:
+    """The running kernel's BTF, by size (reading its 6 MB would cost every start; its time is
+    the boot's, which would change the key at every boot): with the build in the key too."""
+    try:
+        return str(os.stat(BTF_PATH).st_size).encode()
+    except OSError:
+        return b"no btf"
 
 
 def _bcc_version() -> bytes:

@@ -10,6 +10,7 @@ by the writer (root): audit logs reveal what every user ran (files.py).
 
 import errno
 import fcntl
+import functools
 import os
 import time
 
@@ -35,15 +36,19 @@ class AuditLog:
         # Open now, so an unwritable log stops the session before it starts rather than mid-way.
         self._open(self._current_path())
 
-    def write(self, lines: list[bytes]) -> None:
-        """Append whole lines (each ending in b"\\n") as one batch no other writer can split."""
+    def write(self, lines: list[bytes], announce=None) -> None:
+        """Append whole lines (each ending in b"\\n") as one batch no other writer can split.
+
+        announce(path, st_dev, st_ino, offset, data), when given, is told where the batch goes,
+        under the lock and before the write: the ledger of a recorder that may die mid-write."""
         if not lines:
             return
         path = self._current_path()
         if path != self._path or not self._still_open_at(path):
             self._open(path)
         try:
-            _locked_append(self._fd, b"".join(lines))
+            _locked_append(self._fd, b"".join(lines),
+                           announce and functools.partial(announce, self._path, *self._dev_ino))
         except OSError as err:
             raise self._error(self._path, err) from None
 
@@ -85,7 +90,8 @@ class AuditLog:
             raise
         # Switch only once everything succeeded, so a failed switch is retried by the next write.
         self.close()
-        self._fd, self._path = fd, path
+        st = os.fstat(fd)
+        self._fd, self._path, self._dev_ino = fd, path, (st.st_dev, st.st_ino)
 
     def _point_symlink(self, path: str) -> None:
         link = layout.current_link(self._log_dir)
@@ -112,11 +118,13 @@ class AuditLog:
         return error(f"cannot write the audit log {path}", err, self._log_dir)
 
 
-def _locked_append(fd: int, data: bytes) -> None:
+def _locked_append(fd: int, data: bytes, announce=None) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         # Under the lock the end of the file is ours alone, so this is where our batch starts.
         start = os.lseek(fd, 0, os.SEEK_END)
+        if announce is not None:
+            announce(start, data)
         try:
             write_all(fd, data)
         except OSError:

@@ -51,6 +51,20 @@ MAX_PENDING_BYTES = 16 << 20
 UNNAMED_LOCK_GRACE_SECONDS = 30.0
 
 
+def last_parts(log_dir: str, server_id: str, sid: str) -> dict[str, int]:
+    """The highest part number on disk of each of the session's streams."""
+    found = {}
+    try:
+        names = os.listdir(layout.session_files_dir(log_dir, server_id))
+    except FileNotFoundError:
+        return found
+    for name in names:
+        parsed = layout.parse_stream_file(name)
+        if parsed is not None and parsed.sid == sid:
+            found[parsed.stream] = max(found.get(parsed.stream, -1), parsed.part)
+    return found
+
+
 def index_line(sid: str, part: int, stream: str, first_ei: int) -> bytes:
     # Field names and types as in the reference's indexEntry.
     entry = {"file_name": layout.stream_file_name(sid, part, stream), "type": stream,

@@ -22,7 +22,6 @@ from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.host.privileges import Account, drop_privileges
 from enhrec_wrap.log.store import SessionStore
-from enhrec_wrap.session.watchdog import Watchdog
 
 # The session's exit status (session.end's exit_status) when its command never ran, as env(1)
 # and shells give it: the forked child exits with it.
@@ -31,9 +30,17 @@ NOT_STARTED_STATUS = {
     Failure.COMMAND_NOT_EXECUTABLE: 126,
     Failure.FAILED: 125,
 }
-POLL_MS = 50
+POLL_SECONDS = 0.05
 # After SIGHUP/SIGTERM the session gets this long to exit on its own before cgroup.kill.
 HANGUP_GRACE_SECONDS = 2.0
+# session.end's end_reason: why the session ended.
+END_EXITED = "exited"              # its first process exited
+END_HANGUP = "hangup"              # the client went away (SIGHUP, or its pipes closed)
+END_TERMINATED = "terminated"      # the wrapper got SIGTERM
+END_LOG_FAILURE = "log_failure"    # the log could not be written (on_log_failure: close)
+END_WATCHDOG_DIED = "watchdog_died"
+WATCHDOG_DIED = ("the session watchdog died, so the session is ended (it may not run without "
+                 "one); see `enhrec doctor`")
 # Signals a terminal sends to its foreground group: the session's to handle, not the wrapper's.
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
@@ -77,46 +84,52 @@ def child_argv(request: Request) -> tuple[str, list[str]]:
 
 
 class Session:
-    def __init__(self, config, request: Request, clock=time.time):
+    def __init__(self, config, request: Request, watchdog, clock=time.time):
         self.config = config
         self.request = request
+        self.watchdog = watchdog     # forked at the wrapper's start (cli/wrap.py)
+        self.ledger = watchdog.ledger
         self.sid = str(uuid.uuid4())
         self.server_id = load_or_create_server_id(config.data_dir)
         self.log = AuditLog(config.log_dir, self.server_id, clock=clock)
         # The second sink: the session's own files, and the lock that marks it as not ended.
         self.store = SessionStore.create(config.log_dir, self.server_id, self.sid)
-        self.watchdog = None
         self.log_failure = None      # the first write failure, told to the user once
         self.write_failures = 0
         self.unwritten = {}          # sink -> events it could not take
         self.ended = False           # session.end is in both sinks
+        self.end_reason = END_EXITED
         self.factory = events.EventFactory(self.sid, self.server_id, config.nodename,
                                            request.account.name, request.user)
-        self.kernel = events.KernelEvents()
-        self.records = []
         self.cgroup = None
-        self.probes = None
+        self.recording = None
         self.child = None
+        self.child_pidfd = -1
         self.hangup_deadline = None
-        self.start_ns = None
+        self.start_ns = time.time_ns()
 
     # -- set up ------------------------------------------------------------------------------
 
     def start_recording(self):
-        """cgroup, then programs filtering on it: nothing of the session can run before both."""
+        """cgroup, then the session's rings registered with the programs, then the watchdog
+        armed: nothing of the session can run before all three."""
         if not self.config.enabled:
             return
-        from enhrec_wrap.kernel.loader import Probes   # BCC is imported only when recording
+        from enhrec_wrap.session.recording import Recording   # the kernel side, when recording
         self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
-        # Ready before anything can run in the cgroup: if we die, the watchdog kills what is in
-        # it. It starts while the programs load.
-        self.watchdog = Watchdog.launch(self.cgroup.path)
-        self.probes = Probes(self.config, self._on_record)
-        self.probes.watch(self.cgroup.id)
-        self.watchdog.wait_ready()
+        self.recording = Recording.start(self.config, self.cgroup.id, self.ledger)
+        self.recording.wake_on(self.watchdog.pidfd)
+        self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
+
+    def _watchdog_brief(self) -> dict:
+        """What the watchdog needs to end the session if we die (salvage.py)."""
+        return {"sid": self.sid, "server_id": self.server_id, "log_dir": self.config.log_dir,
+                "lock_path": self.store.lock.path, "cgroup_dir": self.cgroup.path,
+                "cgroup_id": self.cgroup.id, "version": self.recording.version,
+                "idle_unload_seconds": self.config.idle_unload_seconds,
+                "envelope": self.factory.envelope, "end_fields": self._end_fields()}
 
     def write_start(self):
-        self.start_ns = time.time_ns()
         fields = {"interactive": self.request.interactive,
                   "enhanced_recording": self.config.enabled,
                   "initial_command": list(self.request.command or []),
@@ -152,7 +165,10 @@ class Session:
         try:
             if self.cgroup:
                 self.cgroup.add(pid)
-                self.probes.set_parent(pid, os.getpid())
+                self.recording.set_parent(pid, os.getpid())
+                self.child_pidfd = os.pidfd_open(pid)
+                self.recording.wake_on(self.child_pidfd)   # its exit is written at once
+                self.recording.wait_registered()
         except BaseException:
             os.kill(pid, signal.SIGKILL)   # never let it run unrecorded
             os.waitpid(pid, 0)
@@ -188,6 +204,7 @@ class Session:
                 pass
         if self.hangup_deadline is None:
             self.hangup_deadline = time.monotonic() + HANGUP_GRACE_SECONDS
+            self.end_reason = END_HANGUP if signum == signal.SIGHUP else END_TERMINATED
 
     def _check_client(self):
         """Without a terminal, sshd signals nobody when the client vanishes: it only closes its
@@ -224,46 +241,49 @@ class Session:
         self.cgroup.kill_and_wait()
         return lingering
 
-    def _on_record(self, records):
-        self.records.extend(records)   # decoded records of one pass over the rings
-
     def poll(self):
-        if self.probes:
-            # Wakes for records, or as soon as the child exits (not up to POLL_MS later);
-            # writes what it read in batches of up to 20 ms (Probes.poll).
-            if self.probes.poll(POLL_MS, wake_pid=self.child):
-                self._flush_records()
-        else:
-            time.sleep(POLL_MS / 1000)
-
-    def _flush_records(self):
-        if not self.records:
+        """Waits for records (woken at once by the child's exit or the watchdog's) and writes
+        them in batches of up to 20 ms (RingReader.poll); a watchdog that died ends the session,
+        which may never run without one."""
+        if self.recording is None:
+            time.sleep(POLL_SECONDS)
             return
-        batch, self.records = self.records, []
-        self._write(self.kernel.events(batch, self.probes.decoder, self.factory))
+        records = self.recording.poll(POLL_SECONDS, flush=self.child is None or self._child_exited())
+        if records:
+            self._write(self.recording.events(records, self.factory))
+        if self.end_reason != END_WATCHDOG_DIED and not self.watchdog.alive():
+            self.end_reason = END_WATCHDOG_DIED
+            _tell_user(WATCHDOG_DIED)
+            self.cgroup.kill()
 
-    def _write_kernel_events(self, completed):
-        if not completed:
-            return
-        completed.sort(key=lambda item: item[1])
-        make, offset = self.factory.make_from, self.factory.monotonic_to_epoch_ns
-        self._write([make(kind, ts + offset, fields) for kind, ts, fields in completed])
+    def _child_exited(self) -> bool:
+        return bool(select.select([self.child_pidfd], [], [], 0)[0]) if self.child_pidfd >= 0 else True
 
     def _write(self, made, strict=False):
-        """Each event to both sinks. `strict` (before the session's program runs): a failure
-        raises, so nothing runs. Otherwise on_log_failure decides (_log_failed)."""
+        """Each event to both sinks, reported to the ledger around it (ledger.py). `strict`
+        (before the session's program runs): a failure raises, so nothing runs. Otherwise
+        on_log_failure decides (_log_failed)."""
         if not made:
             return
         lines = [events.encode(e) for e in made]
-        for sink, write in (("audit_log", lambda: self.log.write(lines)),
+        ledger = self.ledger
+        settled = self.recording.settled() if self.recording else ledger.state.settled
+        undecodable = self.recording.undecodable() if self.recording else {}
+        ledger.begin_batch(made[0]["ei"], made[-1]["ei"] + 1, settled, undecodable)
+        logged = True
+        for sink, write in (("audit_log", lambda: self.log.write(lines, announce=ledger.writing)),
                             ("session_files", lambda: self.store.write(made, lines))):
             try:
                 write()
             except EnhrecError as e:
                 if strict:
                     raise
+                logged = logged and sink != "audit_log"
                 # The store reports failed batches late (it writes in a thread): their count.
                 self._log_failed(sink, e, getattr(e, "unwritten", len(lines)))
+        ended = logged and made[-1]["event"] == events.SESSION_END[0]
+        ledger.end_batch(self.unwritten.get("audit_log", 0),
+                         self.unwritten.get("session_files", 0), ended)
 
     def _log_failed(self, sink, error, count):
         """`close` ends the session at the first failure (fail closed); `continue` keeps it and
@@ -278,6 +298,7 @@ class Session:
                        "(on_log_failure: continue)")
             return
         _tell_user(f"{error}; the session is ended (on_log_failure: close)")
+        self.end_reason = END_LOG_FAILURE
         if self.cgroup:
             self.cgroup.kill()
         elif self.child:
@@ -285,23 +306,23 @@ class Session:
 
     # -- the end -----------------------------------------------------------------------------
 
+    def _end_fields(self) -> dict:
+        """session.end's fields known from the start (the watchdog's copy ends with these too)."""
+        return {"enhanced_recording": self.config.enabled,
+                "interactive": self.request.interactive,
+                "participants": [self.request.user],
+                "session_start": events.rfc3339(self.start_ns),
+                "schema_version": events.SCHEMA_VERSION}
+
     def write_end(self, exit_status: int, killed: int):
-        if self.probes:
-            self.probes.drain()
-            self._flush_records()
-            self._write_kernel_events(self.kernel.unfinished())
-        fields = {"enhanced_recording": self.config.enabled,
-                  "interactive": self.request.interactive,
-                  "participants": [self.request.user],
-                  "session_start": events.rfc3339(self.start_ns),
-                  "session_stop": events.rfc3339(time.time_ns()),
-                  "exit_status": exit_status,
-                  "schema_version": events.SCHEMA_VERSION}
-        if self.probes:
-            lost = self.probes.lost_counts()
-            fields["lost_events"] = {s: lost[s] for s in ("command", "disk", "network")}
-            fields["lost_return_codes"] = lost["command_result"]
+        fields = self._end_fields()
+        if self.recording:
+            self._write(self.recording.events(self.recording.drain(), self.factory))
+            self._write(self.recording.unfinished(self.factory))
+            fields.update(self.recording.lost())
             fields["killed_processes"] = killed
+        fields.update(session_stop=events.rfc3339(time.time_ns()), exit_status=exit_status,
+                      end_reason=self.end_reason)
         if self.unwritten:
             fields["unwritten_events"] = dict(self.unwritten)
         failures = self.write_failures
@@ -309,30 +330,40 @@ class Session:
         self.ended = self.write_failures == failures
 
     def close(self):
-        """Undo of everything set up: runs whatever happened before."""
+        """Undo of everything set up: runs whatever happened before. The watchdog goes last: a
+        death before that is still its to handle."""
         if self.child:
             os.kill(self.child, signal.SIGKILL)
             os.waitpid(self.child, 0)
+        if self.child_pidfd >= 0:
+            os.close(self.child_pidfd)
         if self.cgroup:
             if self.cgroup.populated():
                 self.cgroup.kill_and_wait()
             self.cgroup.remove()
-        if self.watchdog:
-            self.watchdog.stop()
-        if self.probes:
-            self.probes.close()
+        release = None
+        if self.recording:
+            # The watchdog takes the rings out while we exit (recording.release), unless it
+            # died: then we do it ourselves.
+            watchdog_alive = self.watchdog.alive()
+            if watchdog_alive:
+                release = self.recording.release_order(self.config.idle_unload_seconds)
+            self.recording.close(None if watchdog_alive else self.config.idle_unload_seconds)
         self.log.close()
         try:
             # Not ended (session.end missing somewhere): the lock file stays for recovery.
-            self.store.close(ended=self.ended or self.start_ns is None)
+            self.store.close(ended=self.ended)
         except EnhrecError as e:
             self._log_failed("session_files", e, getattr(e, "unwritten", 0))
+        if self.cgroup:
+            self.cgroup.close()
+        self.watchdog.stop(release)
 
 
-def run(config, request: Request) -> int:
+def run(config, request: Request, watchdog) -> int:
     """Runs a recorded session; returns the exit status (the command's, or 128+signal)."""
     recovery.repair_at_start(config)   # sessions whose recorder died: end them, free their cgroups
-    session = Session(config, request)
+    session = Session(config, request, watchdog)
     try:
         session.start_recording()
         session.write_start()

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.events import kinds
 from enhrec_wrap.events import teleport as events
-from enhrec_wrap.host.cgroup import SessionCgroup, leaf_dir, parent_dir
+from enhrec_wrap.host.cgroup import SessionCgroup, is_cgroup2_mount, leaf_dir, parent_dir
+from enhrec_wrap.kernel.host import PIN_ROOT, HostLock, HostPrograms, pinned_versions
+from enhrec_wrap.kernel.rings import SessionRings
 from enhrec_wrap.log import layout, reader, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import read_server_id
@@ -37,6 +39,7 @@ class Report:
     repaired: list = field(default_factory=list)        # sids given their session.end
     cgroups_removed: list = field(default_factory=list)  # cgroup paths killed and removed
     stale_cgroups: list = field(default_factory=list)   # cgroup paths found unheld
+    registrations_dropped: list = field(default_factory=list)   # cgroup ids taken out of the programs
     errors: list = field(default_factory=list)          # one line each
 
 
@@ -75,7 +78,43 @@ def repair(config) -> Report:
             lock.release(ended=ended)
     for leaf in _cgroup_leaves(config.cgroup_path):
         _remove_cgroup(leaf, CGROUP_GRACE_SECONDS, report)
+    _drop_stale_registrations(config, report)
     return report
+
+
+def _drop_stale_registrations(config, report: Report) -> None:
+    """Sessions still registered with the host's programs whose cgroup no longer exists: their
+    recorder and watchdog both died (a watchdog takes its dead recorder's session out itself).
+    Their rings would only fill. A cgroup's id is its directory's inode number; sessions of
+    other configs may use other cgroup paths, so any cgroup of the hierarchy counts as alive."""
+    if not os.path.isdir(PIN_ROOT) or not is_cgroup2_mount(config.cgroup_path):
+        return   # without the hierarchy in sight, no cgroup can be told dead
+    alive = None
+    with HostLock():
+        for version in pinned_versions():
+            host = HostPrograms.open(version)
+            if host is None:
+                continue
+            try:
+                for cgroup_id in host.sessions():
+                    if alive is None:
+                        alive = _cgroup_ids(config.cgroup_path)
+                    if cgroup_id not in alive:
+                        SessionRings(host, cgroup_id, {}).unregister()
+                        report.registrations_dropped.append(cgroup_id)
+            finally:
+                host.close()
+
+
+def _cgroup_ids(cgroup_path: str) -> set[int]:
+    """The id of every cgroup in the hierarchy mounted at cgroup_path."""
+    ids = set()
+    for directory, _, _ in os.walk(cgroup_path):
+        try:
+            ids.add(os.stat(directory).st_ino)
+        except OSError:
+            pass
+    return ids
 
 
 def repair_at_start(config) -> Report | None:

@@ -1,168 +1,164 @@
-"""Kills a session's processes when its recorder dies, so that nothing runs on unrecorded.
+"""The watchdog: kills a session's processes the moment its recorder dies, then ends the session
+itself, so that nothing runs on unrecorded and nothing recorded goes unaccounted for.
 
-The watchdog is a small root process, started by the recorder before the session's first
-process, outside the session's cgroup and in a session of its own (terminal signals and hangups
-do not reach it; the session's user cannot signal a root process). It holds the read end of a
-pipe whose only write end is the recorder's, close-on-exec and closed in the session's child
-before it execs. Reading that pipe:
-  - b"x": the recorder ended the session itself; the watchdog exits;
-  - end of file: the recorder is gone, however it died (SIGKILL and the OOM killer included),
-    since the kernel closes a dead process's descriptors. The watchdog writes "1" to the
-    session's cgroup.kill, waits for the cgroup to empty, removes it, and tells the terminal.
-The session's session.end is written by the next wrapper start or `enhrec doctor --repair`
-(recovery.py).
+It is forked by the wrapper at its very start (cli/wrap.py), before the heavy imports: a fork
+costs a millisecond where a new interpreter costs 30, and its pages are the few of a just-started
+Python. It leaves the wrapper's session (terminal signals and hangups do not reach it), stays
+outside the session's cgroup and root's (the session's user cannot signal it), and holds:
+  - one end of a socket pair whose other end only the recorder has (close-on-exec, and closed in
+    the session's child before it execs);
+  - the ledger page it shares with the recorder (ledger.py).
+On the socket it gets one message telling it which session to guard (arm), with the session's
+lock file and cgroup directory, whose flocks it then holds with the recorder (the same open
+files): recovery never takes a session the watchdog is still finishing. Then comes either STOP
+(the recorder ended the session itself) or end of file: the recorder is gone, however it died,
+since the kernel closes a dead process's descriptors - at once, because with the programs' links
+pinned (kernel/host.py) a recorder holds nothing slow to release. The watchdog then writes "1" to
+the session's cgroup.kill, waits for the cgroup to empty, and finishes the session from what the
+rings still hold and what the ledger says (salvage.py).
 
-The recorder also flock-s the cgroup directory for as long as it runs: that is how recovery
-tells a live session's cgroup from a stale one, whatever data_dir the session writes to.
-
-Run as `python -I -m enhrec_wrap.session.watchdog FD CGROUP_DIR` (by Watchdog.launch, never by hand).
+The recorder watches the watchdog in turn, through a pidfd: if it dies, the recorder ends the
+session (lifecycle.py), which never runs without something that would kill it.
 """
 
-import fcntl
+import json
 import os
 import select
 import signal
-import subprocess
+import socket
 import sys
 
-from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.session import ledger
 
 STOP = b"x"
-READY = b"ready\n"
-START_TIMEOUT_SECONDS = 10.0
-STOP_TIMEOUT_SECONDS = 5.0
-KILL_WAIT_SECONDS = 10.0
+ARM = b"a"
+MAX_MESSAGE = 1 << 16
 # A dying recorder must not take the watchdog with it through the terminal.
 IGNORED_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN,
-                   signal.SIGTTOU, signal.SIGPIPE)
-DOCTOR_HINT = "run `enhrec doctor`"
+                   signal.SIGTTOU, signal.SIGPIPE, signal.SIGTERM)
+RECORDER_DIED = "the recorder stopped, so the session was ended (its processes were killed)"
+NAME = b"enhrec-watchdog"   # its comm, as ps and pgrep show it
 
 
 class Watchdog:
-    """The recorder's side: starts the watchdog and, at a normal end, stops it."""
+    """The recorder's side of its watchdog."""
 
-    def __init__(self, process, pipe_fd: int, lock_fd: int):
-        self.process = process
-        self.pipe_fd = pipe_fd
-        self.lock_fd = lock_fd
+    def __init__(self, pid: int, pidfd: int, channel: socket.socket, page):
+        self.pid = pid
+        self.pidfd = pidfd          # readable once the watchdog has exited
+        self.channel = channel
+        self.ledger = ledger.Ledger(page)
+        self.armed = False
 
     @classmethod
-    def launch(cls, cgroup_dir: str) -> "Watchdog":
-        """Starts the watchdog process without waiting for it: its Python start-up overlaps the
-        recorder's own set-up. `wait_ready` must follow before the session's child runs."""
-        lock_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        except OSError as e:
-            os.close(lock_fd)
-            raise EnhrecError(f"cannot lock the session cgroup {cgroup_dir}: {e.strerror}: "
-                              f"{DOCTOR_HINT}") from None
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-m", "enhrec_wrap.session.watchdog", str(read_fd), cgroup_dir],
-                pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                start_new_session=True, env={}, cwd="/")
-        except OSError as e:
-            for fd in (lock_fd, read_fd, write_fd):
-                os.close(fd)
-            raise EnhrecError(f"cannot start the session watchdog: {e.strerror}: {DOCTOR_HINT}") from None
-        os.close(read_fd)
-        return cls(process, write_fd, lock_fd)
+    def fork(cls) -> "Watchdog":
+        page = ledger.new_page()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            status = 1
+            try:
+                status = _watchdog(theirs, page)
+            finally:
+                os._exit(status)
+        theirs.close()
+        return cls(pid, os.pidfd_open(pid), ours, page)
 
-    def wait_ready(self) -> None:
-        if not self._ready():
-            status = self.process.poll()
-            self._kill()
-            raise EnhrecError(f"the session watchdog did not start (exit status {status}): "
-                              f"{DOCTOR_HINT}")
+    def arm(self, session: dict, lock_fd: int, cgroup_fd: int):
+        """Tells the watchdog which session to guard (its cgroup, log and envelope) and hands it
+        the session's lock file and cgroup directory. Queued in the socket: if the recorder dies
+        right after, the watchdog still gets it first."""
+        socket.send_fds(self.channel, [ARM + json.dumps(session).encode()], [lock_fd, cgroup_fd])
+        self.armed = True
 
-    def _ready(self) -> bool:
-        out = self.process.stdout
-        ready, _, _ = select.select([out], [], [], START_TIMEOUT_SECONDS)
-        line = out.readline() if ready else b""
-        out.close()
-        return line == READY
+    def alive(self) -> bool:
+        return not select.select([self.pidfd], [], [], 0)[0]
 
-    def stop(self) -> None:
-        """The normal end: the watchdog exits without killing anything."""
-        if self.process is None:
+    def stop(self, release: dict | None = None):
+        """The normal end (or no session at all): the watchdog exits without killing anything,
+        after taking the session's rings out of the programs' maps when `release` says which
+        (recording.release): that costs the kernel an RCU grace period, which the wrapper's exit
+        need not wait for. Not waited for: init reaps it once we are gone."""
+        if self.channel is None:
             return
         try:
-            os.write(self.pipe_fd, STOP)
+            self.channel.send(STOP + (json.dumps(release).encode() if release else b""))
         except OSError:
             pass
-        try:
-            self.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            pass
-        self._kill()
-
-    def _kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        for fd in (self.pipe_fd, self.lock_fd):
-            os.close(fd)
-        self.process = None
+        self.channel.close()
+        self.channel = None
+        os.close(self.pidfd)
 
 
 # --- the watchdog process -------------------------------------------------------------------
 
-def kill_cgroup(cgroup_dir: str) -> bool:
-    """SIGKILL to everything in the cgroup (forks included), then wait for it to empty."""
-    try:
-        with open(os.path.join(cgroup_dir, "cgroup.kill"), "w") as f:
-            f.write("1")
-    except FileNotFoundError:
-        if not os.path.isdir(cgroup_dir):
-            return True
-        _kill_each(cgroup_dir)   # kernels before 5.14
-    for _ in range(int(KILL_WAIT_SECONDS / 0.01)):
-        if not _populated(cgroup_dir):
-            return True
-        _kill_each(cgroup_dir)
-        select.select([], [], [], 0.01)
-    return False
-
-
-def _kill_each(cgroup_dir: str) -> None:
-    try:
-        with open(os.path.join(cgroup_dir, "cgroup.procs")) as procs:
-            pids = [int(line) for line in procs if line.strip()]
-    except OSError:
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _populated(cgroup_dir: str) -> bool:
-    try:
-        with open(os.path.join(cgroup_dir, "cgroup.events")) as f:
-            return "populated 1" in f.read()
-    except OSError:
-        return False
-
-
-def watch(pipe_fd: int, cgroup_dir: str) -> int:
+def _watchdog(channel: socket.socket, page) -> int:
+    _name_process(NAME)
+    os.setsid()
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+    keep = channel.fileno()   # and fd 2, the terminal, to tell the user
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+    session = held = None
     while True:
-        data = os.read(pipe_fd, 1)
-        if data == STOP:
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 4)
+        except OSError:
+            message, fds = b"", []
+        if message.startswith(STOP):
+            if len(message) > 1:
+                _release(json.loads(message[1:]))
             return 0
-        if data:
+        if message.startswith(ARM):
+            session, held = json.loads(message[1:]), fds
             continue
-        emptied = kill_cgroup(cgroup_dir)
-        if emptied:
-            try:
-                os.rmdir(cgroup_dir)
-            except OSError:
-                pass   # recovery removes what is left
-        _tell_terminal("enhrec-wrap: the recorder stopped, so the session was ended "
-                       "(its processes were killed)")
+        if session is None:
+            return 0   # the wrapper ended before any session existed
+        return _recorder_died(session, page, held)
+
+
+def _release(order: dict) -> None:
+    try:
+        from enhrec_wrap.session import recording
+        recording.release(order)
+    except Exception:  # noqa: BLE001 - left registered: the next start's recovery takes it out
+        pass
+
+
+def _recorder_died(session: dict, page, held: list[int]) -> int:
+    """Kills the session's processes first (the 50 ms that count), then finishes it."""
+    from enhrec_wrap.host.cgroup import SessionCgroup
+    cgroup = SessionCgroup(session["cgroup_dir"])
+    killed = len(cgroup.pids())
+    emptied = cgroup.kill_and_wait()
+    _tell_terminal(f"enhrec-wrap: {RECORDER_DIED}")
+    try:
+        from enhrec_wrap.session import salvage   # only now: the imports cost 50 ms
+        salvage.finish(session, ledger.read(page), salvage.RECORDER_DIED, killed, lock_fd=held[0])
+    except Exception as e:  # noqa: BLE001 - the next start's recovery ends it instead
+        _tell_terminal(f"enhrec-wrap: could not end the session ({e}); the next session start "
+                       "or `enhrec doctor --repair` ends it")
         return 1
+    finally:
+        if emptied:
+            cgroup.remove()
+        os.close(held[1])   # the cgroup directory; the lock file is salvage's to release
+    return 1
+
+
+def _name_process(name: bytes) -> None:
+    """Its comm (what ps and pgrep show): written to /proc, which costs no ctypes import."""
+    try:
+        with open("/proc/self/comm", "wb") as comm:
+            comm.write(name)
+    except OSError:
+        pass
 
 
 def _tell_terminal(message: str) -> None:
@@ -172,17 +168,5 @@ def _tell_terminal(message: str) -> None:
         pass
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    for sig in IGNORED_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    pipe_fd, cgroup_dir = int(argv[0]), argv[1]
-    os.write(1, READY)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.close(null)
-    return watch(pipe_fd, cgroup_dir)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("enhrec_wrap.session.watchdog is forked by enhrec-wrap, never run by hand")

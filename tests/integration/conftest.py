@@ -12,6 +12,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 
@@ -230,6 +231,39 @@ class Recorder:
         return sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)))
 
     @staticmethod
+    def unload_our_programs():
+        return unload_our_programs()
+
+    @staticmethod
+    def watchdog_of(recorder_pid, timeout=10.0):
+        """The pid of a recorder's watchdog: its child named enhrec-watchdog."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                comm = stat[stat.index(b"(") + 1:stat.rindex(b")")]
+                ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+                if comm == b"enhrec-watchdog" and ppid == recorder_pid:
+                    return int(entry)
+            time.sleep(0.01)
+        pytest.fail(f"the recorder {recorder_pid} has no watchdog")
+
+    def kill_recorder_and_watchdog(self, recorder_pid):
+        """Both die and nothing else notices: the recorder is stopped first, so that it never
+        sees its watchdog go (it would end the session itself)."""
+        watchdog = self.watchdog_of(recorder_pid)
+        os.kill(recorder_pid, signal.SIGSTOP)
+        os.kill(watchdog, signal.SIGKILL)
+        os.kill(recorder_pid, signal.SIGKILL)
+        return watchdog
+
+    @staticmethod
     def pids_with_argument(marker):
         """Pids of processes (any) that have `marker` as one of their arguments."""
         found = []
@@ -244,6 +278,31 @@ class Recorder:
             if marker.encode() in args:
                 found.append(int(entry))
         return found
+
+
+@pytest.fixture
+def kernel_to_ourselves():
+    """For tests that unload the host's programs: one such test at a time on the machine (the
+    test runs of a checkout and of a development copy may share a set of programs)."""
+    import fcntl
+    fd = os.open("/run/enhrec-wrap-kernel-tests.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def unload_our_programs():
+    """Unloads this code's set of programs; returns its version. Fails while a session uses it."""
+    from enhrec_wrap.kernel.host import HostLock, program_version, unload_if_unused
+    version = program_version()
+    deadline = time.monotonic() + 10
+    with HostLock():
+        while not unload_if_unused(version):
+            assert time.monotonic() < deadline, "a session still uses the programs"
+            time.sleep(0.1)
+    return version
 
 
 @pytest.fixture

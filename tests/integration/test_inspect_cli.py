@@ -159,7 +159,7 @@ def test_doctor(recorded):
     lines = result.stdout.splitlines()
     names = [x.split(":")[0].split(None, 1)[1] for x in lines[:-1]]
     assert names == ["root", "kernel", "BTF", "tracepoints", "bcc", "kernel headers", "cgroup2",
-                     "config", "data_dir", "stale sessions"]
+                     "config", "data_dir", "stale sessions", "kernel programs"]
     assert all(x.startswith(("ok ", "warn ")) for x in lines[:-1]), result.stdout
     assert lines[-1] == "recording works on this host"
     assert enhrec(recorder, "doctor", "--repair").returncode == 0
@@ -168,8 +168,8 @@ def test_doctor(recorded):
 def test_doctor_finds_and_repairs_a_stale_session(recorder, tmp_path):
     proc = recorder.popen(["bash", "-c", "echo $ENHREC_SESSION_ID; sleep 1000"])
     sid = proc.stdout.readline().strip()
-    proc.kill()
-    proc.communicate(timeout=30)
+    recorder.kill_recorder_and_watchdog(proc.pid)   # with its watchdog, or it ends the session
+    proc.wait(timeout=30)   # its sleep holds the pipes until the repair kills it
     found = enhrec(recorder, "doctor")
     stale = next(x for x in found.stdout.splitlines() if "stale sessions" in x)
     assert stale.startswith("warn") and sid[:8] in stale and "enhrec doctor --repair" in stale

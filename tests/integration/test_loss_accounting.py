@@ -159,17 +159,17 @@ def test_exec_join_under_loss_logs_every_recorded_argument_record_once():
     whose argument record was lost is dropped (the command is in lost_events); an argument
     record whose result was lost is logged with return_code null, also when the same process
     execs again before the end (it must not be overwritten)."""
-    from enhrec_wrap.kernel import decode
+    from enhrec_wrap.kernel import abi, decode
     from enhrec_wrap.events import teleport as events
 
     def exec_record(pid, ts, path):
         tail = path + b"\0" + path + b"\0"
-        return {"type": decode.RECORD_EXEC, "ts_ns": ts, "cgroup_id": 1, "pid": pid, "tid": pid,
+        return {"type": abi.RECORD_EXEC, "ts_ns": ts, "cgroup_id": 1, "pid": pid, "tid": pid,
                 "ppid": 1, "tail_len": len(tail), "comm": b"sh", "dirfd": -100, "at_flags": 0,
                 "argc": 1, "truncated": 0, "filename_len": len(path) + 1, "tail": tail}
 
     def result(pid, ts, ret=0):
-        return {"type": decode.RECORD_EXEC_RESULT, "ts_ns": ts, "cgroup_id": 1, "pid": pid,
+        return {"type": abi.RECORD_EXEC_RESULT, "ts_ns": ts, "cgroup_id": 1, "pid": pid,
                 "tid": pid, "ppid": 1, "tail_len": 0, "comm": b"x", "ret": ret}
 
     kernel = events.KernelEvents(resolve_paths=False)

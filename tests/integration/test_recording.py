@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from enhrec_wrap.kernel import decode
+from enhrec_wrap.kernel import abi, decode
 from enhrec_wrap.events import teleport as events
 
 PYTHON = "/usr/bin/python3"
@@ -377,7 +377,7 @@ def test_long_command_lines(kernel_session):
     assert three_hundred["argv_truncated"] is True
 
     (long_arg,) = [c for c in session.commands if c["pid"] == done["long_arg"]]
-    assert long_arg["argv"] == ["L" * (decode.ARG_READ_MAX - 1)]
+    assert long_arg["argv"] == ["L" * (abi.ARG_READ_MAX - 1)]
     assert long_arg["argv_truncated"] is True
 
 

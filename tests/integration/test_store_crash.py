@@ -128,6 +128,9 @@ def test_eight_sessions_of_200_execs_at_once(recorder):
 # --- the recorder killed --------------------------------------------------------------------
 
 def test_sigkill_of_the_recorder(recorder, tmp_path):
+    """The watchdog kills the session at once and writes its session.end itself, numbered after
+    the last event, in both sinks; the lock file and the cgroup go. A live session beside it is
+    never touched."""
     stop = tmp_path / "stop"
     live = recorder.popen(["bash", "-c", f"echo $ENHREC_SESSION_ID > {tmp_path}/live; "
                            f"while [ ! -e {stop} ]; do sleep 0.1; done"])
@@ -149,25 +152,23 @@ def test_sigkill_of_the_recorder(recorder, tmp_path):
         assert victim.returncode == -signal.SIGKILL
         wait_until(lambda: all(dead(p) for p in pids), 5, "the session's processes did not die")
         assert "the recorder stopped, so the session was ended" in err
-        assert f"{sid}.lock" in open_locks(recorder)   # for the next start to repair
+        wait_until(lambda: f"{sid}.lock" not in open_locks(recorder), 10,
+                   "the watchdog did not end the session")
         session = recorder.sessions()[sid]
-        assert all(e["event"] != "session.end" for e in session.events)
-        last = session.events[-1]
-
-        after = recorder.run(["true"])
-        assert after.returncode == 0, after.stderr
-        repaired = recorder.sessions()[sid]
-        end = repaired.end
-        assert end["incomplete"] is True
-        assert end["ei"] == last["ei"] + 1 and repaired.events[-1] is end
-        assert end["session_stop"] == max(e["time"] for e in session.events)
+        end = session.end
+        assert end["incomplete"] is True and end["end_reason"] == "recorder_died"
+        assert session.events[-1] is end
+        assert [e["ei"] for e in session.events] == list(range(len(session.events)))
         assert end["session_start"] == session.start["time"]
+        assert end["killed_processes"] == 3
+        assert end["lost_events"] == {"command": 0, "disk": 0, "network": 0}
         assert not os.path.exists(leaf)
-        assert f"{sid}.lock" not in open_locks(recorder)
-        directory, names = session_files(recorder, sid)
-        assert f"{sid}-1.events.gz" in names   # session.end in a new part after the cut one
         stored = reader.session_events(reader.LogDir(os.path.join(recorder.data_dir, "log")), sid)
         assert stored[-1]["uid"] == end["uid"]
+
+        after = recorder.run(["true"])   # the next start finds nothing to repair
+        assert after.returncode == 0, after.stderr
+        assert len(recorder.sessions()[sid].of("session.end")) == 1
 
         # The live session was never touched.
         assert os.path.isdir(live_leaf) and live.poll() is None
@@ -182,25 +183,58 @@ def test_sigkill_of_the_recorder(recorder, tmp_path):
     assert live_session.end.get("incomplete") is None
 
 
+def test_sigkill_of_recorder_and_watchdog_is_repaired_at_the_next_start(recorder, tmp_path):
+    """Both gone: the session's processes run on until the next start's recovery, which kills
+    them, ends the session (incomplete) and takes its rings out of the kernel's maps."""
+    victim = recorder.popen(["bash", "-c", f"echo $ENHREC_SESSION_ID > {tmp_path}/victim; "
+                             "sleep 1000"])
+    sid = wait_for_file(tmp_path / "victim")
+    leaf = os.path.join(recorder.cgroup_sessions, sid)
+    recorder.wait_for(lambda e: e.get("sid") == sid and e.get("argv") == ["1000"],
+                      what="the victim's sleep")
+    cgroup_id = os.stat(leaf).st_ino
+    recorder.kill_recorder_and_watchdog(victim.pid)
+    victim.wait(timeout=30)   # its sleep holds the pipes until the recovery kills it
+    assert f"{sid}.lock" in open_locks(recorder)
+    assert cgroup_id in registered_sessions()
+    after = recorder.run(["true"])
+    assert after.returncode == 0, after.stderr
+    end = recorder.sessions()[sid].end
+    assert end["incomplete"] is True
+    assert not os.path.exists(leaf)
+    wait_until(lambda: cgroup_id not in registered_sessions(), 5,
+               "the dead session's rings are still registered")
+
+
+def registered_sessions():
+    """The cgroup ids registered with any pinned set of programs, from bpffs."""
+    from enhrec_wrap.kernel.host import HostLock, HostPrograms, pinned_versions
+    ids = set()
+    with HostLock():
+        for version in pinned_versions():
+            host = HostPrograms.open(version)
+            if host is not None:
+                ids.update(host.sessions())
+                host.close()
+    return ids
+
+
 def test_watchdog_is_outside_the_session_and_root(recorder, test_user):
     # The session's own user tries to kill every watchdog: it must not be able to.
     script = ("echo $ENHREC_SESSION_ID; sleep 1; "
-              "for p in $(pgrep -f 'enhrec_wrap[.]session[.]watchdog'); do kill -9 $p; done; sleep 0.5; true")
+              "for p in $(pgrep enhrec-watchdog); do kill -9 $p; done; sleep 0.5; true")
     proc = recorder.popen(["bash", "-c", script], options=("--user", test_user.pw_name))
     sid = proc.stdout.readline().strip()
     leaf = os.path.join(recorder.cgroup_sessions, sid)
-    watchdogs = [p for p in recorder.pids_with_argument(leaf)
-                 if b"enhrec_wrap.session.watchdog" in open(f"/proc/{p}/cmdline", "rb").read()]
-    assert len(watchdogs) == 1
-    (watchdog,) = watchdogs
+    watchdog = recorder.watchdog_of(proc.pid)
     assert os.stat(f"/proc/{watchdog}").st_uid == 0
     assert str(watchdog) not in open(os.path.join(leaf, "cgroup.procs")).read().split()
     assert os.getsid(watchdog) != os.getsid(proc.pid)   # no terminal signal reaches it
     out, err = proc.communicate(timeout=SESSION_TIMEOUT)
     assert proc.returncode == 0, err
     assert "Operation not permitted" in err   # it tried
-    assert "recorder stopped" not in err
-    assert dead(watchdog)   # stopped at the normal end
+    assert "recorder stopped" not in err and "watchdog died" not in err
+    wait_until(lambda: dead(watchdog), 5, "the watchdog did not exit at the normal end")
 
 
 # --- a full disk ----------------------------------------------------------------------------
@@ -278,6 +312,7 @@ def test_session_crossing_midnight_switches_the_day_file(recorder, tmp_path, mon
     from enhrec_wrap.session import lifecycle as session_module
     from enhrec_wrap.config import load_config
     from enhrec_wrap.host.privileges import account_by_uid
+    from enhrec_wrap.session.watchdog import Watchdog
 
     marker = tmp_path / "midnight"
     before = calendar.timegm((2031, 1, 1, 23, 59, 59))
@@ -289,7 +324,7 @@ def test_session_crossing_midnight_switches_the_day_file(recorder, tmp_path, mon
     request = session_module.Request(
         account=account_by_uid(0), user="root", interactive=False,
         command=["bash", "-c", f"/bin/true; sleep 0.3; touch {marker}; sleep 0.3; /bin/echo after"])
-    status = session_module.run(load_config(recorder.config_path), request)
+    status = session_module.run(load_config(recorder.config_path), request, Watchdog.fork())
     assert status == 0
     directory = server_dir(recorder)
     day1 = [json.loads(x) for x in open(os.path.join(directory, "2031-01-01.00:00:00.log"), "rb")]

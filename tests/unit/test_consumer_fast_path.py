@@ -5,7 +5,7 @@ unreadable, non-UTF-8, unknown parent, escaped program), execs, lost results, co
 
 import struct
 
-from enhrec_wrap.kernel import decode
+from enhrec_wrap.kernel import abi, decode
 from enhrec_wrap.events import teleport as events
 
 # The layouts as BCC flattens bpf_programs/enhrec.h (test_decode.py checks the constants).
@@ -33,23 +33,23 @@ def header(ts, record_type, pid, ppid, comm, tail_len=0):
 
 def open_record(ts, path, pid=100, ppid=99, comm=b"cat", ret=3, flags=0, dirfd=-100):
     tail = path + b"\0" if path is not None else b""
-    return header(ts, decode.RECORD_OPEN, pid, ppid, comm, len(tail)) + \
+    return header(ts, abi.RECORD_OPEN, pid, ppid, comm, len(tail)) + \
         struct.pack("=qqiI", ret, flags, dirfd, 0) + tail
 
 
 def exec_record(ts, pid, filename, args, comm=b"bash"):
     tail = filename + b"\0" + b"".join(a + b"\0" for a in args)
-    return header(ts, decode.RECORD_EXEC, pid, 1, comm, len(tail)) + \
+    return header(ts, abi.RECORD_EXEC, pid, 1, comm, len(tail)) + \
         struct.pack("=iIIIII", -100, 0, len(args), 0, len(filename) + 1, 0) + tail
 
 
 def result_record(ts, pid, ret, comm):
-    return header(ts, decode.RECORD_EXEC_RESULT, pid, 1, comm) + struct.pack("=q", ret)
+    return header(ts, abi.RECORD_EXEC_RESULT, pid, 1, comm) + struct.pack("=q", ret)
 
 
 def connect_record(ts, pid):
-    return header(ts, decode.RECORD_CONNECT, pid, 1, b"curl") + \
-        struct.pack("=qHHHH16s16s", 0, 2, 443, 50000, decode.CONNECT_TCP, bytes([10, 0, 0, 1]),
+    return header(ts, abi.RECORD_CONNECT, pid, 1, b"curl") + \
+        struct.pack("=qHHHH16s16s", 0, 2, 443, 50000, abi.CONNECT_TCP, bytes([10, 0, 0, 1]),
                     bytes([10, 0, 0, 2]))
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from enhrec_wrap.kernel import decode
 from enhrec_wrap.events import teleport as events
+from enhrec_wrap.session.ledger import Ledger, new_page
 from enhrec_wrap.config import Config
 from enhrec_wrap.host.privileges import Account
 from enhrec_wrap.session.lifecycle import Request, Session
@@ -63,12 +64,23 @@ def command_event(filename, args, ret=0, comm=b"ping", pid=2653):
     return orjson.loads(events.encode(factory.make(kind, factory.kernel_time(ts_ns), **fields)))
 
 
+class IdleWatchdog:
+    """A watchdog that is never needed: the session below records nothing, runs nothing."""
+    ledger = Ledger(new_page())
+
+    def alive(self):
+        return True
+
+    def stop(self, release=None):
+        pass
+
+
 def session_events(tmp_path):
     """session.start and session.end as Session writes them (recording off: no BPF needed)."""
     config = Config(data_dir=str(tmp_path), enabled=False, nodename="node")
     account = Account("benarent", os.getuid(), os.getgid(), str(tmp_path), "/bin/sh")
     session = Session(config, Request(account=account, user="benarent", command=["true"],
-                                      interactive=True))
+                                      interactive=True), IdleWatchdog())
     try:
         session.write_start()
         session.write_end(exit_status=0, killed=0)

@@ -8,6 +8,7 @@ import time
 import orjson
 import pytest
 
+from enhrec_wrap.kernel import abi
 from enhrec_wrap.cli import enhrec as cli
 from enhrec_wrap.events.timestamps import rfc3339_from_seconds
 from enhrec_wrap.inspect import doctor
@@ -370,16 +371,16 @@ def test_doctor_checks(tmp_path):
     assert doctor.check_data_dir(blocked).status == "FAIL"
     result, _ = doctor.check_config(str(tmp_path / "missing.yaml"))
     assert result.status == "FAIL" and "config file not found" in result.detail
-    assert ("syscalls", "sys_enter_execve") in doctor.tracepoints()
+    assert ("syscalls", "sys_enter_execve") in abi.tracepoints()
 
 
 def test_doctor_exit_status_follows_failures(monkeypatch, capsys):
     good = [doctor.ok("root", "running as root"), doctor.warn("stale sessions", "1", "run it")]
-    monkeypatch.setattr(doctor, "run", lambda path, repair: good)
+    monkeypatch.setattr(doctor, "run", lambda path, repair, unload: good)
     code, out, _ = run(capsys, "doctor")
     assert code == 0 and "warn  stale sessions: 1: run it" in out
     bad = good + [doctor.fail("BTF", "missing", "install it")]
-    monkeypatch.setattr(doctor, "run", lambda path, repair: bad)
+    monkeypatch.setattr(doctor, "run", lambda path, repair, unload: bad)
     code, out, err = run(capsys, "doctor")
     assert code == 1 and "FAIL  BTF: missing: install it" in out
     assert "recording cannot work" in one_error_line(err)

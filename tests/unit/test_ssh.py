@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from enhrec_wrap.cli import wrap as cli
+from enhrec_wrap.cli import wrap_command as cli
 from enhrec_wrap.login import ssh
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.host.privileges import Account

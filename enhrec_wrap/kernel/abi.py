@@ -1,0 +1,57 @@
+"""The constants the BPF programs and the Python side share, read from bpf_programs/enhrec.h.
+
+enhrec.h is their one source: every integer `#define NAME value` in it becomes an attribute of
+this module (abi.RECORD_EXEC, abi.STREAM_DISK, ...), read from the installed header when this
+module is first imported. Nothing here declares a value a second time; the names the Python side
+relies on are listed in REQUIRED, so that a header without one fails at import, not at run time.
+"""
+
+import os
+import re
+
+_TRACEPOINT_PROBE = re.compile(rb"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
+_DEFINE = re.compile(rb"^#define\s+([A-Z][A-Z0-9_]*)\s+(-?(?:0x[0-9a-fA-F]+|\d+))\b", re.MULTILINE)
+
+# What the Python side reads; enhrec.h must define each of them.
+REQUIRED = (
+    "RECORD_EXEC", "RECORD_EXEC_RESULT", "RECORD_OPEN", "RECORD_CONNECT",
+    "STREAM_COMMAND", "STREAM_DISK", "STREAM_NETWORK", "STREAM_COMMAND_RESULT", "STREAM_COUNT",
+    "ARG_READ_MAX", "ARGV_TOO_MANY", "ARGV_DATA_FULL", "ARGV_UNREADABLE",
+    "CONNECT_TCP", "CONNECT_NO_SYSCALL", "MAX_SESSIONS",
+)
+
+
+def program_dir() -> str:
+    """The installed bpf_programs package's directory (importlib.resources: 6 ms to import)."""
+    import enhrec_wrap.bpf_programs
+    return os.path.dirname(os.path.abspath(enhrec_wrap.bpf_programs.__file__))
+
+
+def read_header() -> bytes:
+    with open(os.path.join(program_dir(), "enhrec.h"), "rb") as f:
+        return f.read()
+
+
+def tracepoints() -> list[tuple[str, str]]:
+    """(category, event) of every tracepoint program in recorder.c: what `enhrec doctor` checks
+    the kernel has before anything is compiled. (A loaded set lists its own, host.py's meta.)"""
+    with open(os.path.join(program_dir(), "recorder.c"), "rb") as f:
+        return [(c.decode(), e.decode()) for c, e in _TRACEPOINT_PROBE.findall(f.read())]
+
+
+def parse_defines(header: bytes) -> dict[str, int]:
+    return {name.decode(): int(value, 0) for name, value in _DEFINE.findall(header)}
+
+
+def _load():
+    defines = parse_defines(read_header())
+    missing = [name for name in REQUIRED if name not in defines]
+    if missing:
+        raise ImportError(f"bpf_programs/enhrec.h lacks {', '.join(missing)}: reinstall enhrec-wrap")
+    globals().update(defines)
+
+
+_load()
+
+# The ring buffers a session has, by stream number: each is named <stream>_rings in the programs.
+RING_STREAM_NAMES = {STREAM_COMMAND: "command", STREAM_DISK: "disk", STREAM_NETWORK: "network"}  # noqa: F821

@@ -1,0 +1,147 @@
+"""Compiling the recorder's programs with BCC: only when the compiled-program cache has no entry
+for them (the first session after an install, a kernel or a BCC change).
+
+BCC compiles bpf_programs/recorder.c against kernel headers (the running kernel's, or the
+fallback `make install` builds), loads it and attaches its tracepoints. We keep only what it
+produced: each program's instructions, the maps' definitions and the record layouts (the cache
+entry, see program_cache.py), and let BCC go. The programs the host runs are always loaded from
+such an entry (host.py), never kept from BCC, so the first session and every later one run the
+same code path.
+"""
+
+import ctypes as ct
+import fcntl
+import os
+import subprocess
+
+from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.kernel.decode import record_fields
+from enhrec_wrap.kernel.program_cache import CACHE_FORMAT
+from enhrec_wrap.kernel.syscalls import PERF_EVENT_IOC_DISABLE
+
+FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
+DOCTOR_HINT = "run `enhrec doctor` for a full check"
+# BCC's attachments are handed to this helper for their last close (detach_tracepoints).
+HOLD_SECONDS = 2
+HOLDER = ["/bin/sleep", str(HOLD_SECONDS)]
+
+
+def kernel_headers() -> str | None:
+    """The directory BCC should compile against, or None when the running kernel has its own."""
+    if os.path.isdir(f"/lib/modules/{os.uname().release}/build"):
+        return None
+    if os.path.isdir(os.path.join(FALLBACK_HEADERS, "include")):
+        return FALLBACK_HEADERS
+    raise EnhrecError(
+        f"no kernel headers for {os.uname().release}: install them, or run `make install` "
+        f"to build the fallback in {FALLBACK_HEADERS}")
+
+
+def compile_entry(program_dir: str, defines: list[str]) -> dict:
+    """Compiles recorder.c with BCC; returns the cache entry describing the result."""
+    try:
+        from bcc import BPF
+        from bcc.libbcc import lib
+    except ImportError:
+        raise EnhrecError("BCC is not installed: install Debian's python3-bpfcc "
+                          "(`make install` does)") from None
+    headers = kernel_headers()
+    for name in [n for n in os.environ if n.startswith("BCC_")]:
+        del os.environ[name]   # only our own choice of headers, never an inherited one
+    if headers:
+        os.environ["BCC_KERNEL_SOURCE"] = headers
+    try:
+        bpf = BPF(src_file=os.path.join(program_dir, "recorder.c").encode(),
+                  cflags=[f"-I{program_dir}", *defines])
+    except Exception as e:   # BCC raises plain Exception for compile, load and attach
+        raise EnhrecError(f"cannot load the BPF programs: {_first_line(e)}: "
+                          f"{DOCTOR_HINT}") from None
+    try:
+        return describe(bpf, lib)
+    except Exception as e:   # noqa: BLE001 - BCC's module is C; anything odd there is fatal
+        raise EnhrecError(f"cannot read the compiled BPF programs ({_first_line(e)}): "
+                          f"{DOCTOR_HINT}") from None
+    finally:
+        detach_tracepoints(list(bpf.tracepoint_fds.values()))
+        bpf.tracepoint_fds.clear()   # detached above
+        bpf.cleanup()
+        release_compiler_memory()
+
+
+def describe(bpf, lib) -> dict:
+    """The cache entry of a BCC-loaded module: its maps (with the fds its code refers to), its
+    tracepoint programs' instructions, its license and the record layouts."""
+    module = bpf.module
+    lib.bpf_num_tables.restype = ct.c_size_t
+    lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    lib.bpf_table_name.restype = ct.c_char_p
+    lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_ulonglong]
+    lib.bpf_table_fd_id.restype = ct.c_int
+    lib.bpf_table_fd_id.argtypes = [ct.c_void_p, ct.c_ulonglong]
+    for name in ("bpf_table_key_size_id", "bpf_table_leaf_size_id"):
+        getattr(lib, name).restype = ct.c_size_t
+        getattr(lib, name).argtypes = [ct.c_void_p, ct.c_ulonglong]
+    maps = []
+    for i in range(lib.bpf_num_tables(module)):
+        maps.append({
+            "name": lib.bpf_table_name(module, i).decode(),
+            "fd": lib.bpf_table_fd_id(module, i),
+            "type": lib.bpf_table_type_id(module, i),
+            "key_size": lib.bpf_table_key_size_id(module, i),
+            "value_size": lib.bpf_table_leaf_size_id(module, i),
+            "max_entries": lib.bpf_table_max_entries_id(module, i),
+            "flags": lib.bpf_table_flags_id(module, i),
+        })
+    programs = []
+    for i in range(lib.bpf_num_functions(module)):
+        name = lib.bpf_function_name(module, i)
+        if not name.startswith(b"tracepoint__"):
+            continue
+        start = lib.bpf_function_start(module, name)
+        size = lib.bpf_function_size(module, name)
+        programs.append({
+            "name": name.decode(),
+            "tracepoint": name[len(b"tracepoint__"):].replace(b"__", b":").decode(),
+            "insns": ct.string_at(start, size).hex(),
+        })
+    if len(programs) != len(bpf.tracepoint_fds):
+        raise ValueError("not every attached program was found")
+    return {"format": CACHE_FORMAT, "license": lib.bpf_module_license(module).decode(),
+            "maps": maps, "programs": programs, "fields": record_fields(bpf)}
+
+
+def release_compiler_memory():
+    """Gives back to the system the heap LLVM freed after compiling (about 25 MB of RSS)."""
+    try:
+        ct.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def detach_tracepoints(fds):
+    """Stops BCC's attachments now, and leaves the kernel's slow part to a helper process.
+
+    The last close of a tracepoint's perf event unregisters it and waits for RCU grace periods,
+    under the kernel's event_mutex, one tracepoint after the other: 17 x ~40 ms, 0.7 s
+    (docs/PERFORMANCE.md). So: disable each event (immediate: no program runs after this) and
+    hand the fds to a `sleep` that holds them for HOLD_SECONDS, in a session of its own; its
+    exit does the final closes while the first session goes on."""
+    if not fds:
+        return
+    for fd in fds:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_DISABLE, 0)
+    try:
+        # Only these fds: close_fds, so it holds nothing else of ours.
+        subprocess.Popen(HOLDER, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, pass_fds=fds, close_fds=True,
+                         start_new_session=True)
+    except OSError:
+        pass   # no helper: we pay for the closes ourselves
+    finally:
+        for fd in fds:
+            os.close(fd)   # not the last reference while the helper holds them
+
+
+def _first_line(error) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,362 @@
+"""The host's one set of recorder programs, shared by every session.
+
+The first session on a boot (or after an upgrade) loads the programs - from the compiled-program
+cache, or compiled with BCC when it has no entry for them - attaches each one through a bpf link,
+and pins the links and the maps in bpffs under PIN_ROOT/<version>. The version is the programs'
+cache key (program_cache.cache_key: their sources, defines, the kernel build and BCC), so a
+session only ever finds programs built from its own code for this kernel. Later sessions open
+the pins: no compile, no verifier, no attach.
+
+Because the links are pinned, no session owns an attachment: a recorder that dies (SIGKILL, OOM)
+releases nothing slow in the kernel (each perf-event release waits for an RCU grace period, up to
+a second for the 13 of them), and its watchdog sees it gone at once.
+
+A session is known to the programs by its cgroup id: it creates its own ring buffers and puts them
+in the command_rings, disk_rings and network_rings maps under that id (rings.py). Each program
+then costs a task outside every session one hash lookup, the same with 1 or 100 sessions.
+
+What is pinned, and which sessions are registered, changes only under HostLock (an flock of
+PIN_ROOT): two first sessions that start together end up with one set, and a session never
+registers with a set that is being unloaded. When the last session ends, it starts an idle timer
+(idle.py) that unloads the set after `idle_unload_seconds` unless a session registered meanwhile
+(the set's generation counter moved): an idle host pays nothing.
+"""
+
+import ctypes as ct
+import fcntl
+import json
+import os
+import struct
+import threading
+import time
+
+from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.kernel import abi, program_cache
+from enhrec_wrap.kernel.syscalls import (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH_OF_MAPS,
+                                         BPF_MAP_TYPE_RINGBUF, BPF_PERF_EVENT,
+                                         BPF_PROG_TYPE_TRACEPOINT, TRACEFS, link_create,
+                                         map_create, map_keys, map_lookup, map_update, obj_get,
+                                         obj_pin, prog_load, raise_memlock, relocate,
+                                         tracepoint_event)
+
+BPFFS = "/sys/fs/bpf"
+PIN_ROOT = os.path.join(BPFFS, "enhrec-wrap")
+# The maps a session uses; the rest are the programs' own.
+SESSION_MAPS = ("session_rings", "lost_events", "parents")
+RING_KEY = struct.Struct("=QII")   # struct ring_key in enhrec.h
+# Two maps of ours beside the programs': what was loaded (the record layouts a session decodes
+# with, so that the pinned set describes itself), and the count of sessions registered so far.
+META_MAP, GENERATION_MAP = "meta", "generation"
+META_BYTES = 64 << 10
+# bpffs refuses names with a dot: pins are named map-<name> and link-<category>-<event>, and a
+# set being built has this prefix until it is complete.
+BUILDING = "building-"
+DOCTOR_HINT = "run `enhrec doctor` for a full check"
+
+
+def possible_cpus() -> int:
+    """The number of possible CPUs (not online ones): BPF per-CPU slots are indexed by them."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        last = f.read().strip().split(",")[-1].split("-")[-1]
+    return int(last) + 1
+
+
+def defines(cpus: int) -> list[str]:
+    """What recorder.c is compiled with (its header comment lists them)."""
+    return [f"-DPOSSIBLE_CPUS={cpus}"]
+
+
+def program_version() -> str:
+    """The version of the programs this code loads: their cache key."""
+    program_dir = abi.program_dir()
+    with open(os.path.join(program_dir, "recorder.c"), "rb") as f:
+        source = f.read()
+    return program_cache.cache_key(source, abi.read_header(), defines(possible_cpus()))
+
+
+# -- bpffs and the lock ------------------------------------------------------------------------
+
+def ensure_bpffs():
+    """bpffs at /sys/fs/bpf, where the links and maps are pinned (a host without systemd does not
+    mount it). Mounted once and never unmounted: others may pin there too."""
+    if _is_mount_of(BPFFS, "bpf"):
+        return
+    libc = ct.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
+        err = ct.get_errno()
+        raise EnhrecError(f"cannot mount bpffs on {BPFFS}: {os.strerror(err)}: mount it with "
+                          f"`mount -t bpf bpf {BPFFS}` ({DOCTOR_HINT})")
+
+
+def ensure_tracefs():
+    """Tracepoints are attached through tracefs; a host without systemd may not mount it."""
+    if os.path.isdir(os.path.join(TRACEFS, "events")):
+        return
+    libc = ct.CDLL(None, use_errno=True)
+    if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None) != 0:
+        err = ct.get_errno()
+        raise EnhrecError(f"cannot mount tracefs on {TRACEFS}: {os.strerror(err)}: "
+                          f"mount it with `mount -t tracefs tracefs {TRACEFS}`")
+
+
+def _is_mount_of(path: str, fstype: str) -> bool:
+    with open("/proc/self/mountinfo") as mounts:
+        for line in mounts:
+            left, _, right = line.partition(" - ")
+            if left.split()[4] == path and right.split()[0] == fstype:
+                return True
+    return False
+
+
+class HostLock:
+    """Exclusive hold of PIN_ROOT while the pinned set or its sessions change."""
+
+    def __enter__(self):
+        ensure_bpffs()
+        try:
+            os.makedirs(PIN_ROOT, mode=0o700, exist_ok=True)
+            self.fd = os.open(PIN_ROOT, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as e:
+            raise EnhrecError(f"cannot lock {PIN_ROOT}: {e.strerror}: {DOCTOR_HINT}") from None
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+# -- the set -----------------------------------------------------------------------------------
+
+class HostPrograms:
+    """One pinned set of programs, opened: the fds of the maps sessions use, and the record
+    layouts. Only ever made under a HostLock."""
+
+    def __init__(self, version: str, maps: dict[str, int], meta: dict):
+        self.version = version
+        self.maps = maps
+        self.fields = meta["fields"]
+        self.cpus = meta["cpus"]
+
+    @property
+    def pin_dir(self) -> str:
+        return os.path.join(PIN_ROOT, self.version)
+
+    @classmethod
+    def open_or_load(cls) -> "HostPrograms":
+        """The set of this code's version: opened if pinned, else loaded and pinned. Sets of other
+        versions that no session uses any more are unloaded on the way. The caller holds the
+        HostLock."""
+        version = program_version()
+        host = cls.open(version)
+        if host is None:
+            remove_leftovers()
+            host = cls._load(version)
+        for other in pinned_versions():
+            if other != version:
+                unload_if_unused(other)
+        return host
+
+    @classmethod
+    def open(cls, version: str) -> "HostPrograms | None":
+        directory = os.path.join(PIN_ROOT, version)
+        if not os.path.isdir(directory):
+            return None
+        maps = {}
+        try:
+            for name in SESSION_MAPS + (GENERATION_MAP, META_MAP):
+                maps[name] = obj_get(os.path.join(directory, f"map-{name}"))
+            meta = read_meta(maps.pop(META_MAP))
+        except (OSError, ValueError):
+            for fd in maps.values():
+                os.close(fd)
+            unload(version)   # damaged (a load that died half way): load it again
+            return None
+        return cls(version, maps, meta)
+
+    @classmethod
+    def _load(cls, version: str) -> "HostPrograms":
+        ensure_tracefs()
+        entry = program_cache.read_cache(version)
+        if entry is None:
+            from enhrec_wrap.kernel.compiler import compile_entry   # BCC: only on a cache miss
+            entry = compile_entry(abi.program_dir(), defines(possible_cpus()))
+            program_cache.write_cache(version, entry)
+        build = os.path.join(PIN_ROOT, f"{BUILDING}{version}-{os.getpid()}")
+        try:
+            _pin_entry(entry, build)
+            os.rename(build, os.path.join(PIN_ROOT, version))
+        except OSError as e:
+            _remove_pins(build)
+            raise EnhrecError(f"cannot load the BPF programs: {e.strerror}: {DOCTOR_HINT}") from None
+        host = cls.open(version)
+        if host is None:
+            raise EnhrecError(f"the BPF programs pinned in {PIN_ROOT}/{version} cannot be "
+                              f"opened: {DOCTOR_HINT}")
+        return host
+
+    def next_generation(self) -> int:
+        """Counts a session registering; returns the new count."""
+        fd = self.maps[GENERATION_MAP]
+        count = struct.unpack("=Q", map_lookup(fd, b"\0\0\0\0", 8))[0] + 1
+        map_update(fd, b"\0\0\0\0", struct.pack("=Q", count))
+        return count
+
+    def generation(self) -> int:
+        return struct.unpack("=Q", map_lookup(self.maps[GENERATION_MAP], b"\0\0\0\0", 8))[0]
+
+    def sessions(self) -> list[int]:
+        """The cgroup ids of the sessions registered now."""
+        keys = map_keys(self.maps["session_rings"], RING_KEY.size)
+        return sorted({RING_KEY.unpack(k)[0] for k in keys})
+
+    def close(self):
+        for fd in self.maps.values():
+            os.close(fd)
+        self.maps = {}
+
+
+def read_meta(fd: int) -> dict:
+    try:
+        raw = map_lookup(fd, b"\0\0\0\0", META_BYTES)
+    finally:
+        os.close(fd)
+    meta = json.loads(raw.rstrip(b"\0"))
+    if not isinstance(meta, dict) or meta.get("format") != program_cache.CACHE_FORMAT:
+        raise ValueError("not a set of ours")
+    return meta
+
+
+def pinned_versions() -> list[str]:
+    try:
+        names = os.listdir(PIN_ROOT)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if not n.startswith(BUILDING))
+
+
+def unload_if_unused(version: str) -> bool:
+    """Unloads a pinned set that no session uses; the caller holds the HostLock."""
+    host = HostPrograms.open(version)
+    if host is None:
+        return True
+    try:
+        if host.sessions():
+            return False
+    finally:
+        host.close()
+    unload(version)
+    return True
+
+
+def unload(version: str):
+    """Removes a set's pins: its links go, and with them the attachments (the kernel releases
+    them in the background)."""
+    _remove_pins(os.path.join(PIN_ROOT, version))
+
+
+def remove_leftovers():
+    """Half-built sets of loads that died; the caller holds the HostLock."""
+    try:
+        names = os.listdir(PIN_ROOT)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(BUILDING):
+            _remove_pins(os.path.join(PIN_ROOT, name))
+
+
+def _remove_pins(directory: str):
+    """Best effort: what cannot be removed is found again by the next load or unload."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
+
+
+# -- loading a set from its cache entry --------------------------------------------------------
+
+def _pin_entry(entry: dict, directory: str):
+    """Creates the entry's maps, loads and attaches its programs, and pins all of it in
+    `directory`. Raises OSError (KeyError/ValueError for an entry that is not one of ours)."""
+    raise_memlock()
+    os.mkdir(directory, 0o700)
+    owned = []
+    try:
+        new_fd = {}
+        # The ring template first: the *_rings maps are made with it as their inner map.
+        maps = sorted(entry["maps"], key=lambda m: m["type"] != BPF_MAP_TYPE_RINGBUF)
+        template = None
+        for m in maps:
+            inner = template if m["type"] == BPF_MAP_TYPE_HASH_OF_MAPS else 0
+            fd = map_create(m["type"], m["key_size"], m["value_size"], m["max_entries"],
+                            m["flags"], m["name"], inner_map_fd=inner or 0)
+            owned.append(fd)
+            if m["type"] == BPF_MAP_TYPE_RINGBUF:
+                template = fd
+            new_fd[m["fd"]] = fd
+            obj_pin(fd, os.path.join(directory, f"map-{m['name']}"))
+        loads = [(p, relocate(bytes.fromhex(p["insns"]), new_fd)) for p in entry["programs"]]
+        for p, prog_fd in _load_all(loads, entry["license"], owned):
+            category, event = p["tracepoint"].split(":")
+            perf_fd = tracepoint_event(category, event)
+            owned.append(perf_fd)
+            link_fd = link_create(prog_fd, perf_fd, BPF_PERF_EVENT)
+            owned.append(link_fd)
+            obj_pin(link_fd, os.path.join(directory, f"link-{category}-{event}"))
+        _pin_own_maps(entry, directory, owned)
+    except (KeyError, ValueError, TypeError) as e:
+        raise OSError(0, f"the cached programs are not usable ({e})") from None
+    finally:
+        for fd in owned:
+            os.close(fd)
+
+
+def _pin_own_maps(entry: dict, directory: str, owned: list):
+    generation = map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, GENERATION_MAP)
+    owned.append(generation)
+    obj_pin(generation, os.path.join(directory, f"map-{GENERATION_MAP}"))
+    meta = json.dumps({"format": program_cache.CACHE_FORMAT, "fields": entry["fields"],
+                       "cpus": possible_cpus(), "loaded": time.time(),
+                       "programs": [p["tracepoint"] for p in entry["programs"]]}).encode()
+    if len(meta) > META_BYTES:
+        raise ValueError("the record layouts do not fit the meta map")
+    fd = map_create(BPF_MAP_TYPE_ARRAY, 4, META_BYTES, 1, 0, META_MAP)
+    owned.append(fd)
+    map_update(fd, b"\0\0\0\0", meta.ljust(META_BYTES, b"\0"))
+    obj_pin(fd, os.path.join(directory, f"map-{META_MAP}"))
+
+
+def _load_all(loads, license, owned):
+    """Loads the programs, the verifier working on two of them at once: the exec programs'
+    argument loop takes it 20 ms each, most of a load (the syscall drops the GIL).
+    Returns [(program, fd)] in order; every fd made is in `owned`, also when one fails."""
+    results = [None] * len(loads)
+    errors = []
+
+    def load(indices):
+        for i in indices:
+            p, insns = loads[i]
+            try:
+                results[i] = prog_load(BPF_PROG_TYPE_TRACEPOINT, insns, license, p["name"])
+            except OSError as e:
+                errors.append(e)
+                return
+    # The longest first, dealt out alternately: the two big ones land on different threads.
+    order = sorted(range(len(loads)), key=lambda i: -len(loads[i][1]))
+    helper = threading.Thread(target=load, args=(order[1::2],))
+    helper.start()
+    load(order[0::2])
+    helper.join()
+    owned.extend(fd for fd in results if fd is not None)
+    if errors:
+        raise errors[0]
+    return [(p, fd) for (p, _), fd in zip(loads, results)]

@@ -1,0 +1,75 @@
+"""Unloading the host's programs when no session has used them for a while.
+
+The session that leaves the programs without sessions starts a timer: a detached process that
+sleeps `idle_unload_seconds`, then, under the HostLock, unloads the set if it is still unused and
+no session registered meanwhile (the set's generation is the one the timer was given). Each
+ending last session starts one; the ones whose generation is stale do nothing. Until then the
+programs stay attached, so the next session starts without loading them, and afterwards an idle
+host runs none of them: every syscall on it is back on its fast path.
+
+Run as `python -I -m enhrec_wrap.kernel.idle VERSION GENERATION` (after a `sleep`, by
+start_if_last), or with `--now` to unload every set no session uses at once (`make uninstall`,
+`enhrec doctor --unload`): exit status 1 when a set is left because sessions use it.
+"""
+
+import subprocess
+import sys
+
+from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.kernel.host import (HostLock, HostPrograms, pinned_versions, remove_leftovers,
+                                     unload, unload_if_unused)
+
+
+def start_if_last(host: HostPrograms, seconds: float) -> bool:
+    """Starts the timer when no session is registered any more; the caller holds the HostLock."""
+    if host.sessions():
+        return False
+    # The sleep is a shell's, so that the timer costs a megabyte while it waits, not a Python.
+    subprocess.Popen(["/bin/sh", "-c", 'sleep "$0" && exec "$1" -I -m enhrec_wrap.kernel.idle "$2" "$3"',
+                      str(seconds), sys.executable, host.version, str(host.generation())],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd="/")
+    return True
+
+
+def unload_if_idle(version: str, generation: int) -> bool:
+    with HostLock():
+        host = HostPrograms.open(version)
+        if host is None:
+            return True
+        try:
+            if host.sessions() or host.generation() != generation:
+                return False
+        finally:
+            host.close()
+        unload(version)
+        return True
+
+
+def unload_unused() -> tuple[int, list[str]]:
+    """Unloads every set no session uses: (how many, the versions left loaded)."""
+    with HostLock():
+        unloaded = sum(unload_if_unused(version) for version in pinned_versions())
+        remove_leftovers()
+        return unloaded, pinned_versions()
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--now"]:
+        _, left = unload_unused()
+        if left:
+            print(f"enhrec-wrap: {len(left)} set(s) of kernel programs still used by sessions: "
+                  "end them first (`enhrec doctor` lists them)", file=sys.stderr)
+            return 1
+        return 0
+    version, generation = argv[0], int(argv[1])
+    try:
+        unload_if_idle(version, generation)
+    except EnhrecError:
+        return 1   # left loaded: the next session's end, or `enhrec doctor --unload`, tries again
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""A session's kernel side: its own ring buffers, registered under its cgroup id with the host's
+one set of programs (kernel/host.py), read into Teleport events.
+
+    Recording.start()  the programs opened (or loaded, for the host's first session), the
+                       session's rings created, and their registration begun
+    wait_registered()  from its return on, every exec, open and connect of the cgroup's tasks
+                       lands in the rings: before the session's child may run
+    poll() / drain()   batches of decoded records; events() turns them into events
+    close()            the rings taken out of the programs' maps; the last session to leave
+                       starts the idle timer that unloads the programs (kernel/idle.py)
+
+Registering, and taking the rings out again, each cost an RCU grace period in the kernel (13 ms
+here, see host.py): the registration runs in a thread while the rest of the session is set up,
+and at a normal end the watchdog takes them out (release()) while the wrapper exits.
+"""
+
+import threading
+
+from enhrec_wrap.events import teleport as events
+from enhrec_wrap.kernel import idle
+from enhrec_wrap.kernel.decode import Decoder
+from enhrec_wrap.kernel.host import HostLock, HostPrograms
+from enhrec_wrap.kernel.rings import RECORD_TYPES, RingReader, SessionRings, ring_bytes
+from enhrec_wrap.session import ledger as ledger_module
+
+
+class Recording:
+    def __init__(self, host: HostPrograms, rings: SessionRings, ledger):
+        self.host = host
+        self.rings = rings
+        self.decoder = Decoder(fields=host.fields)
+        self.reader = RingReader(rings, self.decoder, ledger)
+        self.kernel = events.KernelEvents()
+        self._registration = threading.Thread(target=self._register, name="register")
+        self._registration_failure = None
+
+    @classmethod
+    def start(cls, config, cgroup_id: int, ledger) -> "Recording":
+        with HostLock():
+            host = HostPrograms.open_or_load()
+            try:
+                rings = SessionRings.create(host, cgroup_id, ring_bytes(config, host.cpus))
+            except BaseException:
+                host.close()
+                raise
+        recording = cls(host, rings, ledger)
+        recording._registration.start()
+        return recording
+
+    def _register(self):
+        try:
+            with HostLock():
+                self.rings.register()
+        except Exception as e:  # noqa: BLE001 - raised again in the main thread
+            self._registration_failure = e
+
+    def wait_registered(self):
+        self._registration.join()
+        if self._registration_failure is not None:
+            raise self._registration_failure
+
+    @property
+    def version(self) -> str:
+        return self.host.version
+
+    def wake_on(self, fd: int):
+        self.reader.wake_on(fd)
+
+    def set_parent(self, child_pid: int, parent_pid: int):
+        self.rings.set_parent(child_pid, parent_pid)
+
+    def poll(self, timeout: float, flush: bool) -> list:
+        return self.reader.poll(timeout, flush)
+
+    def drain(self) -> list:
+        return self.reader.drain()
+
+    def events(self, records: list, factory) -> list:
+        """The events of a batch of records, numbered by the factory, in time order."""
+        return self.kernel.events(records, self.decoder, factory)
+
+    def unfinished(self, factory) -> list:
+        """Execs whose result never came, as events: at the end."""
+        completed = sorted(self.kernel.unfinished(), key=lambda item: item[1])
+        make, offset = factory.make_from, factory.monotonic_to_epoch_ns
+        return [make(kind, ts + offset, fields) for kind, ts, fields in completed]
+
+    def settled(self) -> list:
+        """Records accounted for by the events made so far, by type: all that were handed on
+        or dropped, but those the exec join still holds (ledger.py)."""
+        held = self.kernel.held_by_type()
+        reader = self.reader
+        return [reader.handed[t] + reader.dropped[t] - held.get(t, 0) for t in range(RECORD_TYPES)]
+
+    def undecodable(self) -> dict:
+        return dict(self.reader.undecodable)
+
+    def lost(self) -> dict:
+        """session.end's lost counts, at a normal end (everything taken was written)."""
+        return ledger_module.lost_fields(self.rings.kernel_lost(), self.reader.undecodable,
+                                         [0] * RECORD_TYPES)
+
+    def release_order(self, idle_unload_seconds: float) -> dict:
+        """What the watchdog needs to take the rings out after the wrapper has gone (release())."""
+        return {"version": self.host.version, "cgroup_id": self.rings.cgroup_id,
+                "idle_unload_seconds": idle_unload_seconds}
+
+    def close(self, idle_unload_seconds: float | None):
+        """Takes the rings out of the programs' maps, unless the watchdog is to (None)."""
+        if self._registration.ident is not None:
+            self._registration.join()
+        try:
+            if idle_unload_seconds is not None and self.rings.registered:
+                with HostLock():
+                    self.rings.unregister()
+                    idle.start_if_last(self.host, idle_unload_seconds)
+        finally:
+            self.reader.close()
+            self.rings.close()
+            self.host.close()
+
+
+def release(order: dict):
+    """Takes a session's rings out of the programs' maps: the watchdog's last act at a normal
+    end, while the wrapper is already gone."""
+    with HostLock():
+        host = HostPrograms.open(order["version"])
+        if host is None:
+            return
+        try:
+            SessionRings(host, order["cgroup_id"], {}).unregister()
+            idle.start_if_last(host, order["idle_unload_seconds"])
+        finally:
+            host.close()

@@ -1,0 +1,147 @@
+"""Ending a session whose recorder is gone, with everything that can still be known.
+
+Run by the session's watchdog once it has killed the session's processes (watchdog.py), so that
+nothing can add to the rings any more. From the ledger (ledger.py) it knows how far the recorder
+read each ring, what it had taken and not written, and whether it died writing a batch; from the
+rings it drains what the recorder never read; from the kernel's counters what was dropped. It
+writes those events and a session.end {incomplete: true} with exact lost counts to the daily log
+and the session files, takes the session out of the programs' maps, and removes its lock file.
+"""
+
+import fcntl
+import os
+import time
+import zlib
+
+from enhrec_wrap.events import teleport as events
+from enhrec_wrap.kernel import abi
+from enhrec_wrap.kernel.decode import Decoder
+from enhrec_wrap.kernel import idle
+from enhrec_wrap.kernel.host import HostLock, HostPrograms
+from enhrec_wrap.kernel.rings import RingReader, SessionRings
+from enhrec_wrap.log import layout, store
+from enhrec_wrap.log.auditlog import AuditLog
+from enhrec_wrap.session import ledger
+
+RECORDER_DIED = "recorder_died"
+REASONS = {
+    RECORDER_DIED: "the recorder died (killed, crashed or out of memory); its watchdog killed the "
+                   "session's processes and ended the session",
+}
+
+
+def finish(session: dict, state: ledger.State, reason: str, killed: int, lock_fd: int):
+    """Ends the session; `lock_fd` is its lock file, held, which is released (and removed once
+    session.end is written)."""
+    lock = store.OpenLock(session["lock_path"], lock_fd)
+    ended = False
+    try:
+        _settle_pending_batch(session, state)
+        envelope = session["envelope"]
+        factory = events.EventFactory(session["sid"], envelope["server_id"],
+                                      envelope["server_hostname"], envelope["login"],
+                                      envelope["user"])
+        factory.next_ei = state.next_ei
+        with HostLock():
+            host = HostPrograms.open(session["version"])
+            rings = SessionRings.adopt(host, session["cgroup_id"]) if host else None
+        made, lost = _drain(state, host, rings, factory)
+        fields = dict(session["end_fields"], session_stop=events.rfc3339(time.time_ns()),
+                      incomplete=True, incomplete_reason=REASONS[reason], end_reason=reason,
+                      killed_processes=killed, **lost)
+        unwritten = {"audit_log": state.unwritten_log, "session_files": state.unwritten_files}
+        if any(unwritten.values()):
+            fields["unwritten_events"] = {k: v for k, v in unwritten.items() if v}
+        made.append(factory.make(events.SESSION_END, **fields))
+        _write(session, made)
+        ended = True
+        if rings is not None:
+            with HostLock():
+                rings.unregister()
+                idle.start_if_last(host, session["idle_unload_seconds"])
+            rings.close()
+    finally:
+        lock.release(ended=ended)
+
+
+# --- the batch the recorder may have died writing -------------------------------------------
+
+def _settle_pending_batch(session: dict, state: ledger.State):
+    """Decides from the daily file whether the batch being written is all there (its CRC-32
+    matches), and settles it if so. A batch cut short is taken out of the file when nobody wrote
+    after it, and its events are lost (they are not settled, so they are counted)."""
+    if state.state != ledger.WRITING:
+        return
+    if not state.batch_length:   # died before the write began
+        state.next_ei = state.batch_first_ei
+        return
+    day = str(state.batch_day)
+    path = layout.day_file(session["log_dir"], session["server_id"],
+                           layout.day_start(f"{day[:4]}-{day[4:6]}-{day[6:]}"))
+    written = reuse_ei = False
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        fd = -1   # gone: what went to it went with it
+        reuse_ei = True
+    if fd >= 0:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (state.batch_dev, state.batch_ino):
+                reuse_ei = True   # the recorder was writing to a file since replaced
+            else:
+                data = os.pread(fd, state.batch_length, state.batch_offset)
+                if len(data) == state.batch_length and zlib.crc32(data) == state.batch_crc:
+                    written = True
+                elif st.st_size < state.batch_offset + state.batch_length:
+                    os.ftruncate(fd, state.batch_offset)   # nobody wrote after: take it out
+                    reuse_ei = True
+        finally:
+            os.close(fd)
+    if written:
+        state.settled, state.next_ei = state.batch_settled, state.batch_next_ei
+    else:
+        state.next_ei = state.batch_first_ei if reuse_ei else state.batch_next_ei
+
+
+# --- what the rings still hold --------------------------------------------------------------
+
+def _drain(state: ledger.State, host, rings, factory):
+    """The events of what the recorder never read, and the session.end lost counts."""
+    kernel_lost = dict.fromkeys(range(abi.STREAM_COUNT), 0)
+    undecodable = {s: state.undecodable[s] for s in abi.RING_STREAM_NAMES}
+    made = []
+    if rings is not None:
+        for stream, ring in rings.rings.items():
+            if ring.consumed < state.positions[stream]:
+                ring.release(state.positions[stream])   # the recorder took these: in the ledger
+        decoder = Decoder(fields=host.fields)
+        reader = RingReader(rings, decoder)
+        records = reader.drain()
+        kernel = events.KernelEvents(resolve_paths=False)
+        made = kernel.events(records, decoder, factory)
+        made += [factory.make_from(kind, ts + factory.monotonic_to_epoch_ns, fields)
+                 for kind, ts, fields in sorted(kernel.unfinished(), key=lambda e: e[1])]
+        for stream, count in reader.undecodable.items():
+            undecodable[stream] += count
+        kernel_lost = rings.kernel_lost()
+        reader.close()
+    unsettled = [taken - settled for taken, settled in zip(state.taken, state.settled)]
+    return made, ledger.lost_fields(kernel_lost, undecodable, unsettled)
+
+
+def _write(session: dict, made: list):
+    """To the daily log, then to new parts of the session files."""
+    lines = [events.encode(e) for e in made]
+    log = AuditLog(session["log_dir"], session["server_id"])
+    try:
+        log.write(lines)
+    finally:
+        log.close()
+    writer = store.SessionStore.continue_session(session["log_dir"], session["server_id"],
+                                                 session["sid"], store.last_parts(
+                                                     session["log_dir"], session["server_id"],
+                                                     session["sid"]))
+    writer.write(made, lines)
+    writer.close(ended=True)
