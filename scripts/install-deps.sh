@@ -34,6 +34,7 @@ test_packages=(
     rsync            # tests/e2e: rsync over ssh
     openssh-client   # tests/e2e: ssh, scp, sftp, ssh-keygen (openssh-server depends on it too)
     procps           # tests: ps, pgrep (openssh-server depends on it too)
+    bpftool          # tests/integration: counts the programs the host's sessions share
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }
