@@ -172,34 +172,36 @@ def is_live(log_dir: str, server_id: str, sid: str) -> bool:
         os.close(fd)
 
 
+def gzip_member(data: bytes) -> bytes:
+    """One batch as a whole gzip member: gzip files may hold any number of them, one after the
+    other (RFC 1952; zcat, Go's reader and ours read them all)."""
+    return zlib.compress(data, _LEVEL, _GZIP_WBITS)
+
+
 class _GzStream:
-    """One gzip file written in sync-flushed batches by one writer."""
+    """One gzip file written by one writer, a member per batch: each batch is complete on disk
+    once written (a recorder that dies leaves only whole members, and at most a torn last one),
+    and a batch of one kind of event is compressed once for events.gz and for its kind's file."""
 
     def __init__(self, path: str):
         self.path = path
         self.fd = open_private_file(path)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
-        self.zip = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
         self.broken = False
+        if self.size == 0:
+            self._put(gzip_member(b""))   # a valid gzip file from the start, even if empty
 
-    def append(self, data: bytes) -> None:
-        if not data:
-            return
-        self._put(self.zip.compress(data) + self.zip.flush(zlib.Z_SYNC_FLUSH))
+    def append(self, member: bytes) -> None:
+        self._put(member)
 
     def finish(self) -> None:
-        try:
-            if not self.broken:
-                self._put(self.zip.flush(zlib.Z_FINISH))
-        finally:
-            os.close(self.fd)
+        os.close(self.fd)
 
     def _put(self, chunk: bytes) -> None:
         try:
             write_all(self.fd, chunk)
         except OSError:
-            # Back to the end of the last whole batch: what is there stays a readable stream.
-            # The compressor has consumed the batch, so this stream cannot go on.
+            # Back to the end of the last whole batch: what is there stays a readable file.
             self.broken = True
             try:
                 os.ftruncate(self.fd, self.size)
@@ -314,21 +316,28 @@ class SessionStore:
                 self._cond.notify_all()
 
     def _write_batch(self, kinds: list[tuple[int, str]], lines: list[bytes]) -> None:
-        """kinds[i] is (ei, event type) of lines[i]."""
+        """kinds[i] is (ei, event type) of lines[i]. Each batch is compressed once for
+        events.gz, and again only for the kinds that are not all of it (a burst of one kind,
+        the bulk of a busy session, costs one compression, not two: docs/PERFORMANCE.md)."""
         batch_start = kinds[0][0]
-        batches = {ALL_EVENTS: (batch_start, b"".join(lines))}
+        whole = gzip_member(b"".join(lines))
+        batches = {ALL_EVENTS: (batch_start, whole)}
         for stream in KIND_STREAMS:
             picked = [(ei, line) for (ei, kind), line in zip(kinds, lines) if kind == stream]
-            if picked:
-                batches[stream] = (picked[0][0], b"".join(line for _, line in picked))
+            if len(picked) == len(lines):
+                batches[stream] = (batch_start, whole)
+            elif picked:
+                batches[stream] = (picked[0][0], gzip_member(b"".join(l for _, l in picked)))
         failure = None
         if not self._streams and not self._parts:
             # All four files from the first event on, so every session has the same layout.
             for stream in KIND_STREAMS:
-                batches.setdefault(stream, (batch_start, b""))
-        for stream, (first_ei, data) in batches.items():
+                batches.setdefault(stream, (batch_start, None))
+        for stream, (first_ei, member) in batches.items():
             try:
-                self._stream(stream, first_ei).append(data)
+                gz = self._stream(stream, first_ei)
+                if member is not None:
+                    gz.append(member)
             except OSError as err:
                 failure = failure or self._error(self._path(stream), err)
             except EnhrecError as err:

@@ -195,11 +195,25 @@ def test_session_events_from_the_store_in_ei_order(tmp_path):
 
 
 def test_session_events_of_a_crashed_recorder(tmp_path):
+    """Each batch is a whole gzip member: a recorder that dies between batches leaves files that
+    are complete up to its last batch."""
     root = tmp_path / "log"
     _store_session(root, SID, [[event(0, kind="session.start")], [event(1), event(2)]], close=False)
     log = reader.LogDir(str(root))
     stats = reader.Stats()
     assert [e["ei"] for e in reader.session_events(log, SID, stats)] == [0, 1, 2]
+    assert stats.truncated_files == []
+
+
+def test_a_batch_torn_by_a_crash_is_read_up_to_its_last_whole_member(tmp_path):
+    root = tmp_path / "log"
+    _store_session(root, SID, [[event(0, kind="session.start")], [event(1)]], close=False)
+    path = root / SERVER / layout.SESSION_FILES / f"{SID}-0.events.gz"
+    torn = gzip.compress(line(event(2)) + line(event(3)))
+    with open(path, "ab") as f:
+        f.write(torn[:len(torn) // 2])   # the recorder died in the middle of this write
+    stats = reader.Stats()
+    assert [e["ei"] for e in reader.session_events(reader.LogDir(str(root)), SID, stats)] == [0, 1]
     assert any(p.endswith("-0.events.gz") for p in stats.truncated_files)
 
 
