@@ -270,6 +270,16 @@ def command_line(e: dict) -> str:
     return line
 
 
+def result_of(e: dict):
+    """A kernel event's syscall result (0, an fd, or a negative errno); None when not known.
+    Schema 1 wrote a connect's as `return_code` and an exec's unknown result as null."""
+    if e.get("event") == NETWORK:
+        return e.get("connect_return_code", e.get("return_code"))
+    if e.get("return_code_unknown"):
+        return None
+    return e.get("return_code")
+
+
 def result_text(rc) -> str:
     if rc is None:
         return "result unknown"
@@ -296,7 +306,7 @@ def describe(e: dict) -> tuple[str, str, bool]:
     """(kind word, detail, failed) for one event, as one line of text."""
     kind = e.get("event", "?")
     word = KIND_WORDS.get(kind, safe(kind))
-    rc = e.get("return_code")
+    rc = result_of(e)
     failed = isinstance(rc, int) and rc < 0
     proc = f"[{e.get('pid', '?')}<{e.get('ppid', '?')}]"
     if kind == COMMAND:
@@ -527,7 +537,7 @@ def build_tree(events: list[dict]) -> list[Process]:
             p.ppid = e["ppid"]
         p.program = p.program or e.get("program")
         if kind == COMMAND:
-            rc = e.get("return_code")
+            rc = result_of(e)
             image = p.current()
             if image[0] is None and not image[1] and not image[2]:
                 image[0] = e
@@ -595,6 +605,12 @@ def missing_events(events: list[dict]) -> int:
     return (eis[-1] - eis[0] + 1 - len(eis)) if eis else 0
 
 
+# The fields `show --json` gives of each exec and connection: both schemas' result fields.
+EXEC_KEYS = ("path", "argv", "return_code", "return_code_unknown", "argv_truncated")
+CONNECT_KEYS = ("dst_addr", "dst_port", "src_addr", "src_port", "protocol", "version",
+                "connect_return_code", "return_code")
+
+
 def tree_as_dict(p: Process, t0: float | None) -> dict:
     def offset(e):
         t = epoch_of(e.get("time"))
@@ -608,14 +624,13 @@ def tree_as_dict(p: Process, t0: float | None) -> dict:
     execs, files, conns = [], [], []
     for command, opened, connected in p.images:
         if command is not None:
-            execs.append(brief(command, ("path", "argv", "return_code", "argv_truncated")))
+            execs.append(brief(command, EXEC_KEYS))
         for e in opened:
             if e.get("event") == COMMAND:
-                execs.append(brief(e, ("path", "argv", "return_code", "argv_truncated")))
+                execs.append(brief(e, EXEC_KEYS))
             else:
                 files.append(brief(e, ("path", "abs_path", "flags", "return_code")))
-        conns += [brief(e, ("dst_addr", "dst_port", "src_addr", "src_port", "protocol", "version",
-                            "return_code")) for e in connected]
+        conns += [brief(e, CONNECT_KEYS) for e in connected]
     return {"pid": p.pid, "ppid": p.ppid, "program": p.program, "execs": execs, "files": files,
             "connections": conns, "children": [tree_as_dict(c, t0) for c in p.children]}
 
@@ -697,7 +712,7 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
     def show_image(p: Process, n: int, image, pad: str):
         command, opened, connected = image
         if command is not None:
-            rc = command.get("return_code")
+            rc = result_of(command)
             tail = f"  {click.style(result_text(rc), fg='red')}" if rc is None or rc < 0 else ""
             arrow = "" if n == 0 else click.style("exec ", dim=True)
             lines.append(f"{pad}{click.style(offset(command), dim=True)} {arrow}"
@@ -717,12 +732,12 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
             if e.get("event") == COMMAND:   # failed exec: the image goes on
                 lines.append(f"{pad}    {click.style(offset(e), dim=True)} "
                              f"{click.style('exec failed', fg='red')} {command_line(e)}  "
-                             f"{click.style(result_text(e.get('return_code')), fg='red')}")
+                             f"{click.style(result_text(result_of(e)), fg='red')}")
                 continue
             if not all_files and is_routine(e):
                 hidden += 1
                 continue
-            rc = e.get("return_code")
+            rc = result_of(e)
             key = (e.get("abs_path") or e.get("path"), open_mode(e.get("flags")),
                    isinstance(rc, int) and rc < 0)
             if key in seen:
@@ -731,13 +746,13 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
             seen[key] = [e, 1]
         for (path, mode, failed), (e, count) in seen.items():
             times = f" (x{count})" if count > 1 else ""
-            err = f"  {click.style(result_text(e.get('return_code')), fg='red')}" if failed else ""
+            err = f"  {click.style(result_text(result_of(e)), fg='red')}" if failed else ""
             lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {safe(path)}{times}{err}")
         if hidden:
             note_text = f"({hidden} library and locale reads; --all-files shows them)"
             lines.append(f"{pad}    {click.style(note_text, dim=True)}")
         for e in connected:
-            rc = e.get("return_code")
+            rc = result_of(e)
             err = ""
             if rc is None or rc < 0:
                 err = f"  {click.style(result_text(rc), fg=None if rc == -errno.EINPROGRESS else 'red')}"

@@ -47,6 +47,7 @@ class Request:
     command: list[str] | None        # None: the account's login shell
     interactive: bool
     start_fields: dict = field(default_factory=dict)   # extra session.start fields (ssh)
+    connection_fields: dict = field(default_factory=dict)   # extra start and end fields (ssh)
     environment: dict = field(default_factory=dict)     # extra variables for the session
     cwd: str | None = None           # where it starts; None: home for the login shell, else ours
     client_fds: tuple = ()           # outputs whose reader vanishing means the client is gone
@@ -86,7 +87,7 @@ class Session:
         self.unwritten = {}          # sink -> events it could not take
         self.ended = False           # session.end is in both sinks
         self.factory = events.EventFactory(self.sid, self.server_id, config.nodename,
-                                           request.account.name, request.user)
+                                           request.account.name, request.user, config.cluster)
         self.kernel = events.KernelEvents()
         self.records = []
         self.cgroup = None
@@ -114,6 +115,7 @@ class Session:
         self.start_ns = time.time_ns()
         fields = {"interactive": self.request.interactive,
                   "enhanced_recording": self.config.enabled,
+                  "session_recording": events.SESSION_RECORDING,
                   "initial_command": list(self.request.command or []),
                   "schema_version": events.SCHEMA_VERSION}
         size = _terminal_size()
@@ -121,6 +123,7 @@ class Session:
             fields["size"] = size
         if self.cgroup:
             fields["cgroup_id"] = self.cgroup.id
+        fields.update(self.request.connection_fields)
         fields.update(self.request.start_fields)
         self._write([self.factory.make(events.SESSION_START, self.start_ns, **fields)], strict=True)
 
@@ -287,12 +290,14 @@ class Session:
             self._flush_records()
             self._write_kernel_events(self.kernel.unfinished())
         fields = {"enhanced_recording": self.config.enabled,
+                  "session_recording": events.SESSION_RECORDING,
                   "interactive": self.request.interactive,
                   "participants": [self.request.user],
                   "session_start": events.rfc3339(self.start_ns),
                   "session_stop": events.rfc3339(time.time_ns()),
                   "exit_status": exit_status,
-                  "schema_version": events.SCHEMA_VERSION}
+                  "schema_version": events.SCHEMA_VERSION,
+                  **self.request.connection_fields}
         if self.probes:
             lost = self.probes.lost_counts()
             fields["lost_events"] = {s: lost[s] for s in ("command", "disk", "network")}
