@@ -35,6 +35,7 @@ class Config:
 
     source: str = BUILT_IN_DEFAULTS
     nodename: str = dataclasses.field(default_factory=socket.gethostname)
+    cluster_name: str | None = None   # auth_service.cluster_name; None: see `cluster`
     data_dir: str = "/var/lib/teleport"
     enabled: bool = True
     command_buffer_size: int = 8
@@ -48,6 +49,12 @@ class Config:
     @property
     def log_dir(self) -> str:
         return layout.log_dir(self.data_dir)
+
+    @property
+    def cluster(self) -> str:
+        """The events' cluster_name: Teleport's auth_service.cluster_name when the file names one,
+        else the nodename (a host outside any Teleport cluster is a cluster of its own)."""
+        return self.cluster_name or self.nodename
 
 
 def load_config(path: str | None) -> Config:
@@ -222,6 +229,8 @@ def _one_of(*choices: str):
 
 # Each reader's key is also the name of the Config field it sets.
 _TELEPORT_KEYS = {"nodename": _name, "data_dir": _absolute_path}
+# Teleport's auth_service section is Teleport's alone: this key is read, any other tolerated.
+_AUTH_SERVICE_KEYS = {"cluster_name": _name}
 _RECORDING_KEYS = {
     "enabled": _boolean,
     "command_buffer_size": _pages,
@@ -244,8 +253,9 @@ _TELEPORT_TOLERATED = frozenset({
 })
 _RECORDING_TOLERATED = frozenset({"root_path"})
 
-# Teleport's sections are ignored whole, but an unknown top-level key is refused: a misspelt
-# `ssh_servce:` would otherwise drop its enhanced_recording settings without a word.
+# Teleport's sections are ignored (all but auth_service.cluster_name), while an unknown top-level
+# key is refused: a misspelt `ssh_servce:` would otherwise drop its enhanced_recording settings
+# without a word.
 _TOP_LEVEL = frozenset({
     "version", "teleport", "auth_service", "proxy_service", "ssh_service", "app_service",
     "db_service", "kubernetes_service", "windows_desktop_service", "discovery_service",
@@ -263,9 +273,11 @@ def _parse(path: str, text: str) -> Config:
                           f"(teleport:, ssh_service:, enhrec:, ...), got {_show(document)}")
     _check_keys(path, "", document, _TOP_LEVEL)
     ssh_service = _mapping(path, "ssh_service", document.get("ssh_service"))
+    auth_service = _mapping(path, "auth_service", document.get("auth_service"))
     values = {
         **_read_section(path, "teleport", document.get("teleport"),
                         _TELEPORT_KEYS, _TELEPORT_TOLERATED),
+        **_read_values(path, "auth_service", auth_service, _AUTH_SERVICE_KEYS),
         **_read_section(path, "ssh_service.enhanced_recording",
                         ssh_service.get("enhanced_recording"),
                         _RECORDING_KEYS, _RECORDING_TOLERATED),
@@ -277,6 +289,10 @@ def _parse(path: str, text: str) -> Config:
 def _read_section(path: str, where: str, value, readers: dict, tolerated: frozenset) -> dict:
     section = _mapping(path, where, value)
     _check_keys(path, where, section, readers.keys() | tolerated)
+    return _read_values(path, where, section, readers)
+
+
+def _read_values(path: str, where: str, section: dict, readers: dict) -> dict:
     values = {}
     for key, read in readers.items():
         # A key with no value means its default, as an empty value does in Teleport.

@@ -4,7 +4,7 @@
 Usage: demo_events.py [--no-print] [--expect NAME]... [--wait SECONDS] EVENTS_LOG SID
 
 Each line: time, event type, then for session.command `path argv return_code`, for session.disk
-`path flags return_code`, for session.network `dst_addr:dst_port return_code`. Exits 1 unless, for
+`path flags return_code`, for session.network `dst_addr:dst_port connect_return_code`. Exits 1 unless, for
 every --expect NAME, a session.command whose executed file is named NAME was recorded.
 Runs with Debian's /usr/bin/python3 and the standard library only.
 """
@@ -36,7 +36,7 @@ def read_session(log_path: str, sid: str) -> tuple[list[dict], int]:
 
 def describe(event: dict) -> str:
     kind = event.get("event", "?")
-    rc = f"rc={event.get('return_code')}"
+    rc = f"rc={event.get('connect_return_code' if kind == 'session.network' else 'return_code')}"
     if kind == "session.command":
         detail = f"{shlex.join([str(event.get('path')), *(event.get('argv') or [])])}  {rc}"
     elif kind == "session.disk":

@@ -100,6 +100,7 @@ def ssh_request(caller, user_name, command):
     login = ssh_login(account, os.environ)
     return Request(account=account, user=account.name, command=list(command) or login.command,
                    interactive=login.interactive, start_fields=login.start_fields,
+                   connection_fields=login.connection_fields,
                    environment=login.environment, cwd=working_directory(),
                    client_fds=(1, 2))
 

@@ -16,3 +16,14 @@ SESSION_END = (END, "T2004I")
 SESSION_COMMAND = (COMMAND, "T4000I")
 SESSION_DISK = (DISK, "T4001I")
 SESSION_NETWORK = (NETWORK, "T4002I")
+
+
+def result_of(event: dict):
+    """A kernel event's syscall result (0, an fd, or a negative errno); None when not known.
+    Schema 1 wrote a connect's as `return_code` and an exec's unknown result as null; schema 2
+    writes `connect_return_code`, and `return_code_unknown` (docs/events.md)."""
+    if event.get("event") == NETWORK:
+        return event.get("connect_return_code", event.get("return_code"))
+    if event.get("return_code_unknown"):
+        return None
+    return event.get("return_code")

@@ -12,10 +12,25 @@ from enhrec_wrap.events.kinds import (SESSION_COMMAND, SESSION_DISK, SESSION_END
 from enhrec_wrap.events.timestamps import rfc3339
 from enhrec_wrap.kernel import abi, decode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 AT_FDCWD = -100
 AF_INET6 = 10
+
+# Teleport's enums (events.proto): SessionNetwork.NetworkOperation is CONNECT 0, SEND 1;
+# EventAction is OBSERVED 0, DENIED 1 (we deny nothing).
+NETWORK_CONNECT = 0
+ACTION_OBSERVED = 0
+
+# session.command's return_code when the exec's result was not observed. Teleport's Go struct
+# has `int32 ReturnCode`: it decodes both `null` and a missing key as 0, success. This one is an
+# int32 (it decodes) and far outside execve's results (0 or -4095..-1), so no reader can take it
+# for success or for a real errno; `return_code_unknown: true` says what it means.
+RETURN_CODE_UNKNOWN = -2**31
+
+# Teleport's session_recording: how the terminal is recorded. "off": it is not (only kernel
+# events are); "node" once the terminal is recorded here, at the node.
+SESSION_RECORDING = "off"
 
 
 def text(raw: bytes) -> tuple[str, bool]:
@@ -75,10 +90,11 @@ class EventFactory:
     """Makes the events of one session: numbers them (`ei` 0, 1, 2 ... with no gaps) and gives
     each the envelope fields."""
 
-    def __init__(self, sid, server_id, hostname, login, user):
+    def __init__(self, sid, server_id, hostname, login, user, cluster_name):
         self.envelope = {
             "sid": sid, "namespace": "default", "server_id": server_id,
-            "server_hostname": hostname, "login": login, "user": user,
+            "server_hostname": hostname, "cluster_name": cluster_name, "login": login,
+            "user": user,
         }
         self.next_ei = 0
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; this turns it into wall-clock time.
@@ -237,7 +253,11 @@ class KernelEvents:
         fields = _process_fields(record, comm, escaped)
         fields["path"] = _text_field(filename, "path", escaped)
         fields["argv"] = [_text_field(a, f"argv.{i}", escaped) for i, a in enumerate(args[1:])]
-        fields["return_code"] = ret
+        if ret is None:
+            fields["return_code"] = RETURN_CODE_UNKNOWN
+            fields["return_code_unknown"] = True
+        else:
+            fields["return_code"] = ret
         fields["argv_truncated"] = cut
         if record["dirfd"] != AT_FDCWD:
             fields["dirfd"] = record["dirfd"]
@@ -282,13 +302,16 @@ class KernelEvents:
         fields["dst_addr"] = str(ipaddress.ip_address(record["daddr"][:size]))
         fields["dst_port"] = record["dport"]
         fields["version"] = version
+        fields["operation"] = NETWORK_CONNECT
+        fields["action"] = ACTION_OBSERVED
         fields["protocol"] = "tcp" if is_tcp else "other"
         if is_tcp and record["sport"]:
             fields["src_port"] = record["sport"]
+        # Not `return_code`: consumers of Teleport's events take that for the process's exit code.
         if record["flags"] & abi.CONNECT_NO_SYSCALL:
-            fields["return_code"] = None
+            fields["connect_return_code"] = None
         else:
-            fields["return_code"] = record["ret"]
+            fields["connect_return_code"] = record["ret"]
         if escaped:
             fields["escaped_fields"] = escaped
         return SESSION_NETWORK, record["ts_ns"], fields

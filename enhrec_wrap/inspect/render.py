@@ -11,7 +11,7 @@ import shlex
 
 import click
 
-from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START
+from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START, result_of
 from enhrec_wrap.events.timestamps import epoch_of, seconds_between
 from enhrec_wrap.inspect.text import (KIND_WORDS, O_ACCMODE, command_line, counted, duration_text,
                                       endpoint, host_of, human_time, open_mode, result_text, safe)
@@ -29,7 +29,7 @@ def describe(e: dict) -> tuple[str, str, bool]:
     """(kind word, detail, failed) for one event, as one line of text."""
     kind = e.get("event", "?")
     word = KIND_WORDS.get(kind, safe(kind))
-    rc = e.get("return_code")
+    rc = result_of(e)
     failed = isinstance(rc, int) and rc < 0
     proc = f"[{e.get('pid', '?')}<{e.get('ppid', '?')}]"
     if kind == COMMAND:
@@ -176,7 +176,7 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
     def show_image(p: Process, n: int, image, pad: str):
         command, opened, connected = image
         if command is not None:
-            rc = command.get("return_code")
+            rc = result_of(command)
             tail = f"  {click.style(result_text(rc), fg='red')}" if rc is None or rc < 0 else ""
             arrow = "" if n == 0 else click.style("exec ", dim=True)
             lines.append(f"{pad}{click.style(offset(command), dim=True)} {arrow}"
@@ -196,12 +196,12 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
             if e.get("event") == COMMAND:   # failed exec: the image goes on
                 lines.append(f"{pad}    {click.style(offset(e), dim=True)} "
                              f"{click.style('exec failed', fg='red')} {command_line(e)}  "
-                             f"{click.style(result_text(e.get('return_code')), fg='red')}")
+                             f"{click.style(result_text(result_of(e)), fg='red')}")
                 continue
             if not all_files and is_routine(e):
                 hidden += 1
                 continue
-            rc = e.get("return_code")
+            rc = result_of(e)
             key = (e.get("abs_path") or e.get("path"), open_mode(e.get("flags")),
                    isinstance(rc, int) and rc < 0)
             if key in seen:
@@ -210,13 +210,13 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
             seen[key] = [e, 1]
         for (path, mode, failed), (e, count) in seen.items():
             times = f" (x{count})" if count > 1 else ""
-            err = f"  {click.style(result_text(e.get('return_code')), fg='red')}" if failed else ""
+            err = f"  {click.style(result_text(result_of(e)), fg='red')}" if failed else ""
             lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {safe(path)}{times}{err}")
         if hidden:
             note_text = f"({hidden} library and locale reads; --all-files shows them)"
             lines.append(f"{pad}    {click.style(note_text, dim=True)}")
         for e in connected:
-            rc = e.get("return_code")
+            rc = result_of(e)
             err = ""
             if rc is None or rc < 0:
                 err = f"  {click.style(result_text(rc), fg=None if rc == -errno.EINPROGRESS else 'red')}"

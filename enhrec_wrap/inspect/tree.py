@@ -1,7 +1,7 @@
 """A session's processes as a tree: who started whom, what each ran (a successful exec starts a
 new image of the same process), and the files and connections of each image."""
 
-from enhrec_wrap.events.kinds import COMMAND, DISK, NETWORK
+from enhrec_wrap.events.kinds import COMMAND, DISK, NETWORK, result_of
 from enhrec_wrap.events.timestamps import epoch_of
 
 
@@ -35,7 +35,7 @@ def build_tree(events: list[dict]) -> list[Process]:
             p.ppid = e["ppid"]
         p.program = p.program or e.get("program")
         if kind == COMMAND:
-            rc = e.get("return_code")
+            rc = result_of(e)
             image = p.current()
             if image[0] is None and not image[1] and not image[2]:
                 image[0] = e
@@ -77,6 +77,12 @@ def _is_descendant(candidate: Process, ancestor: Process, procs: dict) -> bool:
     return False
 
 
+# The fields `show --json` gives of each exec and connection: both schemas' result fields.
+EXEC_KEYS = ("path", "argv", "return_code", "return_code_unknown", "argv_truncated")
+CONNECT_KEYS = ("dst_addr", "dst_port", "src_addr", "src_port", "protocol", "version",
+                "connect_return_code", "return_code")
+
+
 def tree_as_dict(p: Process, t0: float | None) -> dict:
     def offset(e):
         t = epoch_of(e.get("time"))
@@ -90,13 +96,12 @@ def tree_as_dict(p: Process, t0: float | None) -> dict:
     execs, files, conns = [], [], []
     for command, opened, connected in p.images:
         if command is not None:
-            execs.append(brief(command, ("path", "argv", "return_code", "argv_truncated")))
+            execs.append(brief(command, EXEC_KEYS))
         for e in opened:
             if e.get("event") == COMMAND:
-                execs.append(brief(e, ("path", "argv", "return_code", "argv_truncated")))
+                execs.append(brief(e, EXEC_KEYS))
             else:
                 files.append(brief(e, ("path", "abs_path", "flags", "return_code")))
-        conns += [brief(e, ("dst_addr", "dst_port", "src_addr", "src_port", "protocol", "version",
-                            "return_code")) for e in connected]
+        conns += [brief(e, CONNECT_KEYS) for e in connected]
     return {"pid": p.pid, "ppid": p.ppid, "program": p.program, "execs": execs, "files": files,
             "connections": conns, "children": [tree_as_dict(c, t0) for c in p.children]}

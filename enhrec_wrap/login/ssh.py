@@ -31,16 +31,16 @@ MAX_AUTH_INFO_BYTES = 64 * 1024
 class SshLogin:
     command: list[str] | None           # None: the login shell
     interactive: bool
-    start_fields: dict = field(default_factory=dict)
+    start_fields: dict = field(default_factory=dict)        # session.start only
+    connection_fields: dict = field(default_factory=dict)   # session.start and session.end
     environment: dict = field(default_factory=dict)
 
 
 def ssh_login(account: Account, environ, sftp_servers=SFTP_SERVERS) -> SshLogin:
     """The session sshd asked for, from the variables sudo kept."""
     original = environ.get("SSH_ORIGINAL_COMMAND")
-    fields = dict(addresses(environ.get("SSH_CONNECTION", "")))
     # As the reference records it: the command line as one string, not split.
-    fields["initial_command"] = [] if original is None else [original]
+    fields = {"initial_command": [] if original is None else [original]}
     auth_info = environ.get("SSH_USER_AUTH")
     if auth_info:
         fingerprint = key_fingerprint(read_auth_info(auth_info, account.uid))
@@ -49,7 +49,9 @@ def ssh_login(account: Account, environ, sftp_servers=SFTP_SERVERS) -> SshLogin:
     command = None if original is None else command_for(original, account.shell, sftp_servers)
     environment = {name: environ[name] for name in SESSION_VARIABLES if name in environ}
     return SshLogin(command=command, interactive=bool(environ.get("SSH_TTY")),
-                    start_fields=fields, environment=environment)
+                    start_fields=fields,
+                    connection_fields=connection_fields(environ.get("SSH_CONNECTION", "")),
+                    environment=environment)
 
 
 def command_for(original: str, shell: str, sftp_servers=SFTP_SERVERS) -> list[str]:
@@ -61,6 +63,16 @@ def command_for(original: str, shell: str, sftp_servers=SFTP_SERVERS) -> list[st
         if server is not None:
             return [server] + shlex.split(words[1] if len(words) > 1 else "")
     return [shell, "-c", original]
+
+
+def connection_fields(ssh_connection: str) -> dict:
+    """Teleport's connection fields of an SSH session: its addresses, `server_addr` (the
+    address sshd was reached at, as Teleport gives its node's) and `proto`."""
+    fields = addresses(ssh_connection)
+    if fields:
+        fields["server_addr"] = fields["addr.local"]
+    fields["proto"] = "ssh"
+    return fields
 
 
 def addresses(connection: str) -> dict:

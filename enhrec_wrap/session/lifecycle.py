@@ -22,6 +22,7 @@ from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.host.privileges import Account, drop_privileges
 from enhrec_wrap.log.store import SessionStore
+from enhrec_wrap.session.ledger import Ledger, new_page
 
 # The session's exit status (session.end's exit_status) when its command never ran, as env(1)
 # and shells give it: the forked child exits with it.
@@ -59,6 +60,7 @@ class Request:
     command: list[str] | None        # None: the account's login shell
     interactive: bool
     start_fields: dict = field(default_factory=dict)   # extra session.start fields (ssh)
+    connection_fields: dict = field(default_factory=dict)   # extra start and end fields (ssh)
     environment: dict = field(default_factory=dict)     # extra variables for the session
     cwd: str | None = None           # where it starts; None: home for the login shell, else ours
     client_fds: tuple = ()           # outputs whose reader vanishing means the client is gone
@@ -84,11 +86,13 @@ def child_argv(request: Request) -> tuple[str, list[str]]:
 
 
 class Session:
-    def __init__(self, config, request: Request, watchdog, clock=time.time):
+    def __init__(self, config, request: Request, watchdog=None, clock=time.time):
         self.config = config
         self.request = request
-        self.watchdog = watchdog     # forked at the wrapper's start (cli/wrap.py)
-        self.ledger = watchdog.ledger
+        # Forked at the wrapper's start (cli/wrap.py); a session that records nothing
+        # (enabled: false) has nothing for one to guard.
+        self.watchdog = watchdog
+        self.ledger = watchdog.ledger if watchdog else Ledger(new_page())
         self.sid = str(uuid.uuid4())
         self.server_id = load_or_create_server_id(config.data_dir)
         self.log = AuditLog(config.log_dir, self.server_id, clock=clock)
@@ -100,7 +104,7 @@ class Session:
         self.ended = False           # session.end is in both sinks
         self.end_reason = END_EXITED
         self.factory = events.EventFactory(self.sid, self.server_id, config.nodename,
-                                           request.account.name, request.user)
+                                           request.account.name, request.user, config.cluster)
         self.cgroup = None
         self.recording = None
         self.child = None
@@ -115,6 +119,8 @@ class Session:
         armed: nothing of the session can run before all three."""
         if not self.config.enabled:
             return
+        if self.watchdog is None:
+            raise EnhrecError("a recorded session needs its watchdog: start it with enhrec-wrap")
         from enhrec_wrap.session.recording import Recording   # the kernel side, when recording
         self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
         self.recording = Recording.start(self.config, self.cgroup.id, self.ledger)
@@ -132,6 +138,7 @@ class Session:
     def write_start(self):
         fields = {"interactive": self.request.interactive,
                   "enhanced_recording": self.config.enabled,
+                  "session_recording": events.SESSION_RECORDING,
                   "initial_command": list(self.request.command or []),
                   "schema_version": events.SCHEMA_VERSION}
         size = _terminal_size()
@@ -139,6 +146,7 @@ class Session:
             fields["size"] = size
         if self.cgroup:
             fields["cgroup_id"] = self.cgroup.id
+        fields.update(self.request.connection_fields)
         fields.update(self.request.start_fields)
         self._write([self.factory.make(events.SESSION_START, self.start_ns, **fields)], strict=True)
 
@@ -309,10 +317,12 @@ class Session:
     def _end_fields(self) -> dict:
         """session.end's fields known from the start (the watchdog's copy ends with these too)."""
         return {"enhanced_recording": self.config.enabled,
+                "session_recording": events.SESSION_RECORDING,
                 "interactive": self.request.interactive,
                 "participants": [self.request.user],
                 "session_start": events.rfc3339(self.start_ns),
-                "schema_version": events.SCHEMA_VERSION}
+                "schema_version": events.SCHEMA_VERSION,
+                **self.request.connection_fields}
 
     def write_end(self, exit_status: int, killed: int):
         fields = self._end_fields()
@@ -357,7 +367,8 @@ class Session:
             self._log_failed("session_files", e, getattr(e, "unwritten", 0))
         if self.cgroup:
             self.cgroup.close()
-        self.watchdog.stop(release)
+        if self.watchdog:
+            self.watchdog.stop(release)
 
 
 def run(config, request: Request, watchdog) -> int:

@@ -31,6 +31,8 @@ from enhrec_wrap.log.server_id import read_server_id
 # A cgroup is created a moment before its recorder locks it; younger ones are left alone.
 CGROUP_GRACE_SECONDS = 30.0
 INCOMPLETE_REASON = "the recorder stopped without ending the session (killed, crashed or power lost)"
+# What session.end repeats of its session.start, as Teleport's does: the SSH connection.
+CONNECTION_FIELDS = ("addr.remote", "addr.local", "server_addr", "proto")
 
 
 @dataclass
@@ -173,10 +175,12 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
         return False
     start = first if first.get("event") == kinds.START else {}
     factory = events.EventFactory(sid, server_id, first.get("server_hostname", config.nodename),
-                                  first.get("login", ""), first.get("user", ""))
+                                  first.get("login", ""), first.get("user", ""),
+                                  first.get("cluster_name", config.cluster))
     factory.next_ei = max(stored.last_ei, daily.last_ei) + 1
     fields = {
         "enhanced_recording": start.get("enhanced_recording", config.enabled),
+        "session_recording": start.get("session_recording", events.SESSION_RECORDING),
         "interactive": start.get("interactive", False),
         "participants": [first.get("user", "")],
         "session_start": start.get("time", first.get("time")),
@@ -184,6 +188,7 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
         "incomplete": True,
         "incomplete_reason": INCOMPLETE_REASON,
         "schema_version": events.SCHEMA_VERSION,
+        **{key: start[key] for key in CONNECTION_FIELDS if key in start},
     }
     end = factory.make(events.SESSION_END, int(clock() * 1e9), **fields)
     line = events.encode(end)

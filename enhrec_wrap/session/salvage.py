@@ -40,7 +40,7 @@ def finish(session: dict, state: ledger.State, reason: str, killed: int, lock_fd
         envelope = session["envelope"]
         factory = events.EventFactory(session["sid"], envelope["server_id"],
                                       envelope["server_hostname"], envelope["login"],
-                                      envelope["user"])
+                                      envelope["user"], envelope["cluster_name"])
         factory.next_ei = state.next_ei
         with HostLock():
             host = HostPrograms.open(session["version"])

@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from enhrec_wrap.events import teleport as events
+
 PYTHON = "/usr/bin/python3"
 TINY_BUFFERS = """\
 ssh_service:
@@ -129,13 +131,13 @@ def test_connect_burst_recorded_plus_lost_is_exact(recorder, tmp_path):
     assert len(recorded) > 0
     assert len(recorded) + lost["network"] == count, (
         f"recorded {len(recorded)} + lost {lost['network']} != {count}")
-    assert all(e["dst_addr"] == "127.0.0.1" and e["return_code"] == 0 for e in recorded)
+    assert all(e["dst_addr"] == "127.0.0.1" and e["connect_return_code"] == 0 for e in recorded)
 
 
 def test_exec_burst_recorded_plus_lost_is_exact(recorder, tmp_path):
     """The exec's two records (arguments at entry, result at exit) under loss: a command whose
     argument record was lost is counted in lost_events.command (its result, if it arrived, is
-    dropped, not logged twice); one whose result was lost is logged with return_code null and
+    dropped, not logged twice); one whose result was lost is logged with return_code_unknown and
     counted in lost_return_codes."""
     true = tmp_path / "true-marker"   # a path of its own, so nothing else matches
     os.symlink("/bin/true", true)
@@ -149,18 +151,18 @@ def test_exec_burst_recorded_plus_lost_is_exact(recorder, tmp_path):
     assert len(recorded) + lost["command"] == count, (
         f"recorded {len(recorded)} + lost {lost['command']} != {count}")
     assert all(len(e["argv"]) == EXEC_ARGUMENTS for e in recorded)
-    unknown = [e for e in recorded if e["return_code"] is None]
-    assert all(e["return_code"] in (0, None) for e in recorded)
+    unknown = [e for e in recorded if e.get("return_code_unknown")]
+    assert all(e["return_code"] == events.RETURN_CODE_UNKNOWN for e in unknown)
+    assert all(e["return_code"] == 0 for e in recorded if e not in unknown)
     assert len(unknown) <= end["lost_return_codes"], (len(unknown), end["lost_return_codes"])
 
 
 def test_exec_join_under_loss_logs_every_recorded_argument_record_once():
     """The join itself (events.KernelEvents), with the losses the kernel can cause: a result
     whose argument record was lost is dropped (the command is in lost_events); an argument
-    record whose result was lost is logged with return_code null, also when the same process
+    record whose result was lost is logged with return_code_unknown, also when the same process
     execs again before the end (it must not be overwritten)."""
-    from enhrec_wrap.kernel import abi, decode
-    from enhrec_wrap.events import teleport as events
+    from enhrec_wrap.kernel import abi
 
     def exec_record(pid, ts, path):
         tail = path + b"\0" + path + b"\0"
@@ -181,6 +183,9 @@ def test_exec_join_under_loss_logs_every_recorded_argument_record_once():
         exec_record(13, 7, b"/d"),                         # result lost, nothing after
     ])
     completed += kernel.unfinished()
-    logged = sorted((fields["path"], fields["return_code"]) for _, _, fields in completed)
-    assert logged == [("/a", 0), ("/b", None), ("/c", -2), ("/d", None)]
+    logged = sorted((fields["path"], fields["return_code"], "return_code_unknown" in fields)
+                    for _, _, fields in completed)
+    unknown = events.RETURN_CODE_UNKNOWN
+    assert logged == [("/a", 0, False), ("/b", unknown, True), ("/c", -2, False),
+                      ("/d", unknown, True)]
     assert kernel.unfinished() == []

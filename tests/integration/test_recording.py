@@ -128,7 +128,7 @@ def test_seed_bypasses_are_recorded(recorder):
     connect = connects[0]
     assert (connect["dst_addr"], connect["dst_port"], connect["version"]) == ("127.0.0.1", 9, 4)
     assert connect["protocol"] == "tcp" and connect["program"] == "curl"
-    assert connect["return_code"] <= 0   # refused here; -115 (EINPROGRESS) when non-blocking
+    assert connect["connect_return_code"] <= 0   # refused here; -115 (EINPROGRESS) when non-blocking
 
     # (2) the script file: id runs as a child of the bash that reads the script
     script_bash = session.command(name="bash", argv=[script])
@@ -314,24 +314,24 @@ def test_connects(kernel_session):
     _, session, done = kernel_session
     by_port = _connects_by_port(session, done)
     ports = done["ports"]
-    fields = ("dst_addr", "version", "src_addr", "protocol", "return_code")
+    fields = ("dst_addr", "version", "src_addr", "protocol", "connect_return_code")
 
     (tcp4,) = by_port[ports["tcp4"]]
     assert {k: tcp4[k] for k in fields} == {
         "dst_addr": "127.0.0.1", "version": 4, "src_addr": done["tcp4"]["src_addr"],
-        "protocol": "tcp", "return_code": 0}
+        "protocol": "tcp", "connect_return_code": 0}
     (tcp6,) = by_port[ports["tcp6"]]
     assert {k: tcp6[k] for k in fields} == {
         "dst_addr": "::1", "version": 6, "src_addr": done["tcp6"]["src_addr"],
-        "protocol": "tcp", "return_code": 0}
+        "protocol": "tcp", "connect_return_code": 0}
 
     (refused,) = by_port[ports["closed"]]
     assert done["refused"]["errno"] == errno.ECONNREFUSED
     assert (refused["dst_addr"], refused["version"], refused["protocol"]) == ("127.0.0.1", 4, "tcp")
-    assert refused["return_code"] == -errno.ECONNREFUSED
+    assert refused["connect_return_code"] == -errno.ECONNREFUSED
 
     (udp,) = by_port[9]
-    assert (udp["dst_addr"], udp["version"], udp["protocol"], udp["return_code"]) == \
+    assert (udp["dst_addr"], udp["version"], udp["protocol"], udp["connect_return_code"]) == \
         ("127.0.0.1", 4, "other", 0)
 
 

@@ -81,9 +81,10 @@ def error_of(path: str) -> str:
 
 def test_config_fields_match_the_architecture():
     names = [f.name for f in dataclasses.fields(Config)]
-    assert names == ["source", "nodename", "data_dir", "enabled", "command_buffer_size",
-                     "disk_buffer_size", "network_buffer_size", "cgroup_path",
-                     "background_processes", "on_log_failure", "idle_unload_seconds"]
+    assert names == ["source", "nodename", "cluster_name", "data_dir", "enabled",
+                     "command_buffer_size", "disk_buffer_size", "network_buffer_size",
+                     "cgroup_path", "background_processes", "on_log_failure",
+                     "idle_unload_seconds"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().enabled = False
 
@@ -129,6 +130,30 @@ def test_seed_teleport_yaml_is_accepted_as_it_is(write):
     assert (cfg.command_buffer_size, cfg.disk_buffer_size, cfg.network_buffer_size) == (16, 256, 32)
     assert cfg.cgroup_path == "/sys/fs/cgroup/unified"
     assert cfg.enabled is True
+    assert cfg.cluster_name == cfg.cluster == "example"
+
+
+def test_cluster_is_the_nodename_without_auth_service_cluster_name(write):
+    cfg = load_config(write("teleport: {nodename: web-01}\nauth_service: {enabled: false}\n"))
+    assert cfg.cluster_name is None and cfg.cluster == "web-01"
+    assert Config(nodename="n").cluster == "n"
+
+
+def test_auth_service_keys_other_than_cluster_name_are_tolerated(write):
+    cfg = load_config(write("auth_service:\n  cluster_name: main\n  tokens: [x]\n  foo: 1\n"))
+    assert cfg.cluster == "main"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("auth_service: {cluster_name: ''}\n", "auth_service.cluster_name: must be a non-empty string"),
+    ("auth_service: {cluster_name: [a]}\n", "auth_service.cluster_name: must be a non-empty string"),
+    ("auth_service: yes\n", "auth_service: must be a mapping of keys"),
+])
+def test_bad_cluster_name_is_one_clear_error(write, text, message):
+    path = write(text)
+    with pytest.raises(EnhrecError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: {message}"), error.value
 
 
 def test_empty_file_means_all_defaults(write):

@@ -73,7 +73,7 @@ def records():
 
 
 def factory():
-    return events.EventFactory(SID, SERVER_ID, "node", "root", "alice")
+    return events.EventFactory(SID, SERVER_ID, "node", "root", "alice", "main")
 
 
 def without_random(made):

@@ -13,7 +13,6 @@ import pytest
 
 from enhrec_wrap.kernel import decode
 from enhrec_wrap.events import teleport as events
-from enhrec_wrap.session.ledger import Ledger, new_page
 from enhrec_wrap.config import Config
 from enhrec_wrap.host.privileges import Account
 from enhrec_wrap.session.lifecycle import Request, Session
@@ -60,19 +59,8 @@ def command_event(filename, args, ret=0, comm=b"ping", pid=2653):
     assert kernel.feed(exec_record(pid, filename, args, ppid=2660)) is None
     kind, ts_ns, fields = kernel.feed(exec_result(pid, ret, comm))
     assert kind == events.SESSION_COMMAND
-    factory = events.EventFactory(SID, SERVER_ID, "node", "root", "benarent")
+    factory = events.EventFactory(SID, SERVER_ID, "node", "root", "benarent", "main")
     return orjson.loads(events.encode(factory.make(kind, factory.kernel_time(ts_ns), **fields)))
-
-
-class IdleWatchdog:
-    """A watchdog that is never needed: the session below records nothing, runs nothing."""
-    ledger = Ledger(new_page())
-
-    def alive(self):
-        return True
-
-    def stop(self, release=None):
-        pass
 
 
 def session_events(tmp_path):
@@ -80,7 +68,7 @@ def session_events(tmp_path):
     config = Config(data_dir=str(tmp_path), enabled=False, nodename="node")
     account = Account("benarent", os.getuid(), os.getgid(), str(tmp_path), "/bin/sh")
     session = Session(config, Request(account=account, user="benarent", command=["true"],
-                                      interactive=True), IdleWatchdog())
+                                      interactive=True))
     try:
         session.write_start()
         session.write_end(exit_status=0, killed=0)
@@ -193,13 +181,23 @@ def test_non_utf8_program_name_is_listed_in_escaped_fields():
     assert "program" in event.get("escaped_fields", []), event
 
 
-def test_exec_whose_result_never_came_is_logged_with_a_null_return_code():
+def test_exec_whose_result_never_came_is_logged_with_a_return_code_that_is_no_result():
     kernel = events.KernelEvents(resolve_paths=False)
     kernel.feed(exec_record(7, b"/bin/true", [b"true"]))
     ((kind, _, fields),) = kernel.unfinished()
     assert kind == events.SESSION_COMMAND
-    assert fields["return_code"] is None and fields["path"] == "/bin/true"
+    assert fields["path"] == "/bin/true"
+    # Not null and not missing: Teleport's Go struct reads both as 0, a successful exec.
+    assert fields["return_code"] == events.RETURN_CODE_UNKNOWN == -2**31
+    assert fields["return_code_unknown"] is True
     assert kernel.unfinished() == []
+
+
+def test_exec_with_a_result_has_no_unknown_marker():
+    kernel = events.KernelEvents(resolve_paths=False)
+    kernel.feed(exec_record(7, b"/bin/nope", [b"nope"]))
+    _, _, fields = kernel.feed(exec_result(7, -2, b"bash"))
+    assert fields["return_code"] == -2 and "return_code_unknown" not in fields
 
 
 # --- time and the envelope -----------------------------------------------------------------------
@@ -217,7 +215,7 @@ def test_rfc3339(epoch_ns, expected):
 
 
 def test_event_factory_numbers_events_and_adds_the_envelope():
-    factory = events.EventFactory(SID, SERVER_ID, "node", "alice", "bob")
+    factory = events.EventFactory(SID, SERVER_ID, "node", "alice", "bob", "main")
     made = [factory.make(events.SESSION_START, 0), factory.make(events.SESSION_END, extra=1)]
     assert [e["ei"] for e in made] == [0, 1]
     assert [(e["event"], e["code"]) for e in made] == [events.SESSION_START, events.SESSION_END]
@@ -227,5 +225,6 @@ def test_event_factory_numbers_events_and_adds_the_envelope():
     for e in made:
         assert str(uuid.UUID(e["uid"])) == e["uid"]
         assert (e["sid"], e["namespace"], e["server_id"], e["server_hostname"], e["login"],
-                e["user"]) == (SID, "default", SERVER_ID, "node", "alice", "bob")
+                e["user"], e["cluster_name"]) == (SID, "default", SERVER_ID, "node", "alice", "bob",
+                                                  "main")
     assert events.encode(made[1]).endswith(b"\n") and events.encode(made[1]).count(b"\n") == 1

@@ -23,6 +23,7 @@ ALICE = "a11ce000-0000-4000-8000-000000000001"
 BOB = "b0b00000-0000-4000-8000-000000000002"
 CAROL = "ca701000-0000-4000-8000-000000000003"
 TWIN = "a11ce000-1111-4000-8000-000000000004"   # shares "a11ce000" with ALICE
+DAVE = "da7e0000-0000-4000-8000-000000000005"
 NOW = time.time()
 O_WRONLY_CREAT_TRUNC = 0o1101
 
@@ -67,10 +68,12 @@ class Writer:
         return self.emit("session.disk", "T4001I", after, pid=pid, ppid=ppid, cgroup_id=7,
                          program=program, path=path, flags=flags, return_code=rc)
 
-    def connect(self, pid, ppid, program, addr, port, rc=0, version=4, after=0.001):
+    def connect(self, pid, ppid, program, addr, port, rc=0, version=4, after=0.001,
+                result_field="connect_return_code"):
         return self.emit("session.network", "T4002I", after, pid=pid, ppid=ppid, cgroup_id=7,
                          program=program, src_addr="10.0.0.1" if version == 4 else "::1",
-                         dst_addr=addr, dst_port=port, version=version, protocol="tcp", return_code=rc)
+                         dst_addr=addr, dst_port=port, version=version, operation=0, action=0,
+                         protocol="tcp", **{result_field: rc})
 
     def end(self, status=0, after=0.01):
         self.emit("session.end", "T2004I", after, enhanced_recording=True, interactive=False,
@@ -217,6 +220,28 @@ def test_show_all_files_and_json(logs, capsys):
                                                                              ("2001:db8::1", 443)]
     cat = next(c for c in bash["children"] if c["pid"] == 102)
     assert cat["children"][0]["pid"] == 103 and cat["children"][0]["files"][0]["path"] == "/tmp/out"
+
+
+def test_show_reads_results_of_both_schemas(config, capsys):
+    """Schema 2 marks an unknown exec result (return_code_unknown) and names a connect's result
+    connect_return_code; schema 1 wrote null and return_code. Both read the same."""
+    cfg, _ = config
+    w = Writer(cfg, DAVE, "dave", NOW - 600, command=("sh",))
+    w.exec(400, 399, "/bin/sh", [])
+    w.emit("session.command", "T4000I", 0.01, pid=401, ppid=400, cgroup_id=7, program="sh",
+           path="/usr/bin/lost2", argv=[], return_code=-2**31, return_code_unknown=True,
+           argv_truncated=False)
+    w.emit("session.command", "T4000I", 0.01, pid=402, ppid=400, cgroup_id=7, program="sh",
+           path="/usr/bin/lost1", argv=[], return_code=None, argv_truncated=False)
+    w.connect(403, 400, "nc", "10.0.0.9", 9, rc=-111)
+    w.connect(404, 400, "nc", "10.0.0.8", 8, rc=-111, result_field="return_code")
+    w.end()
+    code, out, err = run(capsys, "show", DAVE)
+    assert code == 0, err
+    assert any("/usr/bin/lost2" in x and "result unknown" in x for x in out.splitlines()), out
+    assert any("/usr/bin/lost1" in x and "result unknown" in x for x in out.splitlines()), out
+    assert "connect 10.0.0.9:9 tcp  ECONNREFUSED" in out and "connect 10.0.0.8:8 tcp  ECONNREFUSED" in out
+    assert "2147483648" not in out
 
 
 def test_show_a_session_whose_recorder_died(logs, capsys):

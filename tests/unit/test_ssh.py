@@ -107,9 +107,10 @@ def test_exec_request(tmp_path):
     login = ssh.ssh_login(ME, environ)
     assert login.command == ["/bin/bash", "-c", "ls -l; exit 3"]
     assert login.interactive is False
-    assert login.start_fields == {"addr.remote": "10.0.0.9:4000", "addr.local": "10.0.0.1:22",
-                                  "initial_command": ["ls -l; exit 3"],
+    assert login.start_fields == {"initial_command": ["ls -l; exit 3"],
                                   "ssh_key_fingerprint": FINGERPRINT}
+    assert login.connection_fields == {"addr.remote": "10.0.0.9:4000", "addr.local": "10.0.0.1:22",
+                                       "server_addr": "10.0.0.1:22", "proto": "ssh"}
     # Only sshd's own variables go on; the auth file is sshd's business.
     assert login.environment == {"SSH_ORIGINAL_COMMAND": "ls -l; exit 3",
                                  "SSH_CONNECTION": "10.0.0.9 4000 10.0.0.1 22",
@@ -123,6 +124,13 @@ def test_shell_request_with_a_terminal():
     assert login.start_fields["initial_command"] == []
     assert "ssh_key_fingerprint" not in login.start_fields
     assert login.environment == {"SSH_TTY": "/dev/pts/3", "SSH_CONNECTION": "::1 5 ::1 22"}
+    assert login.connection_fields == {"addr.remote": "[::1]:5", "addr.local": "[::1]:22",
+                                       "server_addr": "[::1]:22", "proto": "ssh"}
+
+
+def test_an_ssh_session_without_usable_addresses_is_still_ssh():
+    assert ssh.connection_fields("") == {"proto": "ssh"}
+    assert ssh.connection_fields("10.0.0.9 x 10.0.0.1 22") == {"proto": "ssh"}
 
 
 def test_an_empty_original_command_is_still_a_command():

@@ -311,6 +311,33 @@ def test_repair_ends_a_stale_session_in_both_sinks(config):
     assert len(daily_events(config, SID)) == 8
 
 
+def test_repair_keeps_the_ssh_connection_and_cluster_of_the_start(config):
+    """A repaired session.end says what the recorder's would have: the SSH connection of its
+    session.start, its cluster_name and session_recording (docs/events.md)."""
+    events = session_events(3)
+    events[0].update({"cluster_name": "main", "session_recording": "off", "proto": "ssh",
+                      "addr.remote": "192.0.2.7:51234", "addr.local": "192.0.2.1:22",
+                      "server_addr": "192.0.2.1:22", "ssh_key_fingerprint": "SHA256:x"})
+    crashed_session(config, SID, events)
+    recovery.repair(config)
+    end = daily_events(config, SID)[-1]
+    assert end["event"] == "session.end"
+    assert {k: end[k] for k in ("cluster_name", "session_recording", "proto", "addr.remote",
+                                "addr.local", "server_addr")} == {
+        "cluster_name": "main", "session_recording": "off", "proto": "ssh",
+        "addr.remote": "192.0.2.7:51234", "addr.local": "192.0.2.1:22",
+        "server_addr": "192.0.2.1:22"}
+    assert "ssh_key_fingerprint" not in end   # a session.start field only
+
+
+def test_repair_of_a_local_session_gives_the_configured_cluster(config):
+    crashed_session(config, SID, session_events(3))
+    recovery.repair(config)
+    end = daily_events(config, SID)[-1]
+    assert end["cluster_name"] == "host" and end["session_recording"] == "off"
+    assert not end.keys() & {"proto", "addr.remote", "addr.local", "server_addr"}
+
+
 def test_repair_takes_the_ei_after_the_daily_log_when_it_has_more(config):
     events = session_events(6)
     crashed_session(config, SID, events[:4])
