@@ -1,33 +1,32 @@
-/* enhrec-wrap's kernel side: tracepoint programs that record exec, open and connect of the tasks
- * in the sessions' cgroups, and nothing of any other task.
+/* enhrec-wrap's kernel side: the programs that record exec, open, connect and send of the tasks
+ * in the sessions' cgroups, and the calls the sessions' seccomp filter refused; nothing of any
+ * other task.
  *
  * Loaded once per host and shared by every session (enhrec_wrap/kernel/host.py): a session is
  * known by the cgroup id under which it put its own ring buffers in session_rings. A task
  * outside every session costs each program one hash lookup.
  *
- * Only tracepoint arguments and helpers are used, never kernel struct fields, so the programs
- * compile against any kernel's headers (MACHINE.md: 6.1 headers on a 6.18 kernel). The one
- * kernel layout read is x86-64's struct pt_regs, which is ABI (ptrace's user_regs_struct).
+ * Every fact is the kernel's own copy (enhrec.h says where each comes from). Kernel structs are
+ * read at offsets from the running kernel's BTF (kread.h), never through the compile-time
+ * headers, which may describe another kernel (MACHINE.md: 6.1 headers on 6.18).
  *
- * Set at load time by enhrec_wrap/kernel/host.py: POSSIBLE_CPUS.
+ * Set at load time by enhrec_wrap/kernel/host.py: POSSIBLE_CPUS, and the OFF_* offsets
+ * (enhrec_wrap/kernel/offsets.py).
  */
 #include "enhrec.h"
+#include "kread.h"
+#include "path.h"
+#include "exec.h"
+#include "refusal.h"
 
 #define AT_FDCWD_VALUE -100
 #define AF_INET_VALUE 2
 #define AF_INET6_VALUE 10
 #define TCP_SYN_SENT_STATE 2
 #define CREAT_FLAGS 01101     /* O_CREAT | O_WRONLY | O_TRUNC: what creat() means */
-
-/* bpf_probe_read_user{,_str} under names of our own. BCC rewrites every call spelled
- * bpf_probe_read_user* (to fall back to bpf_probe_read on kernels without it), and to decide it
- * looks the helper up in /proc/kallsyms once per call site: ~0.15 s each, 1.5 s of the session
- * start for our ten call sites (docs/PERFORMANCE.md). Every kernel with ring buffers (5.8) has
- * these helpers, so the same helper ids called directly skip that. */
-static long (*read_user)(void *dst, u32 size, const void *unsafe_ptr) =
-    (void *)BPF_FUNC_probe_read_user;
-static long (*read_user_str)(void *dst, u32 size, const void *unsafe_ptr) =
-    (void *)BPF_FUNC_probe_read_user_str;
+#define EPERM_VALUE 1
+#define IORING_OP_OPENAT_VALUE 18
+#define IORING_OP_OPENAT2_VALUE 28
 
 /* Each session's ring buffers, by its cgroup id and stream. The sessions create the rings
  * themselves (of the sizes their config asks: the kernel does not compare a ring's size with the
@@ -36,54 +35,48 @@ static long (*read_user_str)(void *dst, u32 size, const void *unsafe_ptr) =
  * a map of maps from user space (~13 ms here), and one map lets a session put all its rings in,
  * or take them out, with one batch and one wait. */
 BPF_RINGBUF_OUTPUT(ring_template, 1);
-BPF_HASH_OF_MAPS(session_rings, struct ring_key, "ring_template", MAX_SESSIONS * RING_STREAMS);
-
+BPF_HASH_OF_MAPS(session_rings, struct ring_key, "ring_template", MAX_SESSIONS * STREAM_COUNT);
 BPF_PERCPU_HASH(lost_events, u64, struct lost_counts, MAX_SESSIONS);
-BPF_HASH(parents, u32, u32, 65536);   /* child tid -> parent tgid, from sched_process_fork */
 
-/* Records are built in per-CPU scratch space: they are far larger than the 512-byte stack.
- * An exec record is over the 32 KiB limit of a per-CPU map value, so it gets a plain array
- * with one slot per CPU instead. */
+/* Records are built in scratch space: they are far larger than the 512-byte stack. One over
+ * the 32 KiB limit of a per-CPU map value gets a plain array with a slot per CPU instead. */
 BPF_ARRAY(exec_scratch, struct exec_event, POSSIBLE_CPUS);
-BPF_PERCPU_ARRAY(exec_result_scratch, struct exec_result_event, 1);
+BPF_ARRAY(exec_failed_scratch, struct exec_failed_event, POSSIBLE_CPUS);
 BPF_PERCPU_ARRAY(open_scratch, struct open_event, 1);
 BPF_PERCPU_ARRAY(connect_scratch, struct connect_event, 1);
+BPF_PERCPU_ARRAY(refused_scratch, struct refused_event, 1);
+BPF_PERCPU_ARRAY(uring_scratch, struct uring_event, 1);
 
-/* connect()'s arguments kept from entry to exit: user memory is read at exit, when the kernel
- * has faulted the pages in (reading at entry can fail on a page that is not resident yet). */
-struct connect_args {
-    const void *addr;
-    u16 sport;
-    u16 flags;
-    u8 saddr[16];
-};
-BPF_HASH(pending_connects, u64, struct connect_args, 16384);
+/* A 64-bit connect() between the cgroup hook (the destination) and its sys_exit (the result).
+ * LRU: an entry whose task was killed inside connect() is forgotten in time. */
+BPF_TABLE("lru_hash", u64, struct connect_event, pending_connects, 16384);
 /* A socket in SYN_SENT -> the connect() call (pid_tgid) that sent it there. The kernel picks an
  * unbound socket's source port only after SYN_SENT, so the port is read when the socket leaves
  * that state, which for a blocking connect() happens before the call returns. */
-BPF_HASH(syn_sent_sockets, u64, u64, 16384);
+BPF_TABLE("lru_hash", u64, u64, syn_sent_sockets, 16384);
 
-/* The calling task's user registers, saved at syscall entry and untouched until its exit but
- * for ax (the return value): so an exit program can read the syscall's arguments, and an open
- * needs one program instead of two (entry stash + exit). Helpers of kernel 5.15. */
-static void *(*current_task_btf)(void) = (void *)BPF_FUNC_get_current_task_btf;
-static void *(*task_pt_regs)(void *task) = (void *)BPF_FUNC_task_pt_regs;
-
-/* x86-64 pt_regs from r10 to di (offsets 56..119): the registers of syscall arguments 1-4. */
-#define PT_REGS_R10_OFFSET 56
-struct syscall_regs {
-    u64 r10;                  /* argument 4 */
-    u64 r9, r8, ax, cx;
-    u64 dx;                   /* argument 3 */
-    u64 si;                   /* argument 2 */
-    u64 di;                   /* argument 1 */
+/* An unconnected UDP send is recorded once per (process, socket, destination): a DNS-heavy
+ * session would flood the log otherwise. The LRU forgets old destinations first; one that comes
+ * back after being forgotten is recorded again. */
+struct send_key {
+    u64 cookie;
+    u32 pid;
+    u16 port;
+    u16 family;
+    u8 addr[16];
 };
+BPF_TABLE("lru_hash", struct send_key, u8, sent_destinations, 16384);
 
-static __always_inline int syscall_args(struct syscall_regs *regs)
-{
-    void *task_regs = task_pt_regs(current_task_btf());
-    return bpf_probe_read_kernel(regs, sizeof(*regs), (u8 *)task_regs + PT_REGS_R10_OFFSET);
-}
+/* io_uring, where a session allows it: each opcode once per process, and the request of an
+ * open until its completion (when the opened file can be resolved like any other). */
+struct uring_key {
+    u32 pid;
+    u32 opcode;
+};
+BPF_TABLE("lru_hash", struct uring_key, u8, uring_seen, 4096);
+BPF_TABLE("lru_hash", u64, u32, uring_opens, 4096);
+
+/* -- sessions and their rings -------------------------------------------------------------- */
 
 /* The calling task's session ring of one stream, or NULL when the task is in no session. */
 static __always_inline void *session_ring(u64 *cgroup_id, u32 stream)
@@ -101,38 +94,40 @@ static __always_inline void count_lost(u64 cgroup_id, int stream)
         lost->count[stream]++;   /* per-CPU value: no other CPU writes it */
 }
 
-/* Sends a record, or counts it as lost in the session's counters. */
-static __always_inline void send(void *ring, const void *record, u64 size, u64 cgroup_id, int stream)
+/* Sends a record, or counts it as lost in the session's counters. The consumer is not woken
+ * for each record (a wake-up cost 2-16 us a record, more than the rest of the program): it
+ * reads the rings every 50 ms, and is woken once a ring is a quarter full. */
+static __always_inline void send(void *ring, const void *record, u64 size, u64 cgroup_id,
+                                 int stream)
 {
-    if (bpf_ringbuf_output(ring, (void *)record, size, 0))
+    u64 flags = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >
+                    (bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) >> 2)
+                ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(ring, (void *)record, size, flags))
         count_lost(cgroup_id, stream);
 }
 
 static __always_inline void fill_header(struct event_header *hdr, u16 type, u64 cgroup_id)
 {
     u64 id = bpf_get_current_pid_tgid();
-    u32 pid = id >> 32;
-    u32 *ppid = parents.lookup(&pid);
-
     hdr->ts_ns = bpf_ktime_get_ns();
     hdr->cgroup_id = cgroup_id;
-    hdr->pid = pid;
+    hdr->pid = id >> 32;
     hdr->tid = (u32)id;
-    hdr->ppid = ppid ? *ppid : 0;
+    hdr->ppid = current_ppid();
     hdr->type = type;
     hdr->tail_len = 0;
     bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 
-/* argv must be read at entry: after a successful exec the caller's memory is gone. */
-static __always_inline int record_exec(s32 dirfd, const char *filename,
-                                       const char *const *argv, u32 at_flags)
+/* -- execs ---------------------------------------------------------------------------------- */
+
+RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
     u64 cgroup_id;
     void *ring = session_ring(&cgroup_id, STREAM_COMMAND);   /* NULL: not in a session */
     if (!ring)
         return 0;
-
     int cpu = bpf_get_smp_processor_id();
     struct exec_event *e = exec_scratch.lookup(&cpu);
     if (!e) {
@@ -140,12 +135,40 @@ static __always_inline int record_exec(s32 dirfd, const char *filename,
         return 0;
     }
     fill_header(&e->hdr, RECORD_EXEC, cgroup_id);
-    e->dirfd = dirfd;
-    e->at_flags = at_flags;
+    e->old_pid = ctx->args[1];
+    u32 used = capture_exec(ctx->args[2], e) & EXEC_OFF_MASK;
+    e->hdr.tail_len = used;
+    send(ring, e, offsetof(struct exec_event, data) + used, cgroup_id, STREAM_COMMAND);
+    return 0;
+}
+
+/* A failed exec changed nothing: what it asked for is still in the caller's memory, read at
+ * the exit (the kernel has faulted in what it got to). The caller's claim, flagged as such. */
+static __always_inline int record_failed_exec(long ret, int execveat)
+{
+    if (ret >= 0)
+        return 0;   /* a success is sched_process_exec's */
+    u64 cgroup_id;
+    void *ring = session_ring(&cgroup_id, STREAM_COMMAND);
+    if (!ring)
+        return 0;
+    int cpu = bpf_get_smp_processor_id();
+    struct exec_failed_event *e = exec_failed_scratch.lookup(&cpu);
+    if (!e) {
+        count_lost(cgroup_id, STREAM_COMMAND);
+        return 0;
+    }
+    fill_header(&e->hdr, RECORD_EXEC_FAILED, cgroup_id);
+    e->ret = ret;
     e->argc = 0;
     e->truncated = 0;
+    /* execve(filename, argv, envp); execveat(dirfd, filename, argv, envp, flags) */
+    e->dirfd = execveat ? (s32)syscall_arg(PT_REGS_DI) : AT_FDCWD_VALUE;
+    e->at_flags = execveat ? (u32)syscall_arg(PT_REGS_R8) : 0;
+    const char *filename = (const char *)syscall_arg(execveat ? PT_REGS_SI : PT_REGS_DI);
+    const char *const *argv = (const char *const *)syscall_arg(execveat ? PT_REGS_DX : PT_REGS_SI);
 
-    long n = read_user_str(e->data, PATH_READ_MAX, filename);
+    long n = read_user_str(e->data, REQUEST_MAX, filename);
     if (n <= 0) {
         e->truncated |= ARGV_UNREADABLE;
         e->data[0] = 0;
@@ -153,7 +176,6 @@ static __always_inline int record_exec(s32 dirfd, const char *filename,
     }
     u32 off = n;
     e->filename_len = off;
-
     int i;
     for (i = 0; i < MAX_ARGS; i++) {
         const char *arg = NULL;
@@ -173,10 +195,9 @@ static __always_inline int record_exec(s32 dirfd, const char *filename,
             break;
         }
         /* An argument that filled ARG_READ_MAX is flagged as cut by the reader (decode.py): a
-         * branch on n here would double the verifier's states at every iteration.
-         * The mask changes nothing (off + n < EXEC_DATA_MAX + ARG_READ_MAX) but gives off the
-         * same range at every iteration: the verifier then processes 12k instructions instead
-         * of 33k, 20 ms instead of 50 ms of every session's start (docs/PERFORMANCE.md). */
+         * branch on n here would double the verifier's states at every iteration. The mask
+         * changes nothing (off + n < EXEC_DATA_MAX + ARG_READ_MAX) but gives off the same range
+         * at every iteration: 12k instructions verified instead of 33k. */
         off = (off + n) & (2 * EXEC_DATA_MAX - 1);
         e->argc++;
     }
@@ -186,107 +207,103 @@ static __always_inline int record_exec(s32 dirfd, const char *filename,
         if (more)
             e->truncated |= ARGV_TOO_MANY;
     }
-
-    /* The mask changes nothing (off < EXEC_DATA_MAX + ARG_READ_MAX) but gives the verifier a
-     * bound it can carry to the size argument: data[] is 2 * EXEC_DATA_MAX long for this. */
     off &= 2 * EXEC_DATA_MAX - 1;
     e->hdr.tail_len = off;
-    send(ring, e, offsetof(struct exec_event, data) + off, cgroup_id, STREAM_COMMAND);
+    send(ring, e, offsetof(struct exec_failed_event, data) + off, cgroup_id, STREAM_COMMAND);
     return 0;
-}
-
-static __always_inline int record_exec_result(long ret)
-{
-    u64 cgroup_id;
-    void *ring = session_ring(&cgroup_id, STREAM_COMMAND);   /* NULL: not in a session */
-    if (!ring)
-        return 0;
-
-    int zero = 0;
-    struct exec_result_event *e = exec_result_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_COMMAND_RESULT);
-        return 0;
-    }
-    fill_header(&e->hdr, RECORD_EXEC_RESULT, cgroup_id);
-    e->ret = ret;
-    send(ring, e, sizeof(*e), cgroup_id, STREAM_COMMAND_RESULT);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execve)
-{
-    return record_exec(AT_FDCWD_VALUE, args->filename, args->argv, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execve)
 {
-    return record_exec_result(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execveat)
-{
-    return record_exec(args->fd, args->filename, args->argv, args->flags);
+    return record_failed_exec(args->ret, 0);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
 {
-    return record_exec_result(args->ret);
+    return record_failed_exec(args->ret, 1);
 }
+
+/* -- opens ---------------------------------------------------------------------------------- */
 
 /* The open-like syscalls, by how their arguments are laid out. */
 #define OPEN_OPEN 0           /* open(filename, flags, mode) */
 #define OPEN_OPENAT 1         /* openat(dfd, filename, flags, mode) */
 #define OPEN_OPENAT2 2        /* openat2(dfd, filename, how, size) */
 #define OPEN_CREAT 3          /* creat(pathname, mode) */
+#define OPEN_BY_HANDLE 4      /* open_by_handle_at(mount_fd, handle, flags) */
 
-/* At the syscall's exit only: the path is read when the kernel has faulted its page in. */
+/* Fills e's file and its path components from the file at fd; returns their length. */
+static __always_inline u32 resolve_opened(s64 fd, struct open_event *e)
+{
+    if (fd < 0) {
+        __builtin_memset(&e->file, 0, sizeof(e->file));
+        e->file.path_flags = PATH_NO_FILE;
+        return 0;
+    }
+    resolve_fd(fd, e->data, &e->file);
+    return e->file.path_len & (2 * PATH_BUF_SIZE - 1);
+}
+
+static __always_inline void send_open(void *ring, struct open_event *e, u32 len, u64 cgroup_id)
+{
+    u32 size = (len + (e->request_len & (REQUEST_MAX - 1))) & (2 * PATH_BUF_SIZE + REQUEST_MAX - 1);
+    if (size > sizeof(e->data))
+        return;
+    e->hdr.tail_len = size;
+    send(ring, e, offsetof(struct open_event, data) + size, cgroup_id, STREAM_DISK);
+}
+
+/* At the syscall's exit: the file is installed, and the request's page faulted in. */
 static __always_inline int record_open(long ret, int kind)
 {
     u64 cgroup_id;
-    void *ring = session_ring(&cgroup_id, STREAM_DISK);   /* NULL: not in a session */
+    void *ring = session_ring(&cgroup_id, STREAM_DISK);
     if (!ring)
         return 0;
-
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
-    struct syscall_regs regs;
-    if (!e || syscall_args(&regs)) {
+    if (!e) {
         count_lost(cgroup_id, STREAM_DISK);
         return 0;
     }
-    const char *filename;
     fill_header(&e->hdr, RECORD_OPEN, cgroup_id);
     e->ret = ret;
+    e->via_uring = 0;
+    u64 di = syscall_arg(PT_REGS_DI), si = syscall_arg(PT_REGS_SI), dx = syscall_arg(PT_REGS_DX);
+    const char *request = NULL;
     if (kind == OPEN_OPEN) {
-        filename = (const char *)regs.di;
+        request = (const char *)di;
         e->dirfd = AT_FDCWD_VALUE;
-        e->flags = (s32)regs.si;
-        e->mode = (u16)regs.dx;   /* umode_t */
+        e->flags = (s32)si;
+        e->mode = (u16)dx;   /* umode_t */
     } else if (kind == OPEN_CREAT) {
-        filename = (const char *)regs.di;
+        request = (const char *)di;
         e->dirfd = AT_FDCWD_VALUE;
         e->flags = CREAT_FLAGS;
-        e->mode = (u16)regs.si;
+        e->mode = (u16)si;
+    } else if (kind == OPEN_BY_HANDLE) {
+        e->dirfd = (s32)di;   /* the mount fd; the handle is no path */
+        e->flags = (s32)dx;
+        e->mode = 0;
     } else {
-        filename = (const char *)regs.si;
-        e->dirfd = (s32)regs.di;
-        e->flags = (s32)regs.dx;
-        e->mode = (u16)regs.r10;
+        request = (const char *)si;
+        e->dirfd = (s32)di;
+        e->flags = (s32)dx;
+        e->mode = (u16)syscall_arg(PT_REGS_R10);
         if (kind == OPEN_OPENAT2) {
             u64 how_flags = 0;   /* struct open_how starts with u64 flags */
-            read_user(&how_flags, sizeof(how_flags), (const void *)regs.dx);
+            read_user(&how_flags, sizeof(how_flags), (const void *)dx);
             e->flags = how_flags;
             e->mode = 0;
         }
     }
-    long n = read_user_str(e->path, PATH_READ_MAX, filename);
-    if (n < 0)
-        n = 0;   /* tail_len 0: the path could not be read */
-    /* The mask gives the verifier its bound; n is at most PATH_READ_MAX already. */
-    n &= 2 * PATH_READ_MAX - 1;
-    e->hdr.tail_len = n;
-    send(ring, e, offsetof(struct open_event, path) + n, cgroup_id, STREAM_DISK);
+    u32 len = resolve_opened(ret, e);
+    e->request_len = 0;
+    if (request) {
+        long n = read_user_str(&e->data[len], REQUEST_MAX, request);
+        e->request_len = n > 0 ? n : 0;
+    }
+    send_open(ring, e, len, cgroup_id);
     return 0;
 }
 
@@ -310,54 +327,146 @@ TRACEPOINT_PROBE(syscalls, sys_exit_creat)
     return record_open(args->ret, OPEN_CREAT);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+TRACEPOINT_PROBE(syscalls, sys_exit_open_by_handle_at)
 {
-    u64 cgroup_id;
-    if (!session_ring(&cgroup_id, STREAM_NETWORK))
-        return 0;
-
-    u64 id = bpf_get_current_pid_tgid();
-    struct connect_args a = {};
-    a.addr = args->uservaddr;
-    if (pending_connects.update(&id, &a))
-        count_lost(cgroup_id, STREAM_NETWORK);
-    return 0;
+    return record_open(args->ret, OPEN_BY_HANDLE);
 }
 
-static __always_inline void copy_addrs(u8 *daddr, u8 *saddr, u16 family,
-                                       const u8 *d4, const u8 *s4, const u8 *d6, const u8 *s6)
+/* -- connects and sends --------------------------------------------------------------------- */
+
+/* A connect or send record from a cgroup sock_addr hook: the kernel's copy of the destination
+ * (the caller's sockaddr was copied in before the hook ran), whatever made the call: a 64-bit
+ * or 32-bit syscall, socketcall, io_uring, a TCP Fast Open sendto. The hooks run for the cgroup
+ * of the SOCKET (where its creator was), not of the caller, so they are attached to the root of
+ * the cgroup tree (host.py) and filter on the caller's cgroup like every other program: a
+ * session task's socket made outside the session is recorded too. */
+static __always_inline void fill_destination(struct connect_event *e, struct bpf_sock_addr *ctx,
+                                             int v4)
 {
-    if (family == AF_INET6_VALUE) {
-        __builtin_memcpy(daddr, d6, 16);
-        __builtin_memcpy(saddr, s6, 16);
+    e->ret = 0;
+    e->cookie = bpf_get_socket_cookie(ctx);
+    e->family = ctx->user_family;
+    e->dport = bpf_ntohs(ctx->user_port);   /* the u32 holds the port in network order */
+    e->sport = 0;
+    e->flags = v4 ? CONNECT_IPV4_HOOK : 0;
+    e->sock_type = ctx->type;
+    e->protocol = ctx->protocol;
+    __builtin_memset(e->daddr, 0, 16);
+    __builtin_memset(e->saddr, 0, 16);
+    if (v4) {
+        u32 ip4 = ctx->user_ip4;
+        __builtin_memcpy(e->daddr, &ip4, 4);
     } else {
-        __builtin_memcpy(daddr, d4, 4);
-        __builtin_memcpy(saddr, s4, 4);
+        /* user_ip6 is read 4 bytes at a time: the verifier allows no other width */
+        u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2],
+            w3 = ctx->user_ip6[3];
+        __builtin_memcpy(e->daddr, &w0, 4);
+        __builtin_memcpy(e->daddr + 4, &w1, 4);
+        __builtin_memcpy(e->daddr + 8, &w2, 4);
+        __builtin_memcpy(e->daddr + 12, &w3, 4);
     }
 }
 
-/* A connect record in the per-CPU scratch, header filled and addresses zeroed; NULL (counted as
- * lost) when there is no scratch. */
-static __always_inline struct connect_event *new_connect_event(u64 cgroup_id, s64 ret, u16 family,
-                                                              u16 sport, u16 flags)
+/* Each must return 1 (allow): 0 would make the caller's call fail with EPERM. */
+static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 {
+    u64 cgroup_id;
+    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);
+    if (!ring)
+        return 1;
     int zero = 0;
     struct connect_event *e = connect_scratch.lookup(&zero);
     if (!e) {
         count_lost(cgroup_id, STREAM_NETWORK);
-        return NULL;
+        return 1;
     }
     fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
-    e->ret = ret;
-    e->family = family;
-    e->sport = sport;
-    e->flags = flags;
-    e->dport = 0;
-    __builtin_memset(e->daddr, 0, 16);
-    __builtin_memset(e->saddr, 0, 16);
-    return e;
+    fill_destination(e, ctx, v4);
+    if (in_native_connect()) {
+        /* connect()'s sys_exit sends it with the result (and the source, for TCP) */
+        u64 id = bpf_get_current_pid_tgid();
+        if (pending_connects.update(&id, e))
+            count_lost(cgroup_id, STREAM_NETWORK);
+        return 1;
+    }
+    e->flags |= CONNECT_NO_SYSCALL;
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
+    return 1;
 }
 
+static __always_inline int on_send(struct bpf_sock_addr *ctx, int v4)
+{
+    u64 cgroup_id;
+    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);
+    if (!ring)
+        return 1;
+    int zero = 0;
+    struct connect_event *e = connect_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(cgroup_id, STREAM_NETWORK);
+        return 1;
+    }
+    fill_header(&e->hdr, RECORD_SEND, cgroup_id);
+    fill_destination(e, ctx, v4);
+    struct send_key key = {};
+    key.cookie = e->cookie;
+    key.pid = e->hdr.pid;
+    key.port = e->dport;
+    key.family = e->family;
+    __builtin_memcpy(key.addr, e->daddr, 16);
+    u8 one = 1;
+    /* Looked up first: an LRU update takes a free node (and may evict another entry) before it
+     * finds that the key exists, 550 ns a repeated send that way, 300 ns with the lookup. The
+     * insert (BPF_NOEXIST) lets one of two racing senders through. */
+    if (sent_destinations.lookup(&key) || sent_destinations.insert(&key, &one))
+        return 1;
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
+    return 1;
+}
+
+int connect4(struct bpf_sock_addr *ctx)
+{
+    return on_connect(ctx, 1);
+}
+
+int connect6(struct bpf_sock_addr *ctx)
+{
+    return on_connect(ctx, 0);
+}
+
+int sendmsg4(struct bpf_sock_addr *ctx)
+{
+    return on_send(ctx, 1);
+}
+
+int sendmsg6(struct bpf_sock_addr *ctx)
+{
+    return on_send(ctx, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+    u64 cgroup_id;
+    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);
+    if (!ring)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    struct connect_event *pending = pending_connects.lookup(&id);
+    if (!pending)
+        return 0;   /* not an inet socket's connect: the hook did not run */
+    int zero = 0;
+    struct connect_event *e = connect_scratch.lookup(&zero);
+    if (!e) {
+        pending_connects.delete(&id);
+        count_lost(cgroup_id, STREAM_NETWORK);
+        return 0;
+    }
+    __builtin_memcpy(e, pending, sizeof(*e));
+    pending_connects.delete(&id);
+    e->ret = args->ret;
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
+    return 0;
+}
 
 /* The socket left SYN_SENT (established or failed): its source port is known now. May run in
  * softirq context, in any task, so it goes by the socket and not by the cgroup: only sockets a
@@ -370,13 +479,13 @@ static __always_inline void learn_source_port(const void *skaddr, u16 sport)
         return;
     u64 connecting = *id;
     syn_sent_sockets.delete(&sk);
-    struct connect_args *a = pending_connects.lookup(&connecting);
-    if (a)
-        a->sport = sport;   /* still in connect(): a blocking call */
+    struct connect_event *pending = pending_connects.lookup(&connecting);
+    if (pending)
+        pending->sport = sport;   /* still in connect(): a blocking call */
 }
 
-/* TCP only: fires in the connecting task when the SYN is about to be sent, so it knows the
- * source address that connect() itself never reports. */
+/* TCP only: fires in the connecting task when the SYN is about to be sent, with the source
+ * address connect() itself never reports. */
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     /* Checked before the cgroup: field loads are cheaper than the helper call, and almost no
@@ -388,91 +497,138 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (args->newstate != TCP_SYN_SENT_STATE)
         return 0;
     u64 cgroup_id;
-    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);   /* NULL: not in a session */
+    if (!session_ring(&cgroup_id, STREAM_NETWORK))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    struct connect_event *pending = pending_connects.lookup(&id);
+    if (!pending)
+        return 0;   /* not in connect(): the hook recorded it already (io_uring, Fast Open) */
+    u64 sk = (u64)args->skaddr;
+    pending->flags |= CONNECT_TCP;
+    pending->sport = args->sport;   /* 0 unless the socket was bound: see syn_sent_sockets */
+    if (args->family == AF_INET6_VALUE)
+        __builtin_memcpy(pending->saddr, args->saddr_v6, 16);
+    else
+        __builtin_memcpy(pending->saddr, args->saddr, 4);
+    syn_sent_sockets.update(&sk, &id);
+    return 0;
+}
+
+/* -- refused calls -------------------------------------------------------------------------- */
+
+static __always_inline void record_refused(s64 ret, s32 syscall, u32 arch, u32 action)
+{
+    u64 cgroup_id;
+    void *ring = session_ring(&cgroup_id, STREAM_COMMAND);
+    if (!ring)
+        return;
+    int zero = 0;
+    struct refused_event *e = refused_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(cgroup_id, STREAM_COMMAND);
+        return;
+    }
+    fill_header(&e->hdr, RECORD_REFUSED, cgroup_id);
+    e->ret = ret;
+    e->syscall = syscall;
+    e->arch = arch;
+    e->action = action;
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_COMMAND);
+}
+
+/* io_uring refused with EPERM: seccomp runs before sys_enter, so only the exit fires. */
+static __always_inline int io_uring_exit(long ret)
+{
+    if (ret == -EPERM_VALUE)
+        record_refused(ret, syscall_arg(PT_REGS_ORIG_AX), AUDIT_ARCH_X86_64_VALUE, REFUSED_ERRNO);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_io_uring_setup)
+{
+    return io_uring_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_io_uring_enter)
+{
+    return io_uring_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_io_uring_register)
+{
+    return io_uring_exit(args->ret);
+}
+
+/* Every signal on the host passes here: the signal number is checked before anything else. */
+RAW_TRACEPOINT_PROBE(signal_generate)
+{
+    if (ctx->args[0] != SIGSYS_VALUE)
+        return 0;
+    s32 syscall;
+    u32 arch;
+    if (seccomp_sigsys(ctx->args[1], &syscall, &arch))
+        record_refused(0, syscall, arch, REFUSED_KILLED);
+    return 0;
+}
+
+/* -- io_uring, where a session allows it ----------------------------------------------------- */
+
+TRACEPOINT_PROBE(io_uring, io_uring_submit_req)
+{
+    u64 cgroup_id;
+    void *ring = session_ring(&cgroup_id, STREAM_COMMAND);
     if (!ring)
         return 0;
-
-    u64 id = bpf_get_current_pid_tgid();
-    struct connect_args *a = pending_connects.lookup(&id);
-    if (a) {
-        u8 unused[16];
-        u64 sk = (u64)args->skaddr;
-        a->flags |= CONNECT_TCP;
-        a->sport = args->sport;   /* 0 unless the socket was bound: see syn_sent_sockets */
-        copy_addrs(unused, a->saddr, args->family, args->daddr, args->saddr,
-                   args->daddr_v6, args->saddr_v6);
-        syn_sent_sockets.update(&sk, &id);
+    u32 opcode = args->opcode;
+    if (opcode == IORING_OP_OPENAT_VALUE || opcode == IORING_OP_OPENAT2_VALUE) {
+        u64 req = (u64)args->req;
+        uring_opens.update(&req, &opcode);
+    }
+    struct uring_key key = {};
+    key.pid = bpf_get_current_pid_tgid() >> 32;
+    key.opcode = opcode;
+    u8 one = 1;
+    if (uring_seen.lookup(&key) || uring_seen.insert(&key, &one))
+        return 0;
+    int zero = 0;
+    struct uring_event *e = uring_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(cgroup_id, STREAM_COMMAND);
         return 0;
     }
-
-    struct connect_event *e = new_connect_event(cgroup_id, 0, args->family, args->sport,
-                                                CONNECT_TCP | CONNECT_NO_SYSCALL);
-    if (!e)
-        return 0;
-    e->dport = args->dport;
-    copy_addrs(e->daddr, e->saddr, args->family, args->daddr, args->saddr,
-               args->daddr_v6, args->saddr_v6);
-    send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
+    fill_header(&e->hdr, RECORD_URING, cgroup_id);
+    e->opcode = opcode;
+    send(ring, e, sizeof(*e), cgroup_id, STREAM_COMMAND);
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+/* An open's completion, in the submitter or its io-wq worker: both share its file table, so the
+ * new fd resolves like a syscall's. */
+TRACEPOINT_PROBE(io_uring, io_uring_complete)
 {
+    u64 req = (u64)args->req;
+    u32 *opcode = uring_opens.lookup(&req);
+    if (!opcode)
+        return 0;
+    uring_opens.delete(&req);
     u64 cgroup_id;
-    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);   /* NULL: not in a session */
+    void *ring = session_ring(&cgroup_id, STREAM_DISK);
     if (!ring)
         return 0;
-
-    u64 id = bpf_get_current_pid_tgid();
-    struct connect_args *pending = pending_connects.lookup(&id);
-    if (!pending)
+    int zero = 0;
+    struct open_event *e = open_scratch.lookup(&zero);
+    if (!e) {
+        count_lost(cgroup_id, STREAM_DISK);
         return 0;
-    struct connect_args a = *pending;
-    pending_connects.delete(&id);
-
-    u16 family = 0;
-    read_user(&family, sizeof(family), a.addr);
-    if (family != AF_INET_VALUE && family != AF_INET6_VALUE)
-        return 0;   /* unix sockets and AF_UNSPEC disconnects are not network events */
-
-    struct connect_event *e = new_connect_event(cgroup_id, args->ret, family, a.sport, a.flags);
-    if (!e)
-        return 0;
-    __builtin_memcpy(e->saddr, a.saddr, 16);
-
-    u16 port_be = 0;
-    read_user(&port_be, sizeof(port_be), (const u8 *)a.addr + 2);
-    e->dport = bpf_ntohs(port_be);
-    if (family == AF_INET6_VALUE)
-        read_user(e->daddr, 16, (const u8 *)a.addr + 8);   /* sin6_addr */
-    else
-        read_user(e->daddr, 4, (const u8 *)a.addr + 4);    /* sin_addr */
-    send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
-    return 0;
-}
-
-TRACEPOINT_PROBE(sched, sched_process_fork)
-{
-    u64 cgroup_id;
-    if (!session_ring(&cgroup_id, STREAM_COMMAND))
-        return 0;
-
-    u32 child = args->child_pid;
-    u32 parent = bpf_get_current_pid_tgid() >> 32;
-    parents.update(&child, &parent);
-    return 0;
-}
-
-TRACEPOINT_PROBE(sched, sched_process_exit)
-{
-    u64 cgroup_id;
-    if (!session_ring(&cgroup_id, STREAM_COMMAND))
-        return 0;
-
-    /* A task killed inside a syscall never reaches its exit tracepoint: drop what it left. */
-    u64 id = bpf_get_current_pid_tgid();
-    u32 tid = (u32)id;
-    parents.delete(&tid);
-    pending_connects.delete(&id);
+    }
+    fill_header(&e->hdr, RECORD_OPEN, cgroup_id);
+    e->ret = args->res;
+    e->flags = 0;
+    e->dirfd = AT_FDCWD_VALUE;
+    e->mode = 0;
+    e->via_uring = 1;
+    e->request_len = 0;
+    u32 len = resolve_opened(args->res, e);
+    send_open(ring, e, len, cgroup_id);
     return 0;
 }

@@ -45,6 +45,8 @@ class Config:
     background_processes: str = "kill"
     on_log_failure: str = "close"
     idle_unload_seconds: int = 300   # kernel/idle.py
+    refuse_io_uring: bool = True     # session/seccomp.py
+    refuse_32bit: bool = True
 
     @property
     def log_dir(self) -> str:
@@ -242,6 +244,8 @@ _ENHREC_KEYS = {
     "background_processes": _one_of("kill", "record"),
     "on_log_failure": _one_of("close", "continue"),
     "idle_unload_seconds": _seconds,
+    "refuse_io_uring": _boolean,
+    "refuse_32bit": _boolean,
 }
 
 # Teleport's own keys in the sections we own: accepted so that a real teleport.yaml loads,

@@ -22,6 +22,7 @@ arch="$(dpkg --print-architecture)"
 # Packages the program needs, to install itself and to run:
 program_packages=(
     python3-bpfcc    # BCC itself (never PyPI's unrelated "bcc")
+    python3-seccomp  # the session's seccomp filter: io_uring and 32-bit syscalls refused
     python3-venv     # /usr/bin/python3 -m venv, with pip and setuptools
     python3-wheel    # setuptools' bdist_wheel, for `pip wheel` in install-into-venv.sh
     openssh-server   # sshd, behind which make install-sshd puts the wrapper

@@ -34,7 +34,13 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures" / "teleport-session-events.jsonl"
 EVENTS_DOC = TESTS.parent / "docs" / "events.md"
-KINDS = ("session.start", "session.end", "session.command", "session.disk", "session.network")
+TELEPORT_KINDS = ("session.start", "session.end", "session.command", "session.disk",
+                  "session.network")
+# Kinds of our own (docs/events.md): Teleport's envelope, fields of their own, codes that start
+# with X where Teleport's start with T, so that no code of Teleport's is ever taken.
+OUR_KINDS = ("session.refused", "session.io_uring")
+KINDS = TELEPORT_KINDS + OUR_KINDS
+OUR_CODE = re.compile(r"^X\d{4}[IWE]$")
 
 # --- events.proto: the JSON names of each kind's fields ------------------------------------------
 
@@ -62,6 +68,7 @@ PROTO_FIELDS = {
     "session.disk": _COMMON | _BPF | {"path", "flags", "return_code"},
     "session.network": _COMMON | _BPF | {"src_addr", "dst_addr", "dst_port", "version",
                                          "operation", "action"},
+    **{kind: _COMMON | _BPF for kind in OUR_KINDS},
 }
 
 # --- the value form of each field the real events carry, as the proto types it -------------------
@@ -177,6 +184,7 @@ SAME_MEANING = {
                       "cgroup_id": "the session's cgroup, as on Teleport's kernel events"},
     "session.disk": {"ppid": "the parent pid, as on Teleport's session.command"},
     "session.network": {"ppid": "the parent pid, as on Teleport's session.command"},
+    **{kind: {"ppid": "the parent pid, as on Teleport's session.command"} for kind in OUR_KINDS},
 }
 
 # --- Elastic's pipeline: Teleport field -> where it ends up -------------------------------------
@@ -343,6 +351,8 @@ def teleport_fields(kind) -> set:
 def required_fields(kind, ssh, terminal) -> set:
     """The fields the real events carry that ours must carry too: all but NOT_WRITTEN, and the
     SSH and terminal ones only where there is an SSH connection or a terminal."""
+    if kind in OUR_KINDS:   # the envelope of a kernel event, as a session.command has it
+        return (teleport_fields("session.command") & PROTO_FIELDS[kind]) - NOT_WRITTEN.keys()
     required = teleport_fields(kind) - NOT_WRITTEN.keys() - set(SSH_ONLY) - set(TERMINAL_ONLY)
     if ssh and kind in ("session.start", "session.end"):
         required |= set(SSH_ONLY)
@@ -374,7 +384,11 @@ def problems(event, ssh, terminal) -> list[str]:
     found = []
     for name in sorted(required_fields(kind, ssh, terminal) - event.keys()):
         found.append(f"{kind} lacks {name}, which Teleport's events carry")
+    if kind in OUR_KINDS and not OUR_CODE.match(str(event.get("code"))):
+        found.append(f"{kind}.code = {event.get('code')!r}: ours start with X (X4100W)")
     for name, value in event.items():
+        if kind in OUR_KINDS and name == "code":
+            continue
         if name in FORMS and (name in PROTO_FIELDS[kind] or name in SAME_MEANING.get(kind, {})):
             form, accepts = FORMS[name]
             if not accepts(value):

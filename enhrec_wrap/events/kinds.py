@@ -4,11 +4,17 @@ Declared once, here: the factory writes them (teleport.py), the session files ar
 them (log/layout.py), and `enhrec` reads them back (inspect/). docs/events.md is the schema.
 """
 
+# Teleport's namespace field: always this one (the session files' directory is named after it).
+NAMESPACE = "default"
+
 START = "session.start"
 END = "session.end"
 COMMAND = "session.command"
 DISK = "session.disk"
 NETWORK = "session.network"
+# Ours: codes starting with X are never Teleport's.
+REFUSED = "session.refused"     # a call the session's seccomp filter refused
+IO_URING = "session.io_uring"   # an io_uring operation, where a session allows io_uring
 
 # (name, code), as the event factory takes a kind.
 SESSION_START = (START, "T2000I")
@@ -16,6 +22,8 @@ SESSION_END = (END, "T2004I")
 SESSION_COMMAND = (COMMAND, "T4000I")
 SESSION_DISK = (DISK, "T4001I")
 SESSION_NETWORK = (NETWORK, "T4002I")
+SESSION_REFUSED = (REFUSED, "X4100W")
+SESSION_IO_URING = (IO_URING, "X4101I")
 
 
 def result_of(event: dict):

@@ -10,14 +10,20 @@ import os
 import re
 
 _TRACEPOINT_PROBE = re.compile(rb"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
+_RAW_TRACEPOINT_PROBE = re.compile(rb"^\s*RAW_TRACEPOINT_PROBE\(\s*(\w+)\s*\)", re.MULTILINE)
 _DEFINE = re.compile(rb"^#define\s+([A-Z][A-Z0-9_]*)\s+(-?(?:0x[0-9a-fA-F]+|\d+))\b", re.MULTILINE)
 
 # What the Python side reads; enhrec.h must define each of them.
 REQUIRED = (
-    "RECORD_EXEC", "RECORD_EXEC_RESULT", "RECORD_OPEN", "RECORD_CONNECT",
-    "STREAM_COMMAND", "STREAM_DISK", "STREAM_NETWORK", "STREAM_COMMAND_RESULT", "STREAM_COUNT",
+    "RECORD_EXEC", "RECORD_EXEC_FAILED", "RECORD_OPEN", "RECORD_CONNECT", "RECORD_SEND",
+    "RECORD_REFUSED", "RECORD_URING",
+    "STREAM_COMMAND", "STREAM_DISK", "STREAM_NETWORK", "STREAM_COUNT",
     "ARG_READ_MAX", "ARGV_TOO_MANY", "ARGV_DATA_FULL", "ARGV_UNREADABLE",
-    "CONNECT_TCP", "CONNECT_NO_SYSCALL", "MAX_SESSIONS",
+    "EXEC_ARGV_TRUNCATED", "EXEC_ARGV_UNREADABLE", "EXEC_SCRIPT", "EXEC_CWD",
+    "PATH_COMPLETE", "PATH_TRUNCATED", "PATH_OUTSIDE_ROOT", "PATH_NO_PARENT", "PATH_DELETED",
+    "PATH_RACED", "PATH_NO_FILE", "PATH_FILE_SHARED", "PATH_CHROOT",
+    "CONNECT_TCP", "CONNECT_NO_SYSCALL", "CONNECT_IPV4_HOOK", "REFUSED_ERRNO", "REFUSED_KILLED",
+    "MAX_SESSIONS",
 )
 
 
@@ -35,8 +41,17 @@ def read_header() -> bytes:
 def tracepoints() -> list[tuple[str, str]]:
     """(category, event) of every tracepoint program in recorder.c: what `enhrec doctor` checks
     the kernel has before anything is compiled. (A loaded set lists its own, host.py's meta.)"""
+    return [(c.decode(), e.decode()) for c, e in _TRACEPOINT_PROBE.findall(_recorder_source())]
+
+
+def raw_tracepoints() -> list[str]:
+    """The names of recorder.c's raw tracepoint programs (a raw tracepoint has no category)."""
+    return [name.decode() for name in _RAW_TRACEPOINT_PROBE.findall(_recorder_source())]
+
+
+def _recorder_source() -> bytes:
     with open(os.path.join(program_dir(), "recorder.c"), "rb") as f:
-        return [(c.decode(), e.decode()) for c, e in _TRACEPOINT_PROBE.findall(f.read())]
+        return f.read()
 
 
 def parse_defines(header: bytes) -> dict[str, int]:

@@ -20,6 +20,11 @@ from enhrec_wrap.kernel.program_cache import CACHE_FORMAT
 from enhrec_wrap.kernel.syscalls import PERF_EVENT_IOC_DISABLE
 
 FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
+# recorder.c's programs other than BCC's TRACEPOINT_PROBE/RAW_TRACEPOINT_PROBE ones: its cgroup
+# sock_addr hooks, and the attach type of each (include/uapi/linux/bpf.h enum bpf_attach_type).
+SOCK_ADDR_PROGRAMS = {"connect4": 10, "connect6": 11, "sendmsg4": 14, "sendmsg6": 15}
+# How a program is attached (host.py): the kind in a cache entry's programs.
+TRACEPOINT, RAW_TRACEPOINT, CGROUP_SOCK_ADDR = "tracepoint", "raw_tracepoint", "cgroup_sock_addr"
 DOCTOR_HINT = "run `enhrec doctor` for a full check"
 # BCC's attachments are handed to this helper for their last close (detach_tracepoints).
 HOLD_SECONDS = 2
@@ -38,7 +43,10 @@ def kernel_headers() -> str | None:
 
 
 def compile_entry(program_dir: str, defines: list[str]) -> dict:
-    """Compiles recorder.c with BCC; returns the cache entry describing the result."""
+    """Compiles recorder.c with BCC (`defines` and the kernel's struct offsets, offsets.py);
+    returns the cache entry describing the result."""
+    from enhrec_wrap.kernel import offsets
+    defines = [*defines, *offsets.defines()]
     try:
         from bcc import BPF
         from bcc.libbcc import lib
@@ -68,9 +76,36 @@ def compile_entry(program_dir: str, defines: list[str]) -> dict:
         release_compiler_memory()
 
 
+def _programs(bpf, lib) -> list[dict]:
+    """Every program of the module: how it is attached, and its instructions."""
+    programs = []
+    for i in range(lib.bpf_num_functions(bpf.module)):
+        name = lib.bpf_function_name(bpf.module, i)
+        text = name.decode()
+        if text.startswith("tracepoint__"):
+            kind, target = TRACEPOINT, text[len("tracepoint__"):].replace("__", ":")
+        elif text.startswith("raw_tracepoint__"):
+            kind, target = RAW_TRACEPOINT, text[len("raw_tracepoint__"):]
+        elif text in SOCK_ADDR_PROGRAMS:
+            kind, target = CGROUP_SOCK_ADDR, SOCK_ADDR_PROGRAMS[text]
+        else:
+            continue
+        start = lib.bpf_function_start(bpf.module, name)
+        size = lib.bpf_function_size(bpf.module, name)
+        programs.append({"name": text, "kind": kind, "target": target,
+                         "insns": ct.string_at(start, size).hex()})
+    counts = {kind: sum(p["kind"] == kind for p in programs)
+              for kind in (TRACEPOINT, RAW_TRACEPOINT, CGROUP_SOCK_ADDR)}
+    if (counts[TRACEPOINT] != len(bpf.tracepoint_fds)
+            or counts[RAW_TRACEPOINT] != len(bpf.raw_tracepoint_fds)
+            or counts[CGROUP_SOCK_ADDR] != len(SOCK_ADDR_PROGRAMS)):
+        raise ValueError(f"not every program was found: {counts}")
+    return programs
+
+
 def describe(bpf, lib) -> dict:
     """The cache entry of a BCC-loaded module: its maps (with the fds its code refers to), its
-    tracepoint programs' instructions, its license and the record layouts."""
+    programs' instructions and attachments, its license and the record layouts."""
     module = bpf.module
     lib.bpf_num_tables.restype = ct.c_size_t
     lib.bpf_num_tables.argtypes = [ct.c_void_p]
@@ -92,22 +127,8 @@ def describe(bpf, lib) -> dict:
             "max_entries": lib.bpf_table_max_entries_id(module, i),
             "flags": lib.bpf_table_flags_id(module, i),
         })
-    programs = []
-    for i in range(lib.bpf_num_functions(module)):
-        name = lib.bpf_function_name(module, i)
-        if not name.startswith(b"tracepoint__"):
-            continue
-        start = lib.bpf_function_start(module, name)
-        size = lib.bpf_function_size(module, name)
-        programs.append({
-            "name": name.decode(),
-            "tracepoint": name[len(b"tracepoint__"):].replace(b"__", b":").decode(),
-            "insns": ct.string_at(start, size).hex(),
-        })
-    if len(programs) != len(bpf.tracepoint_fds):
-        raise ValueError("not every attached program was found")
     return {"format": CACHE_FORMAT, "license": lib.bpf_module_license(module).decode(),
-            "maps": maps, "programs": programs, "fields": record_fields(bpf)}
+            "maps": maps, "programs": _programs(bpf, lib), "fields": record_fields(bpf)}
 
 
 def release_compiler_memory():

@@ -10,17 +10,19 @@ import ctypes as ct
 import struct
 
 from enhrec_wrap.kernel import abi
-from enhrec_wrap.kernel.abi import RECORD_CONNECT, RECORD_EXEC, RECORD_EXEC_RESULT, RECORD_OPEN
 
 # The scratch table holding each record type while the BPF program builds it.
 SCRATCH_TABLES = {
-    RECORD_EXEC: "exec_scratch",
-    RECORD_EXEC_RESULT: "exec_result_scratch",
-    RECORD_OPEN: "open_scratch",
-    RECORD_CONNECT: "connect_scratch",
+    abi.RECORD_EXEC: "exec_scratch",
+    abi.RECORD_EXEC_FAILED: "exec_failed_scratch",
+    abi.RECORD_OPEN: "open_scratch",
+    abi.RECORD_CONNECT: "connect_scratch",
+    abi.RECORD_SEND: "connect_scratch",   # the same struct connect_event
+    abi.RECORD_REFUSED: "refused_scratch",
+    abi.RECORD_URING: "uring_scratch",
 }
-# The variable-length text tail of a record, when it has one.
-TAIL_FIELDS = {RECORD_EXEC: "data", RECORD_OPEN: "path"}
+# The variable-length tail of a record, when it has one.
+TAIL_FIELDS = {abi.RECORD_EXEC: "data", abi.RECORD_EXEC_FAILED: "data", abi.RECORD_OPEN: "data"}
 
 _SCALAR_CODES = {
     ct.c_byte: "b", ct.c_ubyte: "B", ct.c_short: "h", ct.c_ushort: "H",
@@ -58,20 +60,21 @@ class Layout:
         return dict(zip(self.names, self.struct.unpack_from(raw, offset)))
 
 
-def _flatten(ctype, base=0):
+def _flatten(ctype, base=0, prefix=""):
     """Yields (name, offset, struct code, size) for every scalar or array field, nested ones
-    flattened: the header's fields keep their own names (pid, ts_ns ...)."""
+    flattened: the header's fields keep their own names (pid, ts_ns ...), those of another
+    nested struct are named after it (binary.ino, cwd.ino, file.path_len ...)."""
     for field in ctype._fields_:
         name, ftype = field[0], field[1]
         if name.startswith("__pad"):
             continue
         offset = base + getattr(ctype, name).offset
         if issubclass(ftype, ct.Structure):
-            yield from _flatten(ftype, offset)
+            yield from _flatten(ftype, offset, "" if name == "hdr" else f"{prefix}{name}.")
         elif issubclass(ftype, ct.Array):
-            yield name, offset, f"{ct.sizeof(ftype)}s", ct.sizeof(ftype)
+            yield prefix + name, offset, f"{ct.sizeof(ftype)}s", ct.sizeof(ftype)
         else:
-            yield name, offset, _SCALAR_CODES[ftype], ct.sizeof(ftype)
+            yield prefix + name, offset, _SCALAR_CODES[ftype], ct.sizeof(ftype)
 
 
 class Decoder:
@@ -88,7 +91,7 @@ class Decoder:
             for record_type, table in SCRATCH_TABLES.items()
         }
         header = {name: offset for name, offset, _, _ in
-                  fields[SCRATCH_TABLES[RECORD_EXEC_RESULT]]}
+                  fields[SCRATCH_TABLES[abi.RECORD_REFUSED]]}
         self.type_offset = header["type"]   # of the record type, in every record
         self._type_struct = struct.Struct(f"={header['type']}xH")
         for layout in self.layouts.values():

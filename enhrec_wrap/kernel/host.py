@@ -34,15 +34,17 @@ from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.kernel import abi, program_cache
 from enhrec_wrap.kernel.syscalls import (BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH_OF_MAPS,
                                          BPF_MAP_TYPE_RINGBUF, BPF_PERF_EVENT,
-                                         BPF_PROG_TYPE_TRACEPOINT, TRACEFS, link_create,
-                                         map_create, map_keys, map_lookup, map_update, obj_get,
-                                         obj_pin, prog_load, raise_memlock, relocate,
-                                         tracepoint_event)
+                                         BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                                         BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_PROG_TYPE_TRACEPOINT,
+                                         TRACEFS, link_create, map_create, map_keys, map_lookup,
+                                         map_delete, map_update, obj_get, obj_pin, prog_load,
+                                         raise_memlock,
+                                         raw_tracepoint_open, relocate, tracepoint_event)
 
 BPFFS = "/sys/fs/bpf"
 PIN_ROOT = os.path.join(BPFFS, "enhrec-wrap")
 # The maps a session uses; the rest are the programs' own.
-SESSION_MAPS = ("session_rings", "lost_events", "parents")
+SESSION_MAPS = ("session_rings", "lost_events")
 RING_KEY = struct.Struct("=QII")   # struct ring_key in enhrec.h
 # Two maps of ours beside the programs': what was loaded (the record layouts a session decodes
 # with, so that the pinned set describes itself), and the count of sessions registered so far.
@@ -128,12 +130,18 @@ class HostLock:
 # -- the set -----------------------------------------------------------------------------------
 
 class HostPrograms:
-    """One pinned set of programs, opened: the fds of the maps sessions use, and the record
-    layouts. Only ever made under a HostLock."""
+    """One pinned set of programs, opened: the fds of the maps sessions use, of its links, and
+    the record layouts. Only ever made under a HostLock.
 
-    def __init__(self, version: str, maps: dict[str, int], meta: dict):
+    The links' fds keep the programs attached for as long as this is open, whatever happens to
+    the pins (a careless `rm -rf` of bpffs, or a bug): a session's recording never depends on
+    them. Releasing a link's last reference is slow in the kernel (an RCU grace period), but
+    with the pins in place a session's are never the last."""
+
+    def __init__(self, version: str, maps: dict[str, int], meta: dict, links=()):
         self.version = version
         self.maps = maps
+        self.links = list(links)
         self.fields = meta["fields"]
         self.cpus = meta["cpus"]
 
@@ -142,15 +150,18 @@ class HostPrograms:
         return os.path.join(PIN_ROOT, self.version)
 
     @classmethod
-    def open_or_load(cls) -> "HostPrograms":
-        """The set of this code's version: opened if pinned, else loaded and pinned. Sets of other
+    def open_or_load(cls, cgroup_root: str) -> "HostPrograms":
+        """The set of this code's version: opened if pinned, else loaded and pinned, its cgroup
+        hooks attached to the root of the cgroup2 tree mounted at cgroup_root. Sets of other
         versions that no session uses any more are unloaded on the way. The caller holds the
         HostLock."""
         version = program_version()
         host = cls.open(version)
         if host is None:
+            if os.path.isdir(os.path.join(PIN_ROOT, version)):
+                unload(version)   # ours and cannot be opened: a load that died half way
             remove_leftovers()
-            host = cls._load(version)
+            host = cls._load(version, cgroup_root)
         for other in pinned_versions():
             if other != version:
                 unload_if_unused(other)
@@ -158,23 +169,29 @@ class HostPrograms:
 
     @classmethod
     def open(cls, version: str) -> "HostPrograms | None":
+        """The set of `version` as this code knows sets, or None (none pinned, or one this code
+        cannot read: another version's, which only ever goes through PinnedSessions)."""
         directory = os.path.join(PIN_ROOT, version)
         if not os.path.isdir(directory):
             return None
-        maps = {}
+        maps, links = {}, []
         try:
             for name in SESSION_MAPS + (GENERATION_MAP, META_MAP):
                 maps[name] = obj_get(os.path.join(directory, f"map-{name}"))
             meta = read_meta(maps.pop(META_MAP))
+            for name in os.listdir(directory):
+                if name.startswith("link-"):
+                    links.append(obj_get(os.path.join(directory, name)))
+            if len(links) != len(meta["programs"]):
+                raise ValueError("links missing")
         except (OSError, ValueError):
-            for fd in maps.values():
+            for fd in [*maps.values(), *links]:
                 os.close(fd)
-            unload(version)   # damaged (a load that died half way): load it again
             return None
-        return cls(version, maps, meta)
+        return cls(version, maps, meta, links)
 
     @classmethod
-    def _load(cls, version: str) -> "HostPrograms":
+    def _load(cls, version: str, cgroup_root: str) -> "HostPrograms":
         ensure_tracefs()
         entry = program_cache.read_cache(version)
         if entry is None:
@@ -183,7 +200,7 @@ class HostPrograms:
             program_cache.write_cache(version, entry)
         build = os.path.join(PIN_ROOT, f"{BUILDING}{version}-{os.getpid()}")
         try:
-            _pin_entry(entry, build)
+            _pin_entry(entry, build, cgroup_root)
             os.rename(build, os.path.join(PIN_ROOT, version))
         except OSError as e:
             _remove_pins(build)
@@ -210,9 +227,9 @@ class HostPrograms:
         return sorted({RING_KEY.unpack(k)[0] for k in keys})
 
     def close(self):
-        for fd in self.maps.values():
+        for fd in [*self.maps.values(), *self.links]:
             os.close(fd)
-        self.maps = {}
+        self.maps, self.links = {}, []
 
 
 def read_meta(fd: int) -> dict:
@@ -234,16 +251,62 @@ def pinned_versions() -> list[str]:
     return sorted(n for n in names if not n.startswith(BUILDING))
 
 
-def unload_if_unused(version: str) -> bool:
-    """Unloads a pinned set that no session uses; the caller holds the HostLock."""
-    host = HostPrograms.open(version)
-    if host is None:
-        return True
+class PinnedSessions:
+    """The sessions registered with a pinned set of any version, through the one map every
+    version pins alike (map-session_rings, keyed by RING_KEY): what code of one version may
+    know of another's set. Nothing else of another version's set is ever read."""
+
+    def __init__(self, version: str):
+        self.fd = obj_get(os.path.join(PIN_ROOT, version, "map-session_rings"))
+
+    def cgroup_ids(self) -> list[int]:
+        return sorted({RING_KEY.unpack(k)[0] for k in map_keys(self.fd, RING_KEY.size)})
+
+    def close(self):
+        os.close(self.fd)
+
+
+def drop_session(version: str, cgroup_id: int):
+    """Takes a dead session out of a pinned set of any version (its rings and lost counters)."""
+    directory = os.path.join(PIN_ROOT, version)
+    for name, keys in (("session_rings", [RING_KEY.pack(cgroup_id, s, 0)
+                                           for s in abi.RING_STREAM_NAMES]),
+                       ("lost_events", [struct.pack("=Q", cgroup_id)])):
+        try:
+            fd = obj_get(os.path.join(directory, f"map-{name}"))
+        except OSError:
+            continue
+        try:
+            for key in keys:
+                try:
+                    map_delete(fd, key)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+
+
+def sessions_of(version: str) -> list[int] | None:
+    """The cgroup ids registered with a pinned set, or None when it cannot be told."""
     try:
-        if host.sessions():
-            return False
+        pinned = PinnedSessions(version)
+    except OSError:
+        return None
+    try:
+        return pinned.cgroup_ids()
+    except OSError:
+        return None
     finally:
-        host.close()
+        pinned.close()
+
+
+def unload_if_unused(version: str) -> bool:
+    """Unloads a pinned set that no session uses, of any version; one whose sessions cannot be
+    told is left alone. The caller holds the HostLock."""
+    if not os.path.isdir(os.path.join(PIN_ROOT, version)):
+        return True
+    if sessions_of(version) != []:
+        return False
     unload(version)
     return True
 
@@ -284,7 +347,7 @@ def _remove_pins(directory: str):
 
 # -- loading a set from its cache entry --------------------------------------------------------
 
-def _pin_entry(entry: dict, directory: str):
+def _pin_entry(entry: dict, directory: str, cgroup_root: str):
     """Creates the entry's maps, loads and attaches its programs, and pins all of it in
     `directory`. Raises OSError (KeyError/ValueError for an entry that is not one of ours)."""
     raise_memlock()
@@ -305,13 +368,12 @@ def _pin_entry(entry: dict, directory: str):
             new_fd[m["fd"]] = fd
             obj_pin(fd, os.path.join(directory, f"map-{m['name']}"))
         loads = [(p, relocate(bytes.fromhex(p["insns"]), new_fd)) for p in entry["programs"]]
+        cgroup_fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        owned.append(cgroup_fd)
         for p, prog_fd in _load_all(loads, entry["license"], owned):
-            category, event = p["tracepoint"].split(":")
-            perf_fd = tracepoint_event(category, event)
-            owned.append(perf_fd)
-            link_fd = link_create(prog_fd, perf_fd, BPF_PERF_EVENT)
+            link_fd, pin = _attach(p, prog_fd, cgroup_fd, owned)
             owned.append(link_fd)
-            obj_pin(link_fd, os.path.join(directory, f"link-{category}-{event}"))
+            obj_pin(link_fd, os.path.join(directory, pin))
         _pin_own_maps(entry, directory, owned)
     except (KeyError, ValueError, TypeError) as e:
         raise OSError(0, f"the cached programs are not usable ({e})") from None
@@ -326,13 +388,34 @@ def _pin_own_maps(entry: dict, directory: str, owned: list):
     obj_pin(generation, os.path.join(directory, f"map-{GENERATION_MAP}"))
     meta = json.dumps({"format": program_cache.CACHE_FORMAT, "fields": entry["fields"],
                        "cpus": possible_cpus(), "loaded": time.time(),
-                       "programs": [p["tracepoint"] for p in entry["programs"]]}).encode()
+                       "programs": [p["name"] for p in entry["programs"]]}).encode()
     if len(meta) > META_BYTES:
         raise ValueError("the record layouts do not fit the meta map")
     fd = map_create(BPF_MAP_TYPE_ARRAY, 4, META_BYTES, 1, 0, META_MAP)
     owned.append(fd)
     map_update(fd, b"\0\0\0\0", meta.ljust(META_BYTES, b"\0"))
     obj_pin(fd, os.path.join(directory, f"map-{META_MAP}"))
+
+
+# How each kind of program is loaded (compiler.py names the kinds): its program type.
+PROGRAM_TYPES = {"tracepoint": BPF_PROG_TYPE_TRACEPOINT,
+                 "raw_tracepoint": BPF_PROG_TYPE_RAW_TRACEPOINT,
+                 "cgroup_sock_addr": BPF_PROG_TYPE_CGROUP_SOCK_ADDR}
+
+
+def _attach(program: dict, prog_fd: int, cgroup_fd: int, owned: list) -> tuple[int, str]:
+    """A link attaching the program where its kind says; returns it and its pin's name."""
+    kind, target = program["kind"], program["target"]
+    if kind == "tracepoint":
+        category, event = target.split(":")
+        perf_fd = tracepoint_event(category, event)
+        owned.append(perf_fd)
+        return link_create(prog_fd, perf_fd, BPF_PERF_EVENT), f"link-{category}-{event}"
+    if kind == "raw_tracepoint":
+        return raw_tracepoint_open(prog_fd, target), f"link-raw-{target}"
+    # At the root of the cgroup tree: the hooks run for the cgroup of the socket (its
+    # creator's), which need not be the session's; the programs filter on the caller's.
+    return link_create(prog_fd, cgroup_fd, target), f"link-cgroup-{program['name']}"
 
 
 def _load_all(loads, license, owned):
@@ -345,8 +428,10 @@ def _load_all(loads, license, owned):
     def load(indices):
         for i in indices:
             p, insns = loads[i]
+            attach_type = p["target"] if p["kind"] == "cgroup_sock_addr" else 0
             try:
-                results[i] = prog_load(BPF_PROG_TYPE_TRACEPOINT, insns, license, p["name"])
+                results[i] = prog_load(PROGRAM_TYPES[p["kind"]], insns, license, p["name"],
+                                       attach_type)
             except OSError as e:
                 errors.append(e)
                 return

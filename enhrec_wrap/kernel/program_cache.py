@@ -9,7 +9,7 @@ import os
 import stat
 
 CACHE_DIR = "/var/cache/enhrec-wrap"
-CACHE_FORMAT = "enhrec-bpf-cache 2"
+CACHE_FORMAT = "enhrec-bpf-cache 3"
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 CACHE_KEEP = 8   # entries kept (one per ring-size configuration, kernel, version ...)
 

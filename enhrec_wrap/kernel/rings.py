@@ -185,19 +185,9 @@ class SessionRings:
             raise EnhrecError(f"cannot register the session with the BPF programs: "
                               f"{e.strerror}: {DOCTOR_HINT}") from None
 
-    def set_parent(self, child_pid: int, parent_pid: int):
-        """The session's first process was forked outside the cgroup: tell the kernel side its
-        parent so that its events carry a ppid like every other."""
-        try:
-            map_update(self.host.maps["parents"], struct.pack("=I", child_pid),
-                       struct.pack("=I", parent_pid))
-        except OSError as e:
-            raise EnhrecError(f"cannot update the BPF map parents: {e.strerror}: "
-                              f"{DOCTOR_HINT}") from None
-
     def kernel_lost(self) -> dict[int, int]:
-        """Records the kernel side could not deliver, by stream number (STREAM_COMMAND_RESULT
-        included): summed over the per-CPU counters."""
+        """Records the kernel side could not deliver, by stream number: summed over the
+        per-CPU counters."""
         cpus, count = self.host.cpus, abi.STREAM_COUNT
         try:
             raw = map_lookup(self.host.maps["lost_events"], _key(self.cgroup_id), 8 * count * cpus)

@@ -16,7 +16,10 @@ BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 
 BPF_MAP_GET_NEXT_KEY, BPF_PROG_LOAD, BPF_OBJ_PIN, BPF_OBJ_GET = 4, 5, 6, 7
 BPF_MAP_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 14, 15
 BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH, BPF_LINK_CREATE = 26, 27, 28
+BPF_RAW_TRACEPOINT_OPEN = 17
 BPF_PROG_TYPE_TRACEPOINT = 5
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_MAP_TYPE_HASH_OF_MAPS = 13
 BPF_MAP_TYPE_RINGBUF = 27
 BPF_MAP_TYPE_ARRAY = 2
@@ -167,14 +170,24 @@ def relocate(insns: bytes, new_fd: dict) -> bytes:
     return bytes(code)
 
 
-def prog_load(prog_type: int, insns: bytes, license: str, name: str) -> int:
+def prog_load(prog_type: int, insns: bytes, license: str, name: str,
+              expected_attach_type: int = 0) -> int:
     code = ct.create_string_buffer(insns, len(insns))
     lic = ct.create_string_buffer(license.encode())
     attr = bytearray(_ATTR_SIZE)
     struct.pack_into("=IIQQ", attr, 0, prog_type, len(insns) // 8, ct.addressof(code),
                      ct.addressof(lic))
     struct.pack_into("16s", attr, 48, _name(name))
+    struct.pack_into("=I", attr, 68, expected_attach_type)
     return _bpf(BPF_PROG_LOAD, attr)
+
+
+def raw_tracepoint_open(prog_fd: int, name: str) -> int:
+    """A raw tracepoint attachment: a bpf link (pinnable, like link_create's)."""
+    n = ct.create_string_buffer(name.encode())
+    attr = bytearray(_ATTR_SIZE)
+    struct.pack_into("=QI", attr, 0, ct.addressof(n), prog_fd)
+    return _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
 
 
 def tracepoint_event(category: str, event: str) -> int:

@@ -21,10 +21,11 @@ import re
 import time
 from typing import NamedTuple
 
+from enhrec_wrap.events.kinds import NAMESPACE
+
 HOST_UUID = "host_uuid"
 LOG = "log"
 CURRENT_LINK = "events.log"
-NAMESPACE = "default"
 SESSION_FILES = os.path.join("sessions", NAMESPACE)
 OPEN_SESSIONS = "open-sessions"
 LOCK_SUFFIX = ".lock"

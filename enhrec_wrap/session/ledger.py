@@ -25,9 +25,6 @@ import os
 import struct
 import zlib
 
-from enhrec_wrap.kernel import abi
-from enhrec_wrap.log import layout
-
 RECORD_TYPES = 16
 STREAMS = 3   # the rings: STREAM_COMMAND, STREAM_DISK, STREAM_NETWORK
 PAGE_BYTES = 4096
@@ -127,6 +124,7 @@ class Ledger:
         """Where the batch goes: from inside the daily log's lock, just before the write
         (AuditLog.write's announce)."""
         s = self.state
+        from enhrec_wrap.log import layout   # not at import: see watchdog.py's imports
         s.batch_day = int(layout.day_of_file(os.path.basename(path)).replace("-", ""))
         s.batch_dev, s.batch_ino = dev, ino
         s.batch_offset, s.batch_length, s.batch_crc = offset, len(data), zlib.crc32(data)
@@ -149,25 +147,20 @@ def read(page: mmap.mmap) -> State:
     return State(_SLOT.unpack_from(page, _SLOT_AT[active]))
 
 
-# Which lost_events stream a record type's loss is counted in.
-LOST_STREAM_OF_TYPE = {
-    abi.RECORD_EXEC: "command",
-    abi.RECORD_EXEC_RESULT: "command_result",
-    abi.RECORD_OPEN: "disk",
-    abi.RECORD_CONNECT: "network",
-}
 
 
 def lost_fields(kernel_lost: dict, undecodable: dict, unsettled: list) -> dict:
-    """session.end's lost_events and lost_return_codes: what the kernel dropped (by stream
-    number), what user space could not decode (by stream number) and what was taken and never
-    settled (by record type)."""
-    lost = {"command": 0, "disk": 0, "network": 0, "command_result": 0}
+    """session.end's lost_events: what the kernel dropped (by stream number), what user space
+    could not decode (by stream number) and what was taken and never settled (by record
+    type)."""
+    from enhrec_wrap.kernel import abi   # not at import: see watchdog.py's imports
+    # Which stream a record type's loss is counted in: its ring's.
+    lost_stream_of_type = {abi.RECORD_OPEN: "disk", abi.RECORD_CONNECT: "network",
+                           abi.RECORD_SEND: "network"}
+    lost = {"command": 0, "disk": 0, "network": 0}
     for stream, name in abi.RING_STREAM_NAMES.items():
         lost[name] += kernel_lost.get(stream, 0) + undecodable.get(stream, 0)
-    lost["command_result"] += kernel_lost.get(abi.STREAM_COMMAND_RESULT, 0)
     for record_type, count in enumerate(unsettled):
         if count > 0:
-            lost[LOST_STREAM_OF_TYPE.get(record_type, "command")] += count
-    return {"lost_events": {k: lost[k] for k in ("command", "disk", "network")},
-            "lost_return_codes": lost["command_result"]}
+            lost[lost_stream_of_type.get(record_type, "command")] += count
+    return {"lost_events": lost}

@@ -22,6 +22,7 @@ from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.host.privileges import Account, drop_privileges
 from enhrec_wrap.log.store import SessionStore
+from enhrec_wrap.session import seccomp
 from enhrec_wrap.session.ledger import Ledger, new_page
 
 # The session's exit status (session.end's exit_status) when its command never ran, as env(1)
@@ -166,14 +167,13 @@ class Session:
         if pid == 0:
             os.close(go_w)
             os.close(err_r)
-            _child(self.request.account, path, argv, env, cwd, go_r, err_w)
+            _child(self.request.account, path, argv, env, cwd, go_r, err_w, self._refusals())
         os.close(go_r)
         os.close(err_w)
         self.child = pid
         try:
             if self.cgroup:
                 self.cgroup.add(pid)
-                self.recording.set_parent(pid, os.getpid())
                 self.child_pidfd = os.pidfd_open(pid)
                 self.recording.wake_on(self.child_pidfd)   # its exit is written at once
                 self.recording.wait_registered()
@@ -264,6 +264,13 @@ class Session:
             _tell_user(WATCHDOG_DIED)
             self.cgroup.kill()
 
+    def _refusals(self) -> tuple[bool, bool]:
+        """(refuse io_uring, refuse 32-bit syscalls): what the recorder could not see is refused
+        in a recorded session (session/seccomp.py), unless the config allows it."""
+        if self.recording is None:
+            return False, False
+        return self.config.refuse_io_uring, self.config.refuse_32bit
+
     def _child_exited(self) -> bool:
         return bool(select.select([self.child_pidfd], [], [], 0)[0]) if self.child_pidfd >= 0 else True
 
@@ -328,9 +335,10 @@ class Session:
         fields = self._end_fields()
         if self.recording:
             self._write(self.recording.events(self.recording.drain(), self.factory))
-            self._write(self.recording.unfinished(self.factory))
             fields.update(self.recording.lost())
             fields["killed_processes"] = killed
+            if not all(self._refusals()):
+                fields["partially_audited"] = True   # io_uring or 32-bit calls were allowed
         fields.update(session_stop=events.rfc3339(time.time_ns()), exit_status=exit_status,
                       end_reason=self.end_reason)
         if self.unwritten:
@@ -437,14 +445,14 @@ def _read_all(fd) -> bytes:
         chunks.append(chunk)
 
 
-def _child(account, path, argv, env, cwd, go_fd, err_fd):
+def _child(account, path, argv, env, cwd, go_fd, err_fd, refusals):
     """In the forked child: never returns. Reports a failure as b"<Failure name>:<message>" on
     err_fd (close-on-exec, so a successful exec reports nothing).
 
     All set-up happens before the go signal, outside the session's cgroup, so that the recording
     starts with the user's own program and not with the wrapper's preparations."""
     try:
-        _prepare_child(account, cwd, keep_fds=(go_fd, err_fd))
+        _prepare_child(account, cwd, (go_fd, err_fd), refusals)
         program = _find_program(path, env["PATH"])
         if os.read(go_fd, 1) != b"g":
             # The parent could not put us in the cgroup: run nothing.
@@ -462,7 +470,7 @@ def _child(account, path, argv, env, cwd, go_fd, err_fd):
         _report(err_fd, Failure.COMMAND_NOT_EXECUTABLE, f"{path}: {getattr(e, 'strerror', None) or e}")
 
 
-def _prepare_child(account, cwd, keep_fds):
+def _prepare_child(account, cwd, keep_fds, refusals):
     for sig in CHILD_DEFAULT_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     low = 3   # nothing of the wrapper's (log, BPF maps) may reach the user's program
@@ -470,6 +478,7 @@ def _prepare_child(account, cwd, keep_fds):
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    seccomp.install(*refusals)   # as root: without no_new_privs, so setuid programs still work
     drop_privileges(account)
     if cwd is not None:
         try:

@@ -16,7 +16,7 @@ and at a normal end the watchdog takes them out (release()) while the wrapper ex
 
 import threading
 
-from enhrec_wrap.events import teleport as events
+from enhrec_wrap.events.kernel import KernelEvents
 from enhrec_wrap.kernel import idle
 from enhrec_wrap.kernel.decode import Decoder
 from enhrec_wrap.kernel.host import HostLock, HostPrograms
@@ -30,14 +30,14 @@ class Recording:
         self.rings = rings
         self.decoder = Decoder(fields=host.fields)
         self.reader = RingReader(rings, self.decoder, ledger)
-        self.kernel = events.KernelEvents()
+        self.kernel = KernelEvents(self.decoder)
         self._registration = threading.Thread(target=self._register, name="register")
         self._registration_failure = None
 
     @classmethod
     def start(cls, config, cgroup_id: int, ledger) -> "Recording":
         with HostLock():
-            host = HostPrograms.open_or_load()
+            host = HostPrograms.open_or_load(config.cgroup_path)
             try:
                 rings = SessionRings.create(host, cgroup_id, ring_bytes(config, host.cpus))
             except BaseException:
@@ -66,9 +66,6 @@ class Recording:
     def wake_on(self, fd: int):
         self.reader.wake_on(fd)
 
-    def set_parent(self, child_pid: int, parent_pid: int):
-        self.rings.set_parent(child_pid, parent_pid)
-
     def poll(self, timeout: float, flush: bool) -> list:
         return self.reader.poll(timeout, flush)
 
@@ -77,20 +74,13 @@ class Recording:
 
     def events(self, records: list, factory) -> list:
         """The events of a batch of records, numbered by the factory, in time order."""
-        return self.kernel.events(records, self.decoder, factory)
-
-    def unfinished(self, factory) -> list:
-        """Execs whose result never came, as events: at the end."""
-        completed = sorted(self.kernel.unfinished(), key=lambda item: item[1])
-        make, offset = factory.make_from, factory.monotonic_to_epoch_ns
-        return [make(kind, ts + offset, fields) for kind, ts, fields in completed]
+        return self.kernel.events(records, factory)
 
     def settled(self) -> list:
-        """Records accounted for by the events made so far, by type: all that were handed on
-        or dropped, but those the exec join still holds (ledger.py)."""
-        held = self.kernel.held_by_type()
+        """Records accounted for by the events made so far, by type: every record handed on
+        is one event, and a dropped one is counted lost (ledger.py)."""
         reader = self.reader
-        return [reader.handed[t] + reader.dropped[t] - held.get(t, 0) for t in range(RECORD_TYPES)]
+        return [reader.handed[t] + reader.dropped[t] for t in range(RECORD_TYPES)]
 
     def undecodable(self) -> dict:
         return dict(self.reader.undecodable)

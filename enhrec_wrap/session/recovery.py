@@ -22,8 +22,8 @@ from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.events import kinds
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.host.cgroup import SessionCgroup, is_cgroup2_mount, leaf_dir, parent_dir
-from enhrec_wrap.kernel.host import PIN_ROOT, HostLock, HostPrograms, pinned_versions
-from enhrec_wrap.kernel.rings import SessionRings
+from enhrec_wrap.kernel.host import (PIN_ROOT, HostLock, drop_session, pinned_versions,
+                                     sessions_of)
 from enhrec_wrap.log import layout, reader, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import read_server_id
@@ -94,18 +94,12 @@ def _drop_stale_registrations(config, report: Report) -> None:
     alive = None
     with HostLock():
         for version in pinned_versions():
-            host = HostPrograms.open(version)
-            if host is None:
-                continue
-            try:
-                for cgroup_id in host.sessions():
-                    if alive is None:
-                        alive = _cgroup_ids(config.cgroup_path)
-                    if cgroup_id not in alive:
-                        SessionRings(host, cgroup_id, {}).unregister()
-                        report.registrations_dropped.append(cgroup_id)
-            finally:
-                host.close()
+            for cgroup_id in sessions_of(version) or []:
+                if alive is None:
+                    alive = _cgroup_ids(config.cgroup_path)
+                if cgroup_id not in alive:
+                    drop_session(version, cgroup_id)
+                    report.registrations_dropped.append(cgroup_id)
 
 
 def _cgroup_ids(cgroup_path: str) -> set[int]:

@@ -14,6 +14,7 @@ import time
 import zlib
 
 from enhrec_wrap.events import teleport as events
+from enhrec_wrap.events.kernel import KernelEvents
 from enhrec_wrap.kernel import abi
 from enhrec_wrap.kernel.decode import Decoder
 from enhrec_wrap.kernel import idle
@@ -119,10 +120,7 @@ def _drain(state: ledger.State, host, rings, factory):
         decoder = Decoder(fields=host.fields)
         reader = RingReader(rings, decoder)
         records = reader.drain()
-        kernel = events.KernelEvents(resolve_paths=False)
-        made = kernel.events(records, decoder, factory)
-        made += [factory.make_from(kind, ts + factory.monotonic_to_epoch_ns, fields)
-                 for kind, ts, fields in sorted(kernel.unfinished(), key=lambda e: e[1])]
+        made = KernelEvents(decoder).events(records, factory)
         for stream, count in reader.undecodable.items():
             undecodable[stream] += count
         kernel_lost = rings.kernel_lost()

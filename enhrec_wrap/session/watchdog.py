@@ -21,12 +21,16 @@ The recorder watches the watchdog in turn, through a pidfd: if it dies, the reco
 session (lifecycle.py), which never runs without something that would kill it.
 """
 
-import json
 import os
 import select
 import signal
-import socket
+import struct
 import sys
+
+# The C module, not `socket`: whatever is imported before the fork becomes the watchdog's own
+# memory as the recorder runs on, and `socket` (with selectors, enum classes ...) is 1 MB of
+# it, `_socket` 48 KB. For the same reason json and the ledger's helpers come later.
+import _socket
 
 from enhrec_wrap.session import ledger
 
@@ -43,7 +47,7 @@ NAME = b"enhrec-watchdog"   # its comm, as ps and pgrep show it
 class Watchdog:
     """The recorder's side of its watchdog."""
 
-    def __init__(self, pid: int, pidfd: int, channel: socket.socket, page):
+    def __init__(self, pid: int, pidfd: int, channel, page):
         self.pid = pid
         self.pidfd = pidfd          # readable once the watchdog has exited
         self.channel = channel
@@ -53,7 +57,7 @@ class Watchdog:
     @classmethod
     def fork(cls) -> "Watchdog":
         page = ledger.new_page()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
@@ -69,7 +73,10 @@ class Watchdog:
         """Tells the watchdog which session to guard (its cgroup, log and envelope) and hands it
         the session's lock file and cgroup directory. Queued in the socket: if the recorder dies
         right after, the watchdog still gets it first."""
-        socket.send_fds(self.channel, [ARM + json.dumps(session).encode()], [lock_fd, cgroup_fd])
+        import json
+        fds = struct.pack("=2i", lock_fd, cgroup_fd)
+        self.channel.sendmsg([ARM + json.dumps(session).encode()],
+                             [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         self.armed = True
 
     def alive(self) -> bool:
@@ -82,6 +89,7 @@ class Watchdog:
         need not wait for. Not waited for: init reaps it once we are gone."""
         if self.channel is None:
             return
+        import json
         try:
             self.channel.send(STOP + (json.dumps(release).encode() if release else b""))
         except OSError:
@@ -93,7 +101,7 @@ class Watchdog:
 
 # --- the watchdog process -------------------------------------------------------------------
 
-def _watchdog(channel: socket.socket, page) -> int:
+def _watchdog(channel, page) -> int:
     _name_process(NAME)
     os.setsid()
     for sig in IGNORED_SIGNALS:
@@ -107,20 +115,32 @@ def _watchdog(channel: socket.socket, page) -> int:
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
     session = held = None
     while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 4)
-        except OSError:
-            message, fds = b"", []
+        message, fds = _receive(channel)
         if message.startswith(STOP):
             if len(message) > 1:
+                import json
                 _release(json.loads(message[1:]))
             return 0
         if message.startswith(ARM):
+            import json
             session, held = json.loads(message[1:]), fds
             continue
         if session is None:
             return 0   # the wrapper ended before any session existed
         return _recorder_died(session, page, held)
+
+
+def _receive(channel) -> tuple[bytes, list[int]]:
+    """One message and the fds sent with it; b"" once the recorder's end is closed."""
+    try:
+        message, ancillary, _, _ = channel.recvmsg(MAX_MESSAGE, _socket.CMSG_SPACE(4 * 4))
+    except OSError:
+        return b"", []
+    fds = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds += struct.unpack(f"={len(data) // 4}i", data[:len(data) // 4 * 4])
+    return message, fds
 
 
 def _release(order: dict) -> None:

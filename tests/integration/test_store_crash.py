@@ -118,7 +118,6 @@ def test_eight_sessions_of_200_execs_at_once(recorder):
         trues = [e for e in events if e["event"] == "session.command" and e["path"] == "/bin/true"]
         assert len(trues) == 200 and all(e["return_code"] == 0 for e in trues)
         assert end["lost_events"] == {"command": 0, "disk": 0, "network": 0}
-        assert end["lost_return_codes"] == 0
         kernel = [e for e in events if "cgroup_id" in e and e["event"] != "session.start"]
         assert all(e["cgroup_id"] == start["cgroup_id"] for e in kernel), "an event in the wrong session"
         directory, _ = session_files(recorder, sid)

@@ -12,6 +12,7 @@ import pytest
 from enhrec_wrap.config import Config
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.host.privileges import Account
+from enhrec_wrap.events.kernel import KernelEvents
 from enhrec_wrap.kernel import abi
 from enhrec_wrap.login import ssh
 from enhrec_wrap.session import lifecycle
@@ -27,7 +28,7 @@ SSH_CONNECTION = "192.0.2.7 51234 192.0.2.1 22"
 
 def test_fixtures_hold_every_kind(teleport_compat):
     real = teleport_compat.real_events()
-    assert all(real[kind] for kind in teleport_compat.KINDS)
+    assert all(real[kind] for kind in teleport_compat.TELEPORT_KINDS)
     lines = teleport_compat.FIXTURES.read_text().splitlines()
     assert len(lines) == 11 and len(set(lines)) == 11
 
@@ -115,92 +116,55 @@ def factory():
     return events.EventFactory(SID, SERVER_ID, "node-1", "alice", "alice", "main")
 
 
-def exec_record(pid, filename, args, ppid=2660, comm=b"bash"):
-    tail = filename + b"\0" + b"".join(a + b"\0" for a in args)
-    return {"type": abi.RECORD_EXEC, "ts_ns": 1_000_000, "cgroup_id": CGROUP_ID, "pid": pid,
-            "tid": pid, "ppid": ppid, "tail_len": len(tail), "comm": comm, "dirfd": -100,
-            "at_flags": 0, "argc": len(args), "truncated": 0, "filename_len": len(filename) + 1,
-            "tail": tail}
-
-
-def exec_result(pid, ret, comm):
-    return {"type": abi.RECORD_EXEC_RESULT, "ts_ns": 1_000_500, "cgroup_id": CGROUP_ID,
-            "pid": pid, "tid": pid, "ppid": 2660, "tail_len": 0, "comm": comm, "ret": ret}
-
-
-def open_record(path, ret, flags=0, pid=2700):
-    tail = path + b"\0"
-    return {"type": abi.RECORD_OPEN, "ts_ns": 1_001_000, "cgroup_id": CGROUP_ID, "pid": pid,
-            "tid": pid, "ppid": 2660, "tail_len": len(tail), "comm": b"cat", "ret": ret,
-            "flags": flags, "dirfd": -100, "mode": 0, "tail": tail}
-
-
-def connect_record(family, daddr, saddr, dport, ret, flags, sport=0, pid=2800):
-    size = 16 if family == socket.AF_INET6 else 4
-    pad = bytes(16 - size)
-    return {"type": abi.RECORD_CONNECT, "ts_ns": 1_002_000, "cgroup_id": CGROUP_ID,
-            "pid": pid, "tid": pid, "ppid": 2660, "tail_len": 0, "comm": b"curl", "ret": ret,
-            "family": family, "dport": dport, "sport": sport, "flags": flags,
-            "daddr": socket.inet_pton(family, daddr) + pad,
-            "saddr": socket.inet_pton(family, saddr) + pad}
-
-
-def kernel_events():
-    """One of each: successful and failed exec, an exec whose result never came, opens that
-    succeeded and failed, TCP and UDP connects over IPv4 and IPv6, refused and in progress, and
-    a SYN sent outside connect()."""
-    kernel = events.KernelEvents(resolve_paths=False)
-    made = []
-    for record in (exec_record(2653, b"/bin/ping", [b"ping", b"google.com"]),
-                   exec_result(2653, 0, b"ping"),
-                   exec_record(2654, b"/nonexistent", [b"nonexistent"]),
-                   exec_result(2654, -errno.ENOENT, b"bash"),
-                   exec_record(2655, b"/bin/true", [b"true"]),
-                   open_record(b"/etc/ld.so.cache", 3, flags=0o2000000),
-                   open_record(b"/root/.secret", -errno.EACCES),
-                   connect_record(socket.AF_INET, "127.0.0.1", "127.0.0.1", 443, 0,
-                                  abi.CONNECT_TCP, sport=50000),
-                   connect_record(socket.AF_INET, "127.0.0.1", "0.0.0.0", 9, -errno.ECONNREFUSED,
-                                  abi.CONNECT_TCP),
-                   connect_record(socket.AF_INET6, "::1", "::", 53, 0, 0),
-                   connect_record(socket.AF_INET6, "2001:db8::1", "::1", 443, -errno.EINPROGRESS,
-                                  abi.CONNECT_TCP),
-                   connect_record(socket.AF_INET, "192.0.2.9", "192.0.2.1", 80, 0,
-                                  abi.CONNECT_TCP | abi.CONNECT_NO_SYSCALL)):
-        done = kernel.feed(record)
-        if done is not None:
-            made.append(done)
-    made += kernel.unfinished()
+def kernel_events(records):
+    """One of each: successful and failed exec, opens that succeeded and failed, TCP and UDP
+    connects over IPv4 and IPv6, refused and in progress, a connect with no connect() call (io_uring,
+    32-bit, Fast Open), an unconnected UDP send, and a refused call."""
+    made = [KernelEvents().build(record) for record in (
+        records.exec(2653, b"/bin/ping", [b"ping", b"google.com"], comm=b"ping"),
+        records.failed_exec(2654, b"/nonexistent", [b"nonexistent"], -errno.ENOENT),
+        records.open(b"/etc/ld.so.cache", 3, resolved=b"/etc/ld.so.cache", flags=0o2000000),
+        records.open(b"/root/.secret", -errno.EACCES),
+        records.connect(socket.AF_INET, "127.0.0.1", "127.0.0.1", 443, 0, abi.CONNECT_TCP,
+                        sport=50000),
+        records.connect(socket.AF_INET, "127.0.0.1", "0.0.0.0", 9, -errno.ECONNREFUSED,
+                        abi.CONNECT_TCP),
+        records.connect(socket.AF_INET6, "::1", "::", 53, 0, 0, protocol=17),
+        records.connect(socket.AF_INET6, "2001:db8::1", "::1", 443, -errno.EINPROGRESS,
+                        abi.CONNECT_TCP),
+        records.connect(socket.AF_INET, "192.0.2.9", "0.0.0.0", 80, 0, abi.CONNECT_NO_SYSCALL),
+        records.connect(socket.AF_INET, "192.0.2.53", "0.0.0.0", 53, 0, 0, protocol=17,
+                        record_type=abi.RECORD_SEND),
+        records.refused(425, 0xC000003E, abi.REFUSED_ERRNO, ret=-errno.EPERM))]
     f = factory()
-    return [orjson.loads(events.encode(f.make_from(kind, f.kernel_time(ts), fields)))
-            for kind, ts, fields in made]
+    return [orjson.loads(events.encode(f.make_from(kind, 1_000_000, fields)))
+            for kind, fields in made]
 
 
-def test_kernel_events_are_compatible(teleport_compat):
-    made = kernel_events()
+def test_kernel_events_are_compatible(teleport_compat, records):
+    made = kernel_events(records)
     assert sorted({e["event"] for e in made}) == ["session.command", "session.disk",
-                                                   "session.network"]
+                                                   "session.network", "session.refused"]
     teleport_compat.assert_compatible(made, ssh=False, terminal=False)
 
 
-def test_network_events_say_connect_observed_and_keep_their_result_apart(teleport_compat):
-    networks = [e for e in kernel_events() if e["event"] == "session.network"]
-    assert len(networks) == 5
-    assert all((e["operation"], e["action"]) == (0, 0) for e in networks)   # CONNECT, OBSERVED
+def test_network_events_say_connect_or_send_observed_and_keep_their_result_apart(
+        teleport_compat, records):
+    networks = [e for e in kernel_events(records) if e["event"] == "session.network"]
+    assert len(networks) == 6
+    connects, sends = networks[:5], networks[5:]
+    assert all((e["operation"], e["action"]) == (0, 0) for e in connects)   # CONNECT, OBSERVED
+    assert [(e["operation"], e["action"], e["protocol"]) for e in sends] == [(1, 0, "udp")]
     assert all("return_code" not in e for e in networks)
-    assert [e["connect_return_code"] for e in networks] == [0, -111, 0, -115, None]
+    assert [e["connect_return_code"] for e in connects] == [0, -111, 0, -115, None]
+    assert all("connect_return_code" not in e for e in sends)
 
 
-def test_an_unknown_exec_result_cannot_read_as_success(teleport_compat):
-    commands = {e["path"]: e for e in kernel_events() if e["event"] == "session.command"}
+def test_exec_results_are_real_results(teleport_compat, records):
+    commands = {e["path"]: e for e in kernel_events(records) if e["event"] == "session.command"}
     assert commands["/bin/ping"]["return_code"] == 0
     assert commands["/nonexistent"]["return_code"] == -errno.ENOENT
-    unknown = commands["/bin/true"]
-    assert unknown["return_code"] == -2**31 and unknown["return_code_unknown"] is True
-    # int32, so Teleport's Go struct decodes it; outside execve's results, so it means neither.
-    low, high = teleport_compat.INT32
-    assert low <= unknown["return_code"] <= high and unknown["return_code"] < -4095
-    assert all("return_code_unknown" not in e for p, e in commands.items() if p != "/bin/true")
+    assert all("return_code_unknown" not in e for e in commands.values())
 
 
 def session_events(tmp_path, monkeypatch, ssh_connection=None, terminal=False,

@@ -84,7 +84,7 @@ def test_config_fields_match_the_architecture():
     assert names == ["source", "nodename", "cluster_name", "data_dir", "enabled",
                      "command_buffer_size", "disk_buffer_size", "network_buffer_size",
                      "cgroup_path", "background_processes", "on_log_failure",
-                     "idle_unload_seconds"]
+                     "idle_unload_seconds", "refuse_io_uring", "refuse_32bit"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().enabled = False
 
@@ -216,7 +216,8 @@ def test_unknown_key_with_suggestion(write):
 def test_unknown_key_without_suggestion_lists_the_allowed_keys(write):
     path = write("enhrec: {zzz: 1}\n")
     assert error_of(path) == (f"{path}: enhrec.zzz: unknown key "
-                              "(allowed: background_processes, idle_unload_seconds, on_log_failure)")
+                              "(allowed: background_processes, idle_unload_seconds, on_log_failure, "
+                              "refuse_32bit, refuse_io_uring)")
 
 
 def test_unknown_key_in_teleport_section(write):

@@ -28,9 +28,9 @@ def test_abi_has_every_define_of_the_header(header_defines):
 def test_every_record_type_has_a_scratch_table_and_a_ring(header_defines):
     record_types = {v for k, v in header_defines.items() if k.startswith("RECORD_")}
     assert set(decode.SCRATCH_TABLES) == record_types
-    assert set(decode.TAIL_FIELDS) == {abi.RECORD_EXEC, abi.RECORD_OPEN}
+    assert set(decode.TAIL_FIELDS) == {abi.RECORD_EXEC, abi.RECORD_EXEC_FAILED, abi.RECORD_OPEN}
     streams = {v for k, v in header_defines.items() if k.startswith("STREAM_") and k != "STREAM_COUNT"}
-    assert set(abi.RING_STREAM_NAMES) | {abi.STREAM_COMMAND_RESULT} == streams
+    assert set(abi.RING_STREAM_NAMES) == streams
     assert abi.STREAM_COUNT == len(streams)
 
 

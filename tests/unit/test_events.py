@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from enhrec_wrap.kernel import decode
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.config import Config
 from enhrec_wrap.host.privileges import Account
+from enhrec_wrap.events.kernel import KernelEvents
 from enhrec_wrap.session.lifecycle import Request, Session
 
 # A copy of ../shared/fixtures/reference-events.jsonl (the events exactly as the reference
@@ -25,7 +25,6 @@ REFERENCE_EVENTS = Path(os.environ.get(
 TIME_FORMAT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
 SERVER_ID = "5d2f4d7a-92c4-4c1e-8b3c-7b0e1f6a9d10"
-AT_FDCWD = -100
 
 
 def json_type(value):
@@ -39,28 +38,13 @@ def element_types(value):
     return {json_type(v) for v in value} if isinstance(value, list) else None
 
 
-# --- records as decode.Decoder returns them ------------------------------------------------------
+# --- events made of records ----------------------------------------------------------------------
 
-def exec_record(pid, filename, args, ppid=1, comm=b"bash", truncated=0, dirfd=AT_FDCWD):
-    tail = filename + b"\0" + b"".join(a + b"\0" for a in args)
-    return {"type": decode.RECORD_EXEC, "ts_ns": 1_000_000, "cgroup_id": 4294968064, "pid": pid,
-            "tid": pid, "ppid": ppid, "tail_len": len(tail), "comm": comm, "dirfd": dirfd,
-            "at_flags": 0, "argc": len(args), "truncated": truncated,
-            "filename_len": len(filename) + 1, "tail": tail}
-
-
-def exec_result(pid, ret, comm):
-    return {"type": decode.RECORD_EXEC_RESULT, "ts_ns": 1_000_500, "cgroup_id": 4294968064,
-            "pid": pid, "tid": pid, "ppid": 1, "tail_len": 0, "comm": comm, "ret": ret}
-
-
-def command_event(filename, args, ret=0, comm=b"ping", pid=2653):
-    kernel = events.KernelEvents(resolve_paths=False)
-    assert kernel.feed(exec_record(pid, filename, args, ppid=2660)) is None
-    kind, ts_ns, fields = kernel.feed(exec_result(pid, ret, comm))
+def command_event(record):
+    kind, fields = KernelEvents().build(record)
     assert kind == events.SESSION_COMMAND
     factory = events.EventFactory(SID, SERVER_ID, "node", "root", "benarent", "main")
-    return orjson.loads(events.encode(factory.make(kind, factory.kernel_time(ts_ns), **fields)))
+    return orjson.loads(events.encode(factory.make(kind, 0, **fields)))
 
 
 def session_events(tmp_path):
@@ -102,8 +86,8 @@ def assert_same_shape(ours, theirs):
             assert element_types(ours[key]) == element_types(value), f"{ours['event']}.{key}"
 
 
-def test_session_command_has_the_reference_fields_and_types(reference):
-    ours = command_event(b"/bin/ping", [b"ping", b"google.com"])
+def test_session_command_has_the_reference_fields_and_types(reference, records):
+    ours = command_event(records.exec(2653, b"/bin/ping", [b"ping", b"google.com"], comm=b"ping"))
     assert_same_shape(ours, reference["session.command"])
     assert (ours["code"], ours["path"], ours["argv"], ours["program"]) == \
         ("T4000I", "/bin/ping", ["google.com"], "ping")
@@ -160,44 +144,45 @@ def test_text_unescape_round_trip():
     assert escaped_seen > 1000
 
 
-def test_command_with_non_utf8_and_newline_arguments():
-    event = command_event(b"/bin/echo", [b"echo", b"ok", b"\xff\xfeA\\B", b"line1\nline2"],
-                          comm=b"echo")
+def test_command_with_non_utf8_and_newline_arguments(records):
+    event = command_event(records.exec(2653, b"/bin/echo",
+                                       [b"echo", b"ok", b"\xff\xfeA\\B", b"line1\nline2"],
+                                       comm=b"echo"))
     assert event["argv"] == ["ok", "\\xff\\xfeA\\\\B", "line1\nline2"]
     assert event["escaped_fields"] == ["argv.1"]
     assert events.unescape(event["argv"][1]) == b"\xff\xfeA\\B"
 
 
-def test_non_utf8_path_is_escaped():
-    event = command_event(b"/tmp/\xffprog", [b"prog"], ret=-2, comm=b"sh")
+def test_non_utf8_path_of_a_failed_exec_is_escaped_and_the_callers_claim(records):
+    event = command_event(records.failed_exec(2653, b"/tmp/\xffprog", [b"prog"], -2, comm=b"sh"))
     assert event["path"] == "/tmp/\\xffprog" and event["escaped_fields"] == ["path"]
-    assert event["return_code"] == -2
+    assert event["return_code"] == -2 and event["path_source"] == "caller"
 
 
-def test_non_utf8_program_name_is_listed_in_escaped_fields():
+def test_non_utf8_program_name_is_listed_in_escaped_fields(records):
     """docs/events.md: program names are bytes too, and every escaped field is listed."""
-    event = command_event(b"/tmp/x", [b"x"], comm=b"\xffbad")
+    event = command_event(records.exec(2653, b"/tmp/x", [b"x"], comm=b"\xffbad"))
     assert event["program"] == "\\xffbad"
     assert "program" in event.get("escaped_fields", []), event
 
 
-def test_exec_whose_result_never_came_is_logged_with_a_return_code_that_is_no_result():
-    kernel = events.KernelEvents(resolve_paths=False)
-    kernel.feed(exec_record(7, b"/bin/true", [b"true"]))
-    ((kind, _, fields),) = kernel.unfinished()
-    assert kind == events.SESSION_COMMAND
-    assert fields["path"] == "/bin/true"
-    # Not null and not missing: Teleport's Go struct reads both as 0, a successful exec.
-    assert fields["return_code"] == events.RETURN_CODE_UNKNOWN == -2**31
-    assert fields["return_code_unknown"] is True
-    assert kernel.unfinished() == []
+def test_an_exec_is_the_kernels_facts(records):
+    """The new image's argv without argv[0], the binary that runs, the script's interpreter,
+    a relative filename made absolute with the cwd (no normalisation), and return_code 0."""
+    event = command_event(records.exec(7, b"./run.sh", [b"/bin/sh", b"./run.sh", b"a"],
+                                       executable=b"/usr/bin/dash", interp=b"/bin/sh",
+                                       cwd=b"/home/alice", size=125640))
+    assert event["path"] == "/home/alice/run.sh" and event["requested_path"] == "./run.sh"
+    assert event["argv"] == ["./run.sh", "a"]
+    assert (event["executable"], event["interpreter"]) == ("/usr/bin/dash", "/bin/sh")
+    assert (event["executable_size"], event["return_code"]) == (125640, 0)
+    assert event["path_source"] == "kernel" and "return_code_unknown" not in event
 
 
-def test_exec_with_a_result_has_no_unknown_marker():
-    kernel = events.KernelEvents(resolve_paths=False)
-    kernel.feed(exec_record(7, b"/bin/nope", [b"nope"]))
-    _, _, fields = kernel.feed(exec_result(7, -2, b"bash"))
-    assert fields["return_code"] == -2 and "return_code_unknown" not in fields
+def test_a_failed_exec_keeps_its_errno_and_dirfd(records):
+    event = command_event(records.failed_exec(7, b"nope", [b"nope"], -2, dirfd=5))
+    assert (event["path"], event["return_code"], event["dirfd"]) == ("nope", -2, 5)
+    assert "executable" not in event
 
 
 # --- time and the envelope -----------------------------------------------------------------------

@@ -1,0 +1,274 @@
+"""The kernel events of a session: decoded ring-buffer records (kernel/decode.py) to the fields
+of session.command, session.disk, session.network, session.refused and session.io_uring
+(docs/events.md), numbered by the session's event factory (teleport.py) in time order.
+
+Each record is a whole event: a successful exec is one record at sched_process_exec, a failed
+one one record at its syscall's exit, an open one record at its exit, a connect one record at
+connect()'s exit (or at the hook when there is no connect() call). Nothing is joined, so nothing
+is held back between batches.
+
+The one exec followed from the kernel to the log: bpf_programs/enhrec.h (struct exec_event),
+bpf_programs/recorder.c and exec.h (filled at sched_process_exec), kernel/decode.py (its layout
+from the loaded program), and here (its fields).
+"""
+
+from enhrec_wrap.events import kinds
+from enhrec_wrap.events.teleport import AT_FDCWD, ACTION_OBSERVED, text
+from enhrec_wrap.kernel import abi, paths
+
+AF_INET6 = 10
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+# session.network's operation (Teleport's NetworkOperation).
+OPERATION_CONNECT, OPERATION_SEND = 0, 1
+AUDIT_ARCH_I386 = 0x40000003
+ARCH_NAMES = {0xC000003E: "x86_64", AUDIT_ARCH_I386: "i386"}
+# Names of the refused calls one sees: the io_uring calls (x86_64), and the i386 calls a 32-bit
+# program makes first or a bypass tries (arch/x86/entry/syscalls/syscall_32.tbl).
+SYSCALL_NAMES = {
+    ("x86_64", 425): "io_uring_setup", ("x86_64", 426): "io_uring_enter",
+    ("x86_64", 427): "io_uring_register",
+    ("i386", 1): "exit", ("i386", 3): "read", ("i386", 4): "write", ("i386", 5): "open",
+    ("i386", 11): "execve", ("i386", 45): "brk", ("i386", 90): "mmap", ("i386", 102): "socketcall",
+    ("i386", 122): "uname", ("i386", 192): "mmap2", ("i386", 243): "set_thread_area",
+    ("i386", 252): "exit_group", ("i386", 295): "openat", ("i386", 359): "socket",
+    ("i386", 362): "connect", ("i386", 369): "sendto", ("i386", 370): "sendmsg",
+    ("i386", 384): "arch_prctl",
+}
+REFUSED_ACTIONS = {abi.REFUSED_ERRNO: "errno", abi.REFUSED_KILLED: "killed"}
+# include/uapi/linux/io_uring.h enum io_uring_op
+URING_OPERATIONS = (
+    "NOP", "READV", "WRITEV", "FSYNC", "READ_FIXED", "WRITE_FIXED", "POLL_ADD", "POLL_REMOVE",
+    "SYNC_FILE_RANGE", "SENDMSG", "RECVMSG", "TIMEOUT", "TIMEOUT_REMOVE", "ACCEPT",
+    "ASYNC_CANCEL", "LINK_TIMEOUT", "CONNECT", "FALLOCATE", "OPENAT", "CLOSE", "FILES_UPDATE",
+    "STATX", "READ", "WRITE", "FADVISE", "MADVISE", "SEND", "RECV", "OPENAT2", "EPOLL_CTL",
+    "SPLICE", "PROVIDE_BUFFERS", "REMOVE_BUFFERS", "TEE", "SHUTDOWN", "RENAMEAT", "UNLINKAT",
+    "MKDIRAT", "SYMLINKAT", "LINKAT", "MSG_RING", "FSETXATTR", "SETXATTR", "FGETXATTR",
+    "GETXATTR", "SOCKET", "URING_CMD", "SEND_ZC", "SENDMSG_ZC", "READ_MULTISHOT", "WAITID",
+    "FUTEX_WAIT", "FUTEX_WAKE", "FUTEX_WAITV", "FIXED_FD_INSTALL", "FTRUNCATE", "BIND",
+    "LISTEN", "RECV_ZC", "EPOLL_WAIT", "READV_FIXED", "WRITEV_FIXED", "PIPE",
+)
+
+
+class KernelEvents:
+    """Builds the events of one session's records."""
+
+    def __init__(self, decoder=None):
+        self.decoder = decoder   # None: build() only, of records given as dicts (unit tests)
+        self._builders = {
+            abi.RECORD_EXEC: (kinds.SESSION_COMMAND, _exec),
+            abi.RECORD_EXEC_FAILED: (kinds.SESSION_COMMAND, _failed_exec),
+            abi.RECORD_OPEN: (kinds.SESSION_DISK, _open),
+            abi.RECORD_CONNECT: (kinds.SESSION_NETWORK, _connect),
+            abi.RECORD_SEND: (kinds.SESSION_NETWORK, _connect),
+            abi.RECORD_REFUSED: (kinds.SESSION_REFUSED, _refused),
+            abi.RECORD_URING: (kinds.SESSION_IO_URING, _uring),
+        }
+
+    def events(self, records: list, factory) -> list:
+        """The events of a batch of records (decode.Decoder.raw_from tuples), in time order."""
+        as_dict, build = self.decoder.as_dict, self.build
+        made = []
+        for ts, record_type, values, tail in sorted(records, key=_first):
+            kind, fields = build(as_dict(record_type, values, tail))
+            made.append(factory.make_from(kind, ts + factory.monotonic_to_epoch_ns, fields))
+        return made
+
+    def build(self, record: dict) -> tuple:
+        """(kind, fields) of one record, as decode.Decoder.as_dict gives it."""
+        kind, build = self._builders[record["type"]]
+        return kind, build(record)
+
+
+def _first(item):
+    return item[0]
+
+
+# --- the fields of each kind --------------------------------------------------------------------
+
+def _exec(record) -> dict:
+    """A successful exec as the kernel did it (exec.h): the new image's argv, the kernel's copy
+    of the filename, the binary that really runs."""
+    tail, flags = record["tail"], record["flags"]
+    at = 0
+    argv_raw, at = tail[:record["argv_len"]], record["argv_len"]
+    filename, at = tail[at:at + record["filename_len"]].rstrip(b"\0"), at + record["filename_len"]
+    interp, at = tail[at:at + record["interp_len"]].rstrip(b"\0"), at + record["interp_len"]
+    binary, at = tail[at:at + record["binary.path_len"]], at + record["binary.path_len"]
+    cwd = tail[at:at + record["cwd.path_len"]]
+    argv = argv_raw.split(b"\0")
+    if argv and argv[-1] == b"":
+        argv.pop()   # the NUL that ends the last string
+    escaped = []
+    fields = _process_fields(record, escaped)
+    path = filename
+    if flags & abi.EXEC_CWD:
+        fields["requested_path"] = _text_field(filename, "requested_path", escaped)
+        path = _absolute(paths.resolved_path(cwd, record["cwd.path_flags"],
+                                             record["cwd.fs_magic"], record["cwd.ino"]),
+                         filename)
+    fields["path"] = _text_field(path, "path", escaped)
+    fields["path_source"] = "kernel"
+    fields["argv"] = [_text_field(a, f"argv.{i}", escaped) for i, a in enumerate(argv[1:])]
+    fields["return_code"] = 0
+    fields["argv_truncated"] = bool(flags & abi.EXEC_ARGV_TRUNCATED)
+    if flags & abi.EXEC_ARGV_UNREADABLE:
+        fields["argv_unreadable"] = True
+    executable = paths.resolved_path(binary, record["binary.path_flags"],
+                                     record["binary.fs_magic"], record["binary.ino"])
+    fields["executable"] = _text_field(executable, "executable", escaped)
+    fields["executable_inode"] = record["binary.ino"]
+    fields["executable_size"] = record["size"]
+    if flags & abi.EXEC_SCRIPT:
+        fields["interpreter"] = _text_field(interp, "interpreter", escaped)
+    if escaped:
+        fields["escaped_fields"] = escaped
+    return fields
+
+
+def _absolute(directory: bytes, name: bytes) -> bytes:
+    """A relative exec filename made absolute with its cwd, as the kernel looked it up: no
+    normalisation (`..` after a symlink is the link target's parent, which only the kernel
+    knows), but a leading "./", which never changes the meaning, goes."""
+    while name.startswith(b"./"):
+        name = name[2:]
+    return directory.rstrip(b"/") + b"/" + name
+
+
+def _failed_exec(record) -> dict:
+    """An exec that failed: only the caller's claim exists, read from its memory."""
+    tail = record["tail"]
+    filename = tail[:record["filename_len"]].rstrip(b"\0")
+    args = tail[record["filename_len"]:].split(b"\0")[:record["argc"]]
+    cut = record["truncated"] != 0 or any(len(a) >= abi.ARG_READ_MAX - 1 for a in args)
+    escaped = []
+    fields = _process_fields(record, escaped)
+    fields["path"] = _text_field(filename, "path", escaped)
+    fields["path_source"] = "caller"
+    fields["argv"] = [_text_field(a, f"argv.{i}", escaped) for i, a in enumerate(args[1:])]
+    fields["return_code"] = record["ret"]
+    fields["argv_truncated"] = cut
+    if record["dirfd"] != AT_FDCWD:
+        fields["dirfd"] = record["dirfd"]
+    if record["truncated"] & abi.ARGV_UNREADABLE:
+        fields["argv_unreadable"] = True
+    if escaped:
+        fields["escaped_fields"] = escaped
+    return fields
+
+
+def _open(record) -> dict:
+    """An open: the file the kernel opened (its struct file's path), and the caller's request."""
+    tail, file_flags = record["tail"], record["file.path_flags"]
+    components, request = tail[:record["file.path_len"]], tail[record["file.path_len"]:]
+    request = request[:record["request_len"]].rstrip(b"\0")
+    escaped = []
+    fields = _process_fields(record, escaped)
+    opened = record["ret"] >= 0 and not file_flags & abi.PATH_NO_FILE
+    if opened:
+        path = paths.resolved_path(components, file_flags, record["file.fs_magic"],
+                                   record["file.ino"])
+        fields["path"] = _text_field(path, "path", escaped)
+        fields["path_source"] = "kernel"
+        if record["request_len"] and request != path:
+            fields["requested_path"] = _text_field(request, "requested_path", escaped)
+    else:
+        fields["path"] = _text_field(request, "path", escaped)
+        fields["path_source"] = "caller"
+        file_flags &= ~abi.PATH_NO_FILE   # said by path_source
+    fields["flags"] = record["flags"]
+    fields["return_code"] = record["ret"]
+    flag_names = paths.flag_names(file_flags & ~abi.PATH_COMPLETE)
+    if flag_names:
+        fields["path_flags"] = flag_names
+    if opened:
+        fields["inode"] = record["file.ino"]
+        fields["device"] = paths.device(record["file.dev"])
+        fields["mount_id"] = record["file.mnt_id"]
+    if record["via_uring"]:
+        fields["via"] = "io_uring"
+    if escaped:
+        fields["escaped_fields"] = escaped
+    return fields
+
+
+def _connect(record) -> dict:
+    """A connect or an unconnected UDP send: the kernel's copy of the destination."""
+    import ipaddress   # here: 5 ms of every session's start, for the sessions that connect
+    escaped = []
+    fields = _process_fields(record, escaped)
+    v4 = record["flags"] & abi.CONNECT_IPV4_HOOK or record["family"] != AF_INET6
+    size = 4 if v4 else 16
+    is_tcp = bool(record["flags"] & abi.CONNECT_TCP)
+    fields["src_addr"] = str(ipaddress.ip_address(record["saddr"][:size]))
+    fields["dst_addr"] = str(ipaddress.ip_address(record["daddr"][:size]))
+    fields["dst_port"] = record["dport"]
+    fields["version"] = 4 if v4 else 6
+    send = record["type"] == abi.RECORD_SEND
+    fields["operation"] = OPERATION_SEND if send else OPERATION_CONNECT
+    fields["action"] = ACTION_OBSERVED
+    fields["protocol"] = ("tcp" if is_tcp or record["protocol"] == IPPROTO_TCP else
+                          "udp" if record["protocol"] == IPPROTO_UDP else "other")
+    if is_tcp and record["sport"]:
+        fields["src_port"] = record["sport"]
+    if not send:
+        # Not `return_code`: consumers of Teleport's events take that for the process's exit
+        # code. None: no connect() call returned one (io_uring, 32-bit socketcall, Fast Open).
+        no_call = record["flags"] & abi.CONNECT_NO_SYSCALL
+        fields["connect_return_code"] = None if no_call else record["ret"]
+    if escaped:
+        fields["escaped_fields"] = escaped
+    return fields
+
+
+def _refused(record) -> dict:
+    """A call the session's seccomp filter refused."""
+    escaped = []
+    fields = _process_fields(record, escaped)
+    arch = ARCH_NAMES.get(record["arch"], hex(record["arch"]))
+    number = record["syscall"]
+    fields["syscall"] = SYSCALL_NAMES.get((arch, number), f"{arch}:{number}")
+    fields["syscall_nr"] = number
+    fields["arch"] = arch
+    # Not `action` nor `return_code`: Teleport's names, which Elastic's pipeline renames into a
+    # network action and the process's exit code.
+    fields["refusal"] = REFUSED_ACTIONS.get(record["action"], str(record["action"]))
+    if escaped:
+        fields["escaped_fields"] = escaped
+    return fields
+
+
+def _uring(record) -> dict:
+    """An io_uring operation, first of its kind in its process (io_uring allowed)."""
+    escaped = []
+    fields = _process_fields(record, escaped)
+    opcode = record["opcode"]
+    fields["opcode"] = opcode
+    # Not `operation`: Teleport's name for the network operation.
+    fields["opcode_name"] = URING_OPERATIONS[opcode] if opcode < len(URING_OPERATIONS) else str(opcode)
+    if escaped:
+        fields["escaped_fields"] = escaped
+    return fields
+
+
+def _process_fields(record, escaped) -> dict:
+    """pid, ppid, cgroup_id and program; "program" goes to `escaped` when it had to be."""
+    comm = record["comm"]
+    program = _programs.get(comm)
+    if program is None:
+        if len(_programs) > 4096:
+            _programs.clear()
+        program = _programs[comm] = text(comm)
+    if program[1]:
+        escaped.append("program")
+    return {"pid": record["pid"], "ppid": record["ppid"], "cgroup_id": record["cgroup_id"],
+            "program": program[0]}
+
+
+_programs = {}   # comm bytes -> text(comm): a session runs few different programs
+
+
+def _text_field(raw, name, escaped):
+    value, was_escaped = text(raw)
+    if was_escaped:
+        escaped.append(name)
+    return value
