@@ -55,10 +55,10 @@ def filter_options(f):
     options = [
         click.option("--login", metavar="U", help="Sessions of the OS account U."),
         click.option("--program", metavar="P", help="Events of program P (its name, a glob)."),
-        click.option("--path", metavar="GLOB", help="Files opened or executed matching GLOB."),
+        click.option("--path", metavar="GLOB", help="Files opened or executed matching GLOB (the resolved path or the one asked for)."),
         click.option("--dst", metavar="ADDR[:PORT]", help="Connections to ADDR[:PORT], :PORT or a network."),
         click.option("--event", multiple=True, metavar="TYPE",
-                     help="start, end, exec, open or connect (repeatable)."),
+                     help="start, end, exec, open, connect, refused or io_uring (repeatable)."),
         click.option("--since", metavar="T", help="At or after T: 30m, 1h, 2d, today, yesterday, ISO."),
         click.option("--until", metavar="T", help="At or before T (same forms)."),
         click.option("--sid", metavar="S", help="Session S (or a prefix of its id)."),

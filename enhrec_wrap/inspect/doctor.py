@@ -7,6 +7,7 @@ at every start: mounting tracefs to look at the tracepoints, and, with --repair,
 sessions and removing their cgroups (recovery.py).
 """
 
+import glob
 import os
 import re
 import tempfile
@@ -80,13 +81,7 @@ def check_programs(config: Config, unload: bool) -> Result:
 
 
 def _loaded_sets(kernel) -> list[tuple[str, list[int]]]:
-    loaded = []
-    for version in kernel.pinned_versions():
-        host = kernel.HostPrograms.open(version)
-        if host is not None:
-            loaded.append((version, host.sessions()))
-            host.close()
-    return loaded
+    return [(version, kernel.sessions_of(version) or []) for version in kernel.pinned_versions()]
 
 
 def _sessions_text(cgroup_ids: list[int], config: Config) -> str:
@@ -130,17 +125,23 @@ def check_kernel(release: str | None = None) -> Result:
 
 
 def check_btf(path: str = BTF_PATH) -> Result:
-    if os.path.exists(path):
-        return ok("BTF", f"{path} present")
-    # Not a failure: the programs read tracepoint arguments only, never kernel structs.
-    return ok("BTF", f"{path} absent, which is fine: the recorder needs no BTF")
+    """The programs read kernel structures at the offsets the running kernel's BTF gives
+    (kernel/offsets.py): without it, or without one of the members, no session can start."""
+    from enhrec_wrap.kernel import btf, offsets
+    try:
+        kernel = btf.load(path)
+        for spec, _ in offsets.MEMBERS.values():
+            kernel.member(spec)
+    except btf.BTFError as e:
+        return fail("BTF", str(e), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    return ok("BTF", f"{path}: the {len(offsets.MEMBERS)} struct members the programs read are there")
 
 
 def check_tracepoints() -> Result:
     name = "tracepoints"
     from enhrec_wrap.kernel import abi
     try:
-        wanted = abi.tracepoints()
+        wanted, raw = abi.tracepoints(), abi.raw_tracepoints()
     except OSError as e:
         return fail(name, f"cannot read the recorder's BPF source: {e.strerror}",
                     "reinstall (make install)")
@@ -156,10 +157,12 @@ def check_tracepoints() -> Result:
     if events_dir is None:
         return fail(name, "cannot look at tracefs without root", "run it as root")
     missing = [f"{c}:{t}" for c, t in wanted if not os.path.isdir(os.path.join(events_dir, c, t))]
+    missing += [t for t in raw if not glob.glob(os.path.join(glob.escape(events_dir), "*", t))]
     if missing:
         return fail(name, f"missing {', '.join(missing)}",
-                    "the kernel needs CONFIG_FTRACE_SYSCALLS and the sched and sock tracepoints")
-    return ok(name, f"all {len(wanted)} present in {events_dir}")
+                    "the kernel needs CONFIG_FTRACE_SYSCALLS and the sched, signal and sock "
+                    "tracepoints")
+    return ok(name, f"all {len(wanted) + len(raw)} present in {events_dir}")
 
 
 def check_bcc() -> Result:

@@ -14,7 +14,7 @@ import time
 import orjson
 
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START
+from enhrec_wrap.events.kinds import COMMAND, DISK, END, IO_URING, NETWORK, REFUSED, START
 from enhrec_wrap.inspect.text import KIND_WORDS
 from enhrec_wrap.inspect.times import parse_time
 from enhrec_wrap.log import layout, reader
@@ -24,7 +24,11 @@ EVENT_ALIASES = {
     "command": COMMAND, "exec": COMMAND, "commands": COMMAND,
     "disk": DISK, "open": DISK, "file": DISK, "files": DISK,
     "network": NETWORK, "connect": NETWORK, "net": NETWORK, "connection": NETWORK,
+    "refused": REFUSED, "refusal": REFUSED, "io_uring": IO_URING, "uring": IO_URING,
 }
+# The fields --path matches: the file the kernel opened or executed, what the caller asked for,
+# and schema 1's abs_path.
+PATH_FIELDS = ("path", "requested_path", "executable", "abs_path")
 _GLOB_CHARS = re.compile(r"[*?\[\]]")
 # How long `tail -f` waits when events.log has nothing new.
 FOLLOW_IDLE_SECONDS = 0.25
@@ -90,7 +94,7 @@ class Filters:
         if self.program and not any(fnmatch.fnmatchcase(name, self.program) for name in _program_names(e)):
             return False
         if self.path and not any(isinstance(p, str) and fnmatch.fnmatchcase(p, self.path)
-                                 for p in (e.get("path"), e.get("abs_path"))):
+                                 for p in map(e.get, PATH_FIELDS)):
             return False
         if self.dst and not _dst_matches(e, self.dst):
             return False
@@ -104,8 +108,9 @@ def _event_type(word: str) -> str:
     if key in EVENT_ALIASES:
         return EVENT_ALIASES[key]
     raise EnhrecError(f"--event {word!r}: unknown event type: give one of start, end, exec, open, "
-                      "connect (or session.start, session.end, session.command, session.disk, "
-                      "session.network)")
+                      "connect, refused, io_uring (or session.start, session.end, "
+                      "session.command, session.disk, session.network, session.refused, "
+                      "session.io_uring)")
 
 
 def _parse_dst(text: str):

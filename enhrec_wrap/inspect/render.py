@@ -11,14 +11,18 @@ import shlex
 
 import click
 
-from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START, result_of
+from enhrec_wrap.events.kinds import (COMMAND, DISK, END, IO_URING, NETWORK, REFUSED, START,
+                                      result_of)
 from enhrec_wrap.events.timestamps import epoch_of, seconds_between
 from enhrec_wrap.inspect.text import (KIND_WORDS, O_ACCMODE, command_line, counted, duration_text,
-                                      endpoint, host_of, human_time, open_mode, result_text, safe)
+                                      endpoint, host_of, human_time, open_mode, opened_path,
+                                      opened_path_field, result_text, safe, shown)
 from enhrec_wrap.inspect.tree import Process
 
+# /etc/locale.alias: what /usr/share/locale/locale.alias, read by every program setting its
+# locale, resolves to on Debian.
 _ROUTINE_RE = re.compile(r"^/etc/ld\.so\.cache$|^/(usr/)?lib(32|64|x32)?/.*\.so(\.[0-9.]+)?$"
-                         r"|^/usr/(lib|share)/locale/|/gconv/gconv-modules")
+                         r"|^/usr/(lib|share)/locale/|^/etc/locale\.alias$|/gconv/gconv-modules")
 _STATE_COLOURS = {"complete": "green", "live": "yellow", "incomplete": "red"}
 _CHECK_COLOURS = {"ok": "green", "warn": "yellow", "FAIL": "red"}
 
@@ -35,12 +39,14 @@ def describe(e: dict) -> tuple[str, str, bool]:
     if kind == COMMAND:
         detail = f"{proc} {command_line(e)}"
     elif kind == DISK:
-        detail = f"{proc} {safe(e.get('program', '?'))} {open_mode(e.get('flags'))} {safe(e.get('abs_path') or e.get('path', '?'))}"
+        detail = f"{proc} {shown(e, 'program')} {open_mode(e.get('flags'))} {opened_path(e)}"
     elif kind == NETWORK:
-        detail = f"{proc} {safe(e.get('program', '?'))} -> {endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} {e.get('protocol', '')}".rstrip()
+        detail = f"{proc} {shown(e, 'program')} -> {endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} {e.get('protocol', '')}".rstrip()
+    elif kind in (REFUSED, IO_URING):
+        detail = f"{proc} {shown(e, 'program')} {special_call(e)}"
     elif kind == START:
         cmd = e.get("initial_command") or []
-        detail = f"user {safe(e.get('user', '?'))} from {_remote(e)}" + (
+        detail = f"user {shown(e, 'user')} from {_remote(e)}" + (
             f": {shlex.join([safe(a) for a in cmd])}" if cmd else ": login shell")
     elif kind == END:
         parts = []
@@ -147,13 +153,34 @@ def render_header(head: dict) -> list[str]:
     return lines
 
 
+def special_call(e: dict) -> str:
+    """A refused call (the session's seccomp filter) or an io_uring operation, in a few words."""
+    if e.get("event") == REFUSED:
+        outcome = "process killed" if e.get("refusal") == "killed" else "failed with EPERM"
+        return click.style(f"refused {shown(e, 'syscall')} ({shown(e, 'arch')}): {outcome}",
+                           fg="red")
+    return click.style(f"io_uring {shown(e, 'opcode_name')}", fg="yellow")
+
+
 def is_routine(e: dict) -> bool:
     """A read-only open every program makes (the loader, shared libraries, locale data): noise
-    in a session's story, hidden unless asked for. Writes, and anything else, always show."""
-    flags, path = e.get("flags"), e.get("abs_path") or e.get("path")
+    in a session's story, hidden unless asked for. Writes, and anything else, always show. The
+    decision is on the file the kernel opened: `/usr/share/locale/../../../tmp/x` resolves to
+    /tmp/x and shows; a path that is the caller's word (a failed open, schema 1) is routine only
+    when it is already normal (absolute, no `.`, `..` or empty component)."""
+    flags, path = e.get("flags"), e.get(opened_path_field(e))
     if not isinstance(flags, int) or flags & O_ACCMODE or not isinstance(path, str):
         return False
+    if e.get("path_source") != "kernel" and not _normal(path):
+        return False
+    if e.get("path_flags"):   # deleted, outside the root, uncertain ...: worth a look
+        return False
     return bool(_ROUTINE_RE.search(path))
+
+
+def _normal(path: str) -> bool:
+    parts = path.split("/")
+    return path.startswith("/") and all(p not in ("", ".", "..") for p in parts[1:])
 
 
 def render_tree(roots: list[Process], t0: float | None, all_files: bool = False) -> list[str]:
@@ -198,12 +225,14 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
                              f"{click.style('exec failed', fg='red')} {command_line(e)}  "
                              f"{click.style(result_text(result_of(e)), fg='red')}")
                 continue
+            if e.get("event") in (REFUSED, IO_URING):
+                lines.append(f"{pad}    {click.style(offset(e), dim=True)} {special_call(e)}")
+                continue
             if not all_files and is_routine(e):
                 hidden += 1
                 continue
             rc = result_of(e)
-            key = (e.get("abs_path") or e.get("path"), open_mode(e.get("flags")),
-                   isinstance(rc, int) and rc < 0)
+            key = (opened_path(e), open_mode(e.get("flags")), isinstance(rc, int) and rc < 0)
             if key in seen:
                 seen[key][1] += 1
                 continue
@@ -211,7 +240,7 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
         for (path, mode, failed), (e, count) in seen.items():
             times = f" (x{count})" if count > 1 else ""
             err = f"  {click.style(result_text(result_of(e)), fg='red')}" if failed else ""
-            lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {safe(path)}{times}{err}")
+            lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {path}{times}{err}")
         if hidden:
             note_text = f"({hidden} library and locale reads; --all-files shows them)"
             lines.append(f"{pad}    {click.style(note_text, dim=True)}")

@@ -5,27 +5,81 @@ result, its open mode, an address)."""
 import errno
 import shlex
 
-from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START
+from enhrec_wrap.events.kinds import COMMAND, DISK, END, IO_URING, NETWORK, REFUSED, START
 
 # The word each kind is shown with (and that --event takes).
-KIND_WORDS = {START: "start", END: "end", COMMAND: "exec", DISK: "open", NETWORK: "connect"}
+KIND_WORDS = {START: "start", END: "end", COMMAND: "exec", DISK: "open", NETWORK: "connect",
+              REFUSED: "refused", IO_URING: "io_uring"}
 
 # open(2) flags as Linux numbers them (the log records the flags as given).
 O_ACCMODE, O_CREAT, O_TRUNC, O_APPEND, O_DIRECTORY = 0o3, 0o100, 0o1000, 0o2000, 0o200000
 
-# Terminal control characters from the log (a user can put ESC in argv) must never reach the
-# admin's terminal as they are.
-_CONTROL = {c: f"\\x{c:02x}" for c in list(range(0x20)) + list(range(0x7f, 0xa0))}
-_CONTROL.update({0x09: "\\t", 0x0a: "\\n", 0x0d: "\\r"})
+# Nothing from the log may drive the admin's terminal or disguise what it shows: a user can put
+# ESC in argv, or U+202E (right-to-left override) in a file name so that `gpj.sh` reads `hs.jpg`.
+# Every character Python does not call printable (controls, format and bidi controls, separators
+# other than the space, surrogates, unassigned code points) is shown as an escape, and so is the
+# backslash, so that the text `\x1b` in a name (shown `\\x1b`) never looks like a real ESC
+# (shown `\x1b`). The escapes are distinct from the log's own for bytes that are not UTF-8
+# (events/teleport.py text(): `\xNN`, always 0x80 or above, and `\\`), which are shown as
+# they are: `\xNN` for characters below 0x80 only, `\uNNNN` and `\UNNNNNNNN` above.
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
-def safe(text) -> str:
-    return str(text).translate(_CONTROL)
+def _escape(ch: str) -> str:
+    if ch in _NAMED:
+        return _NAMED[ch]
+    code = ord(ch)
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xffff else f"\\U{code:08x}"
+
+
+def safe(text, escaped: bool = False) -> str:
+    """Text from the log as it may be shown; `escaped`: it is a field the log lists in
+    escaped_fields, whose backslashes are already the log's escapes."""
+    text = str(text)
+    if not escaped:
+        text = text.replace("\\", "\\\\")
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def escaped_names(e: dict) -> frozenset:
+    names = e.get("escaped_fields")
+    return frozenset(names) if isinstance(names, list) else frozenset()
+
+
+def shown(e: dict, name: str, default: str = "?") -> str:
+    """The event's text field `name`, shown safely."""
+    value = e.get(name)
+    if value is None:
+        return default
+    return safe(value, name in escaped_names(e))
+
+
+def shown_argv(e: dict) -> list[str]:
+    argv = e.get("argv") if isinstance(e.get("argv"), list) else []
+    names = escaped_names(e)
+    return [safe(a, f"argv.{i}" in names) for i, a in enumerate(argv)]
+
+
+def opened_path_field(e: dict) -> str:
+    """Which field names the file an open reached: `path` (schema 2: the kernel's resolved path
+    of the file opened, or for a failed open the caller's request), or schema 1's `abs_path`."""
+    return "abs_path" if "abs_path" in e and "path_source" not in e else "path"
+
+
+def opened_path(e: dict) -> str:
+    """The file of an open, shown; with the path the caller asked for when that differs."""
+    text = shown(e, opened_path_field(e))
+    if isinstance(e.get("requested_path"), str):
+        text += f" (asked for {shown(e, 'requested_path')})"
+    return text
 
 
 def command_line(e: dict) -> str:
-    argv = e.get("argv") if isinstance(e.get("argv"), list) else []
-    words = [safe(e.get("path", "?"))] + [safe(a) for a in argv]
+    words = [shown(e, "path")] + shown_argv(e)
     line = shlex.join(words)
     if e.get("argv_truncated"):
         line += " ..."

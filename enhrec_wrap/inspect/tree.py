@@ -1,7 +1,7 @@
 """A session's processes as a tree: who started whom, what each ran (a successful exec starts a
 new image of the same process), and the files and connections of each image."""
 
-from enhrec_wrap.events.kinds import COMMAND, DISK, NETWORK, result_of
+from enhrec_wrap.events.kinds import COMMAND, DISK, IO_URING, NETWORK, REFUSED, result_of
 from enhrec_wrap.events.timestamps import epoch_of
 
 
@@ -11,7 +11,9 @@ class Process:
         self.ppid = ppid
         self.first_ei = first_ei
         self.program = None
-        self.images = []        # [command event or None, [file events], [connection events]]
+        # [command event or None, [file events, failed execs, refusals, io_uring operations],
+        #  [connection events]]
+        self.images = []
         self.children = []
 
     def current(self):
@@ -26,7 +28,7 @@ def build_tree(events: list[dict]) -> list[Process]:
     procs = {}
     for e in events:
         kind = e.get("event")
-        if kind not in (COMMAND, DISK, NETWORK) or not isinstance(e.get("pid"), int):
+        if kind not in (COMMAND, DISK, NETWORK, REFUSED, IO_URING) or not isinstance(e.get("pid"), int):
             continue
         p = procs.get(e["pid"])
         if p is None:
@@ -43,7 +45,7 @@ def build_tree(events: list[dict]) -> list[Process]:
                 p.images.append([e, [], []])
             else:
                 image[1].append(e)   # a failed exec: the image goes on; listed with its files
-        elif kind == DISK:
+        elif kind in (DISK, REFUSED, IO_URING):   # refusals and io_uring: listed with its files
             p.current()[1].append(e)
         else:
             p.current()[2].append(e)
@@ -77,10 +79,15 @@ def _is_descendant(candidate: Process, ancestor: Process, procs: dict) -> bool:
     return False
 
 
-# The fields `show --json` gives of each exec and connection: both schemas' result fields.
-EXEC_KEYS = ("path", "argv", "return_code", "return_code_unknown", "argv_truncated")
+# The fields `show --json` gives of each exec, file, connection and refused or io_uring call:
+# both schemas' fields.
+EXEC_KEYS = ("path", "argv", "return_code", "return_code_unknown", "argv_truncated",
+             "path_source", "requested_path", "executable", "interpreter", "escaped_fields")
+FILE_KEYS = ("path", "path_source", "requested_path", "path_flags", "abs_path", "flags",
+             "return_code", "via", "escaped_fields")
 CONNECT_KEYS = ("dst_addr", "dst_port", "src_addr", "src_port", "protocol", "version",
-                "connect_return_code", "return_code")
+                "operation", "connect_return_code", "return_code")
+CALL_KEYS = ("event", "syscall", "syscall_nr", "arch", "refusal", "opcode", "opcode_name")
 
 
 def tree_as_dict(p: Process, t0: float | None) -> dict:
@@ -93,15 +100,18 @@ def tree_as_dict(p: Process, t0: float | None) -> dict:
         d.update({k: e[k] for k in keys if k in e})
         return d
 
-    execs, files, conns = [], [], []
+    execs, files, conns, calls = [], [], [], []
     for command, opened, connected in p.images:
         if command is not None:
             execs.append(brief(command, EXEC_KEYS))
         for e in opened:
             if e.get("event") == COMMAND:
                 execs.append(brief(e, EXEC_KEYS))
+            elif e.get("event") == DISK:
+                files.append(brief(e, FILE_KEYS))
             else:
-                files.append(brief(e, ("path", "abs_path", "flags", "return_code")))
+                calls.append(brief(e, CALL_KEYS))
         conns += [brief(e, CONNECT_KEYS) for e in connected]
     return {"pid": p.pid, "ppid": p.ppid, "program": p.program, "execs": execs, "files": files,
-            "connections": conns, "children": [tree_as_dict(c, t0) for c in p.children]}
+            "connections": conns, "calls": calls,
+            "children": [tree_as_dict(c, t0) for c in p.children]}

@@ -64,9 +64,9 @@ class Writer:
                          program=os.path.basename(path)[:15], path=path, argv=argv, return_code=rc,
                          argv_truncated=False)
 
-    def open(self, pid, ppid, program, path, flags=0, rc=3, after=0.001):
+    def open(self, pid, ppid, program, path, flags=0, rc=3, after=0.001, **fields):
         return self.emit("session.disk", "T4001I", after, pid=pid, ppid=ppid, cgroup_id=7,
-                         program=program, path=path, flags=flags, return_code=rc)
+                         program=program, path=path, flags=flags, return_code=rc, **fields)
 
     def connect(self, pid, ppid, program, addr, port, rc=0, version=4, after=0.001,
                 result_field="connect_return_code"):
@@ -388,7 +388,10 @@ def test_progress_only_on_a_terminal_and_after_a_while(monkeypatch, capsys):
 def test_doctor_checks(tmp_path):
     assert doctor.check_kernel("5.4.0-150-generic").status == "FAIL"
     assert doctor.check_kernel("6.1.0-18-amd64").status == "ok"
-    assert doctor.check_btf(str(tmp_path / "none")).status == "ok"   # not needed
+    missing = doctor.check_btf(str(tmp_path / "none"))   # the offsets come from BTF
+    assert missing.status == "FAIL" and "this kernel has no BTF" in missing.detail, missing
+    if os.path.exists(doctor.BTF_PATH):
+        assert doctor.check_btf().status == "ok"
     cfg = Config(data_dir=str(tmp_path))
     assert doctor.check_data_dir(cfg).status == "ok"
     (tmp_path / "file").write_text("x")
@@ -396,7 +399,7 @@ def test_doctor_checks(tmp_path):
     assert doctor.check_data_dir(blocked).status == "FAIL"
     result, _ = doctor.check_config(str(tmp_path / "missing.yaml"))
     assert result.status == "FAIL" and "config file not found" in result.detail
-    assert ("syscalls", "sys_enter_execve") in abi.tracepoints()
+    assert ("syscalls", "sys_exit_execve") in abi.tracepoints()
 
 
 def test_doctor_exit_status_follows_failures(monkeypatch, capsys):
@@ -409,3 +412,76 @@ def test_doctor_exit_status_follows_failures(monkeypatch, capsys):
     code, out, err = run(capsys, "doctor")
     assert code == 1 and "FAIL  BTF: missing: install it" in out
     assert "recording cannot work" in one_error_line(err)
+
+
+# --- schema 2 capture: resolved paths, refusals, escapes -------------------------------------
+
+def test_safe_escapes_every_invisible_character_and_the_backslash_reversibly():
+    from enhrec_wrap.inspect.text import safe
+    assert safe("plain /usr/bin/ls") == "plain /usr/bin/ls"
+    assert safe("a\x1b[31mb") == "a\\x1b[31mb"
+    assert safe("a\\x1b[31mb") == "a\\\\x1b[31mb"          # the text, not an ESC
+    assert safe("invoice\u202egpj.sh") == "invoice\\u202egpj.sh"   # right-to-left override
+    assert safe("zero\u200bwidth\u2066x\u2028") == "zero\\u200bwidth\\u2066x\\u2028"
+    assert safe("nb\u00a0sp \U000e0001") == "nb\\u00a0sp \\U000e0001"
+    assert safe("\u0085") == "\\u0085"                      # C1 NEL: not the log's \x85 byte
+    assert safe("caf\u00e9 \u65e5\u672c") == "caf\u00e9 \u65e5\u672c"   # letters stay
+    # A field the log escaped (bytes that are not UTF-8): its escapes are shown as they are.
+    assert safe("\\xff\\\\n\u202e", escaped=True) == "\\xff\\\\n\\u202e"
+
+
+def test_show_decides_routine_reads_on_the_file_the_kernel_opened(config, capsys):
+    cfg, _ = config
+    w = Writer(cfg, DAVE, "dave", NOW - 600, command=("sh",))
+    w.exec(400, 399, "/bin/sh", [])
+    w.open(400, 399, "sh", "/usr/lib/x86_64-linux-gnu/libc.so.6", path_source="kernel")
+    w.open(400, 399, "sh", "/tmp/stolen", path_source="kernel",
+           requested_path="/usr/lib/x86_64-linux-gnu/../../../tmp/stolen")
+    w.open(400, 399, "sh", "/usr/lib/x86_64-linux-gnu/../../../etc/nothing.so", rc=-2,
+           path_source="caller")
+    w.open(400, 399, "sh", "/usr/lib/x86_64-linux-gnu/libgone.so (deleted)", path_source="kernel",
+           path_flags=["deleted"])
+    w.end()
+    code, out, err = run(capsys, "show", DAVE)
+    assert code == 0, err
+    assert "libc.so.6" not in out and "(1 library and locale reads" in out
+    assert "open r     /tmp/stolen (asked for /usr/lib/x86_64-linux-gnu/../../../tmp/stolen)" in out
+    assert "/usr/lib/x86_64-linux-gnu/../../../etc/nothing.so  ENOENT" in out
+    assert "libgone.so (deleted)" in out
+
+
+def test_search_path_matches_the_resolved_and_the_requested_path(config, capsys):
+    cfg, _ = config
+    w = Writer(cfg, DAVE, "dave", NOW - 600, command=("sh",))
+    w.exec(400, 399, "/bin/sh", [])
+    w.open(400, 399, "sh", "/etc/shadow", path_source="kernel", requested_path="../etc/shadow")
+    w.emit("session.command", "T4000I", 0.01, pid=401, ppid=400, cgroup_id=7, program="x",
+           path="/tmp/x", argv=[], return_code=0, argv_truncated=False, path_source="kernel",
+           executable="/memfd:payload (deleted)")
+    w.end()
+    for pattern, expected in (("/etc/shadow", "/etc/shadow"), ("../etc/*", "/etc/shadow"),
+                              ("/memfd:*", "/tmp/x")):
+        code, out, err = run(capsys, "search", "--path", pattern)
+        assert code == 0, err
+        assert expected in out, (pattern, out)
+
+
+def test_show_and_search_list_refused_calls_and_io_uring(config, capsys):
+    cfg, _ = config
+    w = Writer(cfg, DAVE, "dave", NOW - 600, command=("sh",))
+    w.exec(400, 399, "/bin/sh", [])
+    w.emit("session.refused", "X4100W", 0.01, pid=400, ppid=399, cgroup_id=7, program="sh",
+           syscall="io_uring_setup", syscall_nr=425, arch="x86_64", refusal="errno")
+    w.emit("session.refused", "X4100W", 0.01, pid=400, ppid=399, cgroup_id=7, program="sh",
+           syscall="i386:5", syscall_nr=5, arch="i386", refusal="killed")
+    w.emit("session.io_uring", "X4101I", 0.01, pid=400, ppid=399, cgroup_id=7, program="sh",
+           opcode=18, opcode_name="OPENAT")
+    w.end()
+    code, out, err = run(capsys, "show", DAVE)
+    assert code == 0, err
+    assert "refused io_uring_setup (x86_64): failed with EPERM" in out
+    assert "refused i386:5 (i386): process killed" in out
+    assert "io_uring OPENAT" in out
+    code, out, err = run(capsys, "search", "--event", "refused")
+    assert code == 0, err
+    assert len([x for x in out.splitlines() if "refused" in x]) == 2 and "OPENAT" not in out
