@@ -120,6 +120,19 @@ static __always_inline void fill_header(struct event_header *hdr, u16 type, u64 
     bpf_get_current_comm(hdr->comm, sizeof(hdr->comm));
 }
 
+/* The record about to be filled in a scratch buffer (NULL: none, the record is counted lost);
+ * 1 when there is one, its header filled. */
+static __always_inline int begin_record(struct event_header *hdr, u16 type, u64 cgroup_id,
+                                        int stream)
+{
+    if (!hdr) {
+        count_lost(cgroup_id, stream);
+        return 0;
+    }
+    fill_header(hdr, type, cgroup_id);
+    return 1;
+}
+
 /* -- execs ---------------------------------------------------------------------------------- */
 
 RAW_TRACEPOINT_PROBE(sched_process_exec)
@@ -130,11 +143,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
         return 0;
     int cpu = bpf_get_smp_processor_id();
     struct exec_event *e = exec_scratch.lookup(&cpu);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_COMMAND);
+    if (!begin_record(e ? &e->hdr : NULL, RECORD_EXEC, cgroup_id, STREAM_COMMAND))
         return 0;
-    }
-    fill_header(&e->hdr, RECORD_EXEC, cgroup_id);
     e->old_pid = ctx->args[1];
     u32 used = capture_exec(ctx->args[2], e) & EXEC_OFF_MASK;
     e->hdr.tail_len = used;
@@ -154,11 +164,8 @@ static __always_inline int record_failed_exec(long ret, int execveat)
         return 0;
     int cpu = bpf_get_smp_processor_id();
     struct exec_failed_event *e = exec_failed_scratch.lookup(&cpu);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_COMMAND);
+    if (!begin_record(e ? &e->hdr : NULL, RECORD_EXEC_FAILED, cgroup_id, STREAM_COMMAND))
         return 0;
-    }
-    fill_header(&e->hdr, RECORD_EXEC_FAILED, cgroup_id);
     e->ret = ret;
     e->argc = 0;
     e->truncated = 0;
@@ -262,11 +269,8 @@ static __always_inline int record_open(long ret, int kind)
         return 0;
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_DISK);
+    if (!begin_record(e ? &e->hdr : NULL, RECORD_OPEN, cgroup_id, STREAM_DISK))
         return 0;
-    }
-    fill_header(&e->hdr, RECORD_OPEN, cgroup_id);
     e->ret = ret;
     e->via_uring = 0;
     u64 di = syscall_arg(PT_REGS_DI), si = syscall_arg(PT_REGS_SI), dx = syscall_arg(PT_REGS_DX);
@@ -368,20 +372,29 @@ static __always_inline void fill_destination(struct connect_event *e, struct bpf
 }
 
 /* Each must return 1 (allow): 0 would make the caller's call fail with EPERM. */
+/* The record of a connect or a send from a session's task, its destination filled in; NULL for
+ * a task of no session (or no scratch: counted lost). */
+static __always_inline struct connect_event *network_record(struct bpf_sock_addr *ctx, int v4,
+                                                            u32 type, u64 *cgroup_id, void **ring)
+{
+    *ring = session_ring(cgroup_id, STREAM_NETWORK);
+    if (!*ring)
+        return NULL;
+    int zero = 0;
+    struct connect_event *e = connect_scratch.lookup(&zero);
+    if (!begin_record(e ? &e->hdr : NULL, type, *cgroup_id, STREAM_NETWORK))
+        return NULL;
+    fill_destination(e, ctx, v4);
+    return e;
+}
+
 static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 {
     u64 cgroup_id;
-    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);
-    if (!ring)
+    void *ring;
+    struct connect_event *e = network_record(ctx, v4, RECORD_CONNECT, &cgroup_id, &ring);
+    if (!e)
         return 1;
-    int zero = 0;
-    struct connect_event *e = connect_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_NETWORK);
-        return 1;
-    }
-    fill_header(&e->hdr, RECORD_CONNECT, cgroup_id);
-    fill_destination(e, ctx, v4);
     if (in_native_connect()) {
         /* connect()'s sys_exit sends it with the result (and the source, for TCP) */
         u64 id = bpf_get_current_pid_tgid();
@@ -397,17 +410,10 @@ static __always_inline int on_connect(struct bpf_sock_addr *ctx, int v4)
 static __always_inline int on_send(struct bpf_sock_addr *ctx, int v4)
 {
     u64 cgroup_id;
-    void *ring = session_ring(&cgroup_id, STREAM_NETWORK);
-    if (!ring)
+    void *ring;
+    struct connect_event *e = network_record(ctx, v4, RECORD_SEND, &cgroup_id, &ring);
+    if (!e)
         return 1;
-    int zero = 0;
-    struct connect_event *e = connect_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_NETWORK);
-        return 1;
-    }
-    fill_header(&e->hdr, RECORD_SEND, cgroup_id);
-    fill_destination(e, ctx, v4);
     struct send_key key = {};
     key.cookie = e->cookie;
     key.pid = e->hdr.pid;
@@ -592,11 +598,8 @@ TRACEPOINT_PROBE(io_uring, io_uring_submit_req)
         return 0;
     int zero = 0;
     struct uring_event *e = uring_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_COMMAND);
+    if (!begin_record(e ? &e->hdr : NULL, RECORD_URING, cgroup_id, STREAM_COMMAND))
         return 0;
-    }
-    fill_header(&e->hdr, RECORD_URING, cgroup_id);
     e->opcode = opcode;
     send(ring, e, sizeof(*e), cgroup_id, STREAM_COMMAND);
     return 0;
@@ -617,11 +620,8 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete)
         return 0;
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
-    if (!e) {
-        count_lost(cgroup_id, STREAM_DISK);
+    if (!begin_record(e ? &e->hdr : NULL, RECORD_OPEN, cgroup_id, STREAM_DISK))
         return 0;
-    }
-    fill_header(&e->hdr, RECORD_OPEN, cgroup_id);
     e->ret = args->res;
     e->flags = 0;
     e->dirfd = AT_FDCWD_VALUE;

@@ -13,13 +13,12 @@ from the loaded program), and here (its fields).
 """
 
 from enhrec_wrap.events import kinds
+from enhrec_wrap.events.kinds import OPERATION_CONNECT, OPERATION_SEND
 from enhrec_wrap.events.teleport import AT_FDCWD, ACTION_OBSERVED, text
 from enhrec_wrap.kernel import abi, paths
 
 AF_INET6 = 10
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
-# session.network's operation (Teleport's NetworkOperation).
-OPERATION_CONNECT, OPERATION_SEND = 0, 1
 AUDIT_ARCH_I386 = 0x40000003
 ARCH_NAMES = {0xC000003E: "x86_64", AUDIT_ARCH_I386: "i386"}
 # Names of the refused calls one sees: the io_uring calls (x86_64), and the i386 calls a 32-bit
@@ -74,9 +73,15 @@ class KernelEvents:
         return made
 
     def build(self, record: dict) -> tuple:
-        """(kind, fields) of one record, as decode.Decoder.as_dict gives it."""
+        """(kind, fields) of one record, as decode.Decoder.as_dict gives it. Each kind's builder
+        adds its fields to the process's, and names in `escaped` each text field it escaped."""
         kind, build = self._builders[record["type"]]
-        return kind, build(record)
+        escaped = []
+        fields = _process_fields(record, escaped)
+        build(record, fields, escaped)
+        if escaped:
+            fields["escaped_fields"] = escaped
+        return kind, fields
 
 
 def _first(item):
@@ -85,7 +90,7 @@ def _first(item):
 
 # --- the fields of each kind --------------------------------------------------------------------
 
-def _exec(record) -> dict:
+def _exec(record, fields, escaped):
     """A successful exec as the kernel did it (exec.h): the new image's argv, the kernel's copy
     of the filename, the binary that really runs."""
     tail, flags = record["tail"], record["flags"]
@@ -98,8 +103,6 @@ def _exec(record) -> dict:
     argv = argv_raw.split(b"\0")
     if argv and argv[-1] == b"":
         argv.pop()   # the NUL that ends the last string
-    escaped = []
-    fields = _process_fields(record, escaped)
     path = filename
     if flags & abi.EXEC_CWD:
         fields["requested_path"] = _text_field(filename, "requested_path", escaped)
@@ -120,9 +123,6 @@ def _exec(record) -> dict:
     fields["executable_size"] = record["size"]
     if flags & abi.EXEC_SCRIPT:
         fields["interpreter"] = _text_field(interp, "interpreter", escaped)
-    if escaped:
-        fields["escaped_fields"] = escaped
-    return fields
 
 
 def _absolute(directory: bytes, name: bytes) -> bytes:
@@ -134,14 +134,12 @@ def _absolute(directory: bytes, name: bytes) -> bytes:
     return directory.rstrip(b"/") + b"/" + name
 
 
-def _failed_exec(record) -> dict:
+def _failed_exec(record, fields, escaped):
     """An exec that failed: only the caller's claim exists, read from its memory."""
     tail = record["tail"]
     filename = tail[:record["filename_len"]].rstrip(b"\0")
     args = tail[record["filename_len"]:].split(b"\0")[:record["argc"]]
     cut = record["truncated"] != 0 or any(len(a) >= abi.ARG_READ_MAX - 1 for a in args)
-    escaped = []
-    fields = _process_fields(record, escaped)
     fields["path"] = _text_field(filename, "path", escaped)
     fields["path_source"] = "caller"
     fields["argv"] = [_text_field(a, f"argv.{i}", escaped) for i, a in enumerate(args[1:])]
@@ -151,18 +149,13 @@ def _failed_exec(record) -> dict:
         fields["dirfd"] = record["dirfd"]
     if record["truncated"] & abi.ARGV_UNREADABLE:
         fields["argv_unreadable"] = True
-    if escaped:
-        fields["escaped_fields"] = escaped
-    return fields
 
 
-def _open(record) -> dict:
+def _open(record, fields, escaped):
     """An open: the file the kernel opened (its struct file's path), and the caller's request."""
     tail, file_flags = record["tail"], record["file.path_flags"]
     components, request = tail[:record["file.path_len"]], tail[record["file.path_len"]:]
     request = request[:record["request_len"]].rstrip(b"\0")
-    escaped = []
-    fields = _process_fields(record, escaped)
     opened = record["ret"] >= 0 and not file_flags & abi.PATH_NO_FILE
     if opened:
         path = paths.resolved_path(components, file_flags, record["file.fs_magic"],
@@ -186,16 +179,11 @@ def _open(record) -> dict:
         fields["mount_id"] = record["file.mnt_id"]
     if record["via_uring"]:
         fields["via"] = "io_uring"
-    if escaped:
-        fields["escaped_fields"] = escaped
-    return fields
 
 
-def _connect(record) -> dict:
+def _connect(record, fields, escaped):
     """A connect or an unconnected UDP send: the kernel's copy of the destination."""
     import ipaddress   # here: 5 ms of every session's start, for the sessions that connect
-    escaped = []
-    fields = _process_fields(record, escaped)
     v4 = record["flags"] & abi.CONNECT_IPV4_HOOK or record["family"] != AF_INET6
     size = 4 if v4 else 16
     is_tcp = bool(record["flags"] & abi.CONNECT_TCP)
@@ -215,15 +203,10 @@ def _connect(record) -> dict:
         # code. None: no connect() call returned one (io_uring, 32-bit socketcall, Fast Open).
         no_call = record["flags"] & abi.CONNECT_NO_SYSCALL
         fields["connect_return_code"] = None if no_call else record["ret"]
-    if escaped:
-        fields["escaped_fields"] = escaped
-    return fields
 
 
-def _refused(record) -> dict:
+def _refused(record, fields, escaped):
     """A call the session's seccomp filter refused."""
-    escaped = []
-    fields = _process_fields(record, escaped)
     arch = ARCH_NAMES.get(record["arch"], hex(record["arch"]))
     number = record["syscall"]
     fields["syscall"] = SYSCALL_NAMES.get((arch, number), f"{arch}:{number}")
@@ -232,22 +215,14 @@ def _refused(record) -> dict:
     # Not `action` nor `return_code`: Teleport's names, which Elastic's pipeline renames into a
     # network action and the process's exit code.
     fields["refusal"] = REFUSED_ACTIONS.get(record["action"], str(record["action"]))
-    if escaped:
-        fields["escaped_fields"] = escaped
-    return fields
 
 
-def _uring(record) -> dict:
+def _uring(record, fields, escaped):
     """An io_uring operation, first of its kind in its process (io_uring allowed)."""
-    escaped = []
-    fields = _process_fields(record, escaped)
     opcode = record["opcode"]
     fields["opcode"] = opcode
     # Not `operation`: Teleport's name for the network operation.
     fields["opcode_name"] = URING_OPERATIONS[opcode] if opcode < len(URING_OPERATIONS) else str(opcode)
-    if escaped:
-        fields["escaped_fields"] = escaped
-    return fields
 
 
 def _process_fields(record, escaped) -> dict:

@@ -25,6 +25,9 @@ SESSION_NETWORK = (NETWORK, "T4002I")
 SESSION_REFUSED = (REFUSED, "X4100W")
 SESSION_IO_URING = (IO_URING, "X4101I")
 
+# session.network's operation (Teleport's NetworkOperation): a connect, or an unconnected send.
+OPERATION_CONNECT, OPERATION_SEND = 0, 1
+
 
 def result_of(event: dict):
     """A kernel event's syscall result (0, an fd, or a negative errno); None when not known.

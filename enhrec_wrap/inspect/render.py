@@ -11,8 +11,8 @@ import shlex
 
 import click
 
-from enhrec_wrap.events.kinds import (COMMAND, DISK, END, IO_URING, NETWORK, REFUSED, START,
-                                      result_of)
+from enhrec_wrap.events.kinds import (COMMAND, DISK, END, IO_URING, NETWORK, OPERATION_SEND,
+                                      REFUSED, START, result_of)
 from enhrec_wrap.events.timestamps import epoch_of, seconds_between
 from enhrec_wrap.inspect.text import (KIND_WORDS, O_ACCMODE, command_line, counted, duration_text,
                                       endpoint, host_of, human_time, open_mode, opened_path,
@@ -41,7 +41,8 @@ def describe(e: dict) -> tuple[str, str, bool]:
     elif kind == DISK:
         detail = f"{proc} {shown(e, 'program')} {open_mode(e.get('flags'))} {opened_path(e)}"
     elif kind == NETWORK:
-        detail = f"{proc} {shown(e, 'program')} -> {endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} {e.get('protocol', '')}".rstrip()
+        detail = (f"{proc} {shown(e, 'program')} -> "
+                  f"{endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} {network_kind(e)}")
     elif kind in (REFUSED, IO_URING):
         detail = f"{proc} {shown(e, 'program')} {special_call(e)}"
     elif kind == START:
@@ -153,6 +154,12 @@ def render_header(head: dict) -> list[str]:
     return lines
 
 
+def network_kind(e: dict) -> str:
+    """`tcp`, `udp`: a connect; `udp send`: an unconnected send (operation 1)."""
+    protocol = shown(e, "protocol", "")
+    return f"{protocol} send".strip() if e.get("operation") == OPERATION_SEND else protocol
+
+
 def special_call(e: dict) -> str:
     """A refused call (the session's seccomp filter) or an io_uring operation, in a few words."""
     if e.get("event") == REFUSED:
@@ -251,7 +258,7 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
                 err = f"  {click.style(result_text(rc), fg=None if rc == -errno.EINPROGRESS else 'red')}"
             lines.append(f"{pad}    {click.style('connect', fg='magenta')} "
                          f"{endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} "
-                         f"{safe(e.get('protocol', ''))}{err}  {click.style(f'({offset(e)})', dim=True)}")
+                         f"{network_kind(e)}{err}  {click.style(f'({offset(e)})', dim=True)}")
 
     for root in roots:
         walk(root, 0)

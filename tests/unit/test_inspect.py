@@ -476,9 +476,13 @@ def test_show_and_search_list_refused_calls_and_io_uring(config, capsys):
            syscall="i386:5", syscall_nr=5, arch="i386", refusal="killed")
     w.emit("session.io_uring", "X4101I", 0.01, pid=400, ppid=399, cgroup_id=7, program="sh",
            opcode=18, opcode_name="OPENAT")
+    w.emit("session.network", "T4002I", 0.01, pid=400, ppid=399, cgroup_id=7, program="sh",
+           src_addr="0.0.0.0", dst_addr="10.0.0.7", dst_port=53, version=4, operation=1,
+           action=0, protocol="udp")
     w.end()
     code, out, err = run(capsys, "show", DAVE)
     assert code == 0, err
+    assert "connect 10.0.0.7:53 udp send" in out   # an unconnected send, not a connect
     assert "refused io_uring_setup (x86_64): failed with EPERM" in out
     assert "refused i386:5 (i386): process killed" in out
     assert "io_uring OPENAT" in out
