@@ -161,7 +161,7 @@ class Run:
         found = self.refusals(pid)
         assert len(found) == 1, (
             f"{what}: expected one session.refused of pid {pid}, got {len(found)} (refusals "
-            f"of the session: {listing(self.session.of('session.refused'), 'pid', 'syscall', 'syscall_nr', 'arch', 'action')}); "
+            f"of the session: {listing(self.session.of('session.refused'), 'pid', 'syscall', 'syscall_nr', 'arch', 'refusal')}); "
             f"exit status {self.result.returncode}, stdout {self.result.stdout!r}, "
             f"stderr {self.result.stderr!r}")
         return found[0]

@@ -51,7 +51,7 @@ def _refused_io_uring(run, pid, syscall="io_uring_setup", number=SYS_IO_URING_SE
     refused = run.one_refusal(pid, f"{syscall} refused by the session's seccomp filter")
     facts = run.brief(refused)
     assert (refused.get("syscall"), refused.get("syscall_nr"), refused.get("arch"),
-            refused.get("action")) == (syscall, number, "x86_64", "errno"), facts
+            refused.get("refusal")) == (syscall, number, "x86_64", "errno"), facts
     assert refused["code"] == "X4100W" and refused.get("ppid", 0) > 0, facts
     assert refused.get("cgroup_id") == run.session.start["cgroup_id"], refused
     assert f"{syscall}: Operation not permitted" in run.result.stderr.splitlines(), (
@@ -108,7 +108,7 @@ def test_io_uring_allowed_is_recorded_and_marks_the_session(recorder, technique,
     assert opened.get("via") == "io_uring" and opened["return_code"] == int(fd), facts
     assert opened.get("path_source") == "kernel", facts
     uses = run.of("session.io_uring", pid)
-    assert [(u.get("opcode"), u.get("operation")) for u in uses] == [(18, "OPENAT")], uses
+    assert [(u.get("opcode"), u.get("opcode_name")) for u in uses] == [(18, "OPENAT")], uses
     assert run.session.end.get("partially_audited") is True, run.session.end
 
 
@@ -116,7 +116,7 @@ def _refused_32bit(run, pid, what):
     """The process was killed at its first 32-bit syscall, and that is on record."""
     refused = run.one_refusal(pid, what)
     facts = run.brief(refused)
-    assert (refused.get("arch"), refused.get("action")) == ("i386", "killed"), facts
+    assert (refused.get("arch"), refused.get("refusal")) == ("i386", "killed"), facts
     assert refused["code"] == "X4100W", facts
     signalled = 128 + signal.SIGSYS
     assert run.result.returncode == signalled, (
