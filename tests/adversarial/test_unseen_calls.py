@@ -76,16 +76,15 @@ def test_io_uring_connect_is_refused(technique, udp_port):
     assert not run.of("session.network", dst_port=udp_port)
 
 
-def test_io_uring_made_outside_the_session_is_refused(technique, scratch):
-    """A ring set up outside the session and passed in: io_uring_enter is refused as well."""
+def test_io_uring_made_outside_the_session_is_refused(technique):
+    """A ring set up by this (unrecorded) test process, taken into the session with
+    pidfd_getfd: io_uring_enter is refused as well."""
     libc = ctypes.CDLL(None, use_errno=True)
     params = ctypes.create_string_buffer(IO_URING_PARAMS_SIZE)
     ring = libc.syscall(SYS_IO_URING_SETUP, 4, params)
     assert ring >= 0, f"io_uring_setup outside the session: {os.strerror(ctypes.get_errno())}"
     try:
-        path = str(scratch / "ring-passer")
-        with passing_fd(path, ring):
-            run, pid = technique("uring_enter_received_fd", path, status=None)
+        run, pid = technique("uring_enter_foreign", os.getpid(), ring, status=None)
     finally:
         os.close(ring)
     _refused_io_uring(run, pid, "io_uring_enter", SYS_IO_URING_ENTER)
