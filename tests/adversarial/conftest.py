@@ -101,9 +101,11 @@ class Run:
     def lines(self):
         return self.result.stdout.splitlines()
 
-    def printed(self, word):
-        """The fields of every stdout line whose first word is `word`."""
-        return [line.split()[1:] for line in self.lines if line.split()[:1] == [word]]
+    def printed(self, word, fields=None):
+        """The fields of every stdout line whose first word is `word` (with `fields`, at most
+        that many: the last one keeps its spaces)."""
+        limit = -1 if fields is None else fields
+        return [line.split(None, limit)[1:] for line in self.lines if line.split()[:1] == [word]]
 
     def printed_once(self, word):
         found = self.printed(word)

@@ -41,6 +41,18 @@ def test_script_records_its_interpreter(technique, scratch):
     assert run.lines[-1] == "SCRIPT-RAN"
 
 
+def test_symlink_run_by_a_relative_name_names_the_binary(run_in_session, scratch):
+    """`./innocent` is a symlink to /bin/echo: the path is made absolute, the name as run is
+    kept, and the executable is what really ran."""
+    (scratch / "innocent").symlink_to("/bin/echo")
+    run = run_in_session(["sh", "-c", f"cd {scratch} && ./innocent HIDDEN-ARGUMENT"])
+    command = run.one_command("the exec of ./innocent", path=f"{scratch}/innocent")
+    facts = run.brief(command)
+    assert command.get("requested_path") == "./innocent", facts
+    assert command.get("executable") == ECHO and command["argv"] == ["HIDDEN-ARGUMENT"], facts
+    assert run.lines == ["HIDDEN-ARGUMENT"]
+
+
 @pytest.mark.parametrize("how", ["fexecve", "execveat", "proc"])
 def test_fileless_memfd_exec_identifies_the_binary(technique, how):
     run, pid = technique("exec_memfd", how)

@@ -68,3 +68,29 @@ def test_failed_open_is_the_callers_claim(run_in_session, scratch):
     opened = run.one_open(pid, "cat's failed open", path=str(missing))
     assert opened["return_code"] == -2, run.brief(opened)
     assert opened.get("path_source") == "caller", run.brief(opened)
+
+
+def test_files_without_a_name_read_as_the_kernel_names_them(technique, scratch):
+    """A pipe and a memfd reopened through /proc/self/fd/N, and an O_TMPFILE file."""
+    run, pid = technique("open_pseudo", scratch)
+    printed = run.printed("OPEN", fields=2)
+    assert len(printed) == 3, run.lines
+    (pipe_fd, pipe), (memfd_fd, memfd), (tmp_fd, tmpfile) = printed
+    assert pipe.startswith("pipe:[") and memfd == "/memfd:pseudo-name (deleted)", printed
+    assert tmpfile.startswith(f"{scratch}/#") and tmpfile.endswith(" (deleted)"), printed
+    for fd, really, flag in ((pipe_fd, pipe, "pseudo"), (memfd_fd, memfd, "pseudo"),
+                             (tmp_fd, tmpfile, "deleted")):
+        opened = run.one_open(pid, f"the reopen of {really}", path=really)
+        assert opened["return_code"] == int(fd), run.brief(opened)
+        assert flag in opened.get("path_flags", []), run.brief(opened)
+
+
+def test_a_path_deeper_than_the_walk_keeps_its_leaf_side(technique, scratch):
+    run, pid = technique("deep_path", scratch, 100)
+    fd, _, depth, _, _, _, top = run.printed_once("OPEN")
+    opened = run.one_open(pid, "the open of the leaf", return_code=int(fd),
+                          flags=os.O_WRONLY | os.O_CREAT)
+    facts = run.brief(opened)
+    assert opened["path"].startswith("<truncated>/") and opened["path"].endswith("/d/d/leaf"), facts
+    assert top not in opened["path"] and "truncated" in opened.get("path_flags", []), facts
+    assert set(opened["path"][len("<truncated>/"):].split("/")[:-1]) == {"d"}, facts
