@@ -36,9 +36,10 @@ def shown(make_recorder, enhrec, tmp_path_factory):
 
 
 def _open_line(output, part):
-    """The path of the one `open` line whose path contains `part`."""
-    paths = [line.split()[-1] for line in output.splitlines()
-             if line.split()[:1] == ["open"] and part in line.split()[-1]]
+    """The path of the one `open` line (`open MODE PATH ...`) whose path contains `part`; none
+    of these paths has a space."""
+    paths = [line.split()[2] for line in output.splitlines()
+             if line.split()[:1] == ["open"] and part in line.split()[2]]
     assert len(paths) == 1, f"expected one open line with {part!r}, got {paths}; output:\n{output}"
     return paths[0]
 
