@@ -6,17 +6,22 @@ import os
 
 OPENS = 3000
 EXECS = 2000
+# The rename race's opens fail while the file has its other name: 199 to 2,685 of 3,000
+# succeeded in 10 sessions here (load 3 to 7), so it makes more, and needs at least these.
+RENAME_OPENS = 5000
+MIN_RENAME_OPENED = 100
 
 
 def test_open_path_flipped_by_a_thread(technique, scratch):
-    secret, decoy = str(scratch / "file-secret"), str(scratch / "file-decoy!")
-    assert len(secret) == len(decoy)
+    # Names that differ in one byte: the flip is one store, so every open names one of the two
+    # files and succeeds (longer differences tear, and the torn names fail to open).
+    secret, decoy = str(scratch / "file-1"), str(scratch / "file-2")
     for name in (secret, decoy):
         with open(name, "w") as f:
             f.write(name)
     run, pid = technique("race_open_path", secret, decoy, OPENS)
     really = [path for _, path in run.printed("OPEN")]
-    assert len(really) > OPENS // 2, f"only {len(really)} of {OPENS} opens succeeded"
+    assert len(really) == OPENS, f"only {len(really)} of {OPENS} opens succeeded"
     assert set(really) == {secret, decoy}, "the thread never flipped the path during the opens"
     # The program's own opens are the only ones with flags O_RDONLY alone (the loader's have
     # O_CLOEXEC), whatever path they are logged with.
@@ -80,10 +85,10 @@ def test_fifo_open_while_the_path_buffer_is_rewritten(technique, scratch):
 def test_rename_during_opens(technique, scratch):
     """Every open of the file is logged with one of its two names (or flagged as raced when
     the name changed during the read): never a torn or a third name."""
-    run, pid = technique("race_rename_open", scratch, OPENS)
+    run, pid = technique("race_rename_open", scratch, RENAME_OPENS)
     inode, one, two = run.printed_once("FILE")
     opened = len(run.printed("OPEN"))
-    assert opened > OPENS // 4, f"only {opened} of {OPENS} opens succeeded"
+    assert opened >= MIN_RENAME_OPENED, f"only {opened} of {RENAME_OPENS} opens succeeded"
     # The loop's opens are O_RDONLY; the one that made the file was O_WRONLY|O_CREAT.
     logged = [e for e in run.opens(pid) if e.get("inode") == int(inode)
               and e["flags"] == os.O_RDONLY and e["return_code"] >= 0]
