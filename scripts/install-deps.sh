@@ -36,6 +36,8 @@ test_packages=(
     openssh-client   # tests/e2e: ssh, scp, sftp, ssh-keygen (openssh-server depends on it too)
     procps           # tests: ps, pgrep (openssh-server depends on it too)
     bpftool          # tests/integration: counts the programs the host's sessions share
+    gcc              # tests/adversarial: builds the technique programs
+    gcc-multilib     # tests/adversarial: the -m32 -static ones
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

@@ -1,0 +1,20 @@
+/* Build with gcc -m32 -static: a 32-bit program's open (section 1). Prints OPEN <fd> <path>. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    const char *path = argc > 1 ? argv[1] : "/etc/hostname";
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        perror("open");
+        return 1;
+    }
+    char proc[64], real[4096];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(proc, real, sizeof(real) - 1);
+    real[n > 0 ? n : 0] = 0;
+    printf("OPEN %d %s\n", fd, real);
+    return 0;
+}

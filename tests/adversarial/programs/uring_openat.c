@@ -1,0 +1,35 @@
+/* io_uring IORING_OP_OPENAT: the open happens with no open/openat syscall (section 1).
+ * argv[2] "async" sets IOSQE_ASYNC: the open then runs in an io-wq worker thread.
+ * Prints the path the kernel opened: OPEN <fd> <path>. */
+#include <fcntl.h>
+#include <stdio.h>
+#include "uring.h"
+
+int main(int argc, char **argv)
+{
+    const char *path = argc > 1 ? argv[1] : "/etc/hostname";
+    struct uring u;
+    if (uring_init(&u)) {
+        perror("io_uring_setup");
+        return 1;
+    }
+    struct io_uring_sqe sqe;
+    memset(&sqe, 0, sizeof(sqe));
+    sqe.opcode = IORING_OP_OPENAT;
+    sqe.fd = AT_FDCWD;
+    sqe.addr = (unsigned long)path;
+    sqe.open_flags = O_RDONLY;
+    if (argc > 2 && !strcmp(argv[2], "async"))
+        sqe.flags = IOSQE_ASYNC;
+    int fd = uring_run(&u, &sqe);
+    if (fd < 0) {
+        fprintf(stderr, "IORING_OP_OPENAT: %s\n", strerror(-fd));
+        return 1;
+    }
+    char proc[64], real[4096];
+    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(proc, real, sizeof(real) - 1);
+    real[n > 0 ? n : 0] = 0;
+    printf("OPEN %d %s\n", fd, real);
+    return 0;
+}
