@@ -39,7 +39,7 @@ class Config:
     data_dir: str = "/var/lib/teleport"
     enabled: bool = True
     command_buffer_size: int = 8
-    disk_buffer_size: int = 1024   # docs/PERFORMANCE.md: a 100,000-open burst needs it
+    disk_buffer_size: int = 128    # Teleport's; bursts are paused, not buffered (backpressure)
     network_buffer_size: int = 8
     cgroup_path: str = "/cgroup2"
     background_processes: str = "kill"

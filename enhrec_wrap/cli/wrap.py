@@ -46,7 +46,9 @@ def fail(message: str, code: int) -> None:
 
 def main(argv=None):
     make_standard_fds_safe()
+    from enhrec_wrap.host import priority
     from enhrec_wrap.session.watchdog import Watchdog
+    priority.boost()   # the watchdog too
     watchdog = Watchdog.fork()
     try:
         status = _run(argv, watchdog)

@@ -48,6 +48,10 @@ URING_OPERATIONS = (
 )
 
 
+# A batch's build pauses for the caller's `between` after this many records (about 1 ms).
+BETWEEN_RECORDS = 128
+
+
 class KernelEvents:
     """Builds the events of one session's records."""
 
@@ -63,13 +67,17 @@ class KernelEvents:
             abi.RECORD_URING: (kinds.SESSION_IO_URING, _uring),
         }
 
-    def events(self, records: list, factory) -> list:
-        """The events of a batch of records (decode.Decoder.raw_from tuples), in time order."""
+    def events(self, records: list, factory, between=None) -> list:
+        """The events of a batch of records (decode.Decoder.raw_from tuples), in time order.
+        `between` is called after every BETWEEN_RECORDS of them (the recorder reads its rings
+        again there, so that building a batch never leaves them unread for long)."""
         as_dict, build = self.decoder.as_dict, self.build
         made = []
-        for ts, record_type, values, tail in sorted(records, key=_first):
+        for n, (ts, record_type, values, tail) in enumerate(sorted(records, key=_first), 1):
             kind, fields = build(as_dict(record_type, values, tail))
             made.append(factory.make_from(kind, ts + factory.monotonic_to_epoch_ns, fields))
+            if between is not None and n % BETWEEN_RECORDS == 0:
+                between()
         return made
 
     def build(self, record: dict) -> tuple:

@@ -119,6 +119,13 @@ class SessionCgroup:
             except ProcessLookupError:
                 pass
 
+    def freeze(self, frozen: bool) -> None:
+        """Pauses (or resumes) every process in the leaf, as the cgroup v2 freezer does it:
+        each stops on its way back to user space, within a fraction of a millisecond, and no
+        parent sees a stop (job control is not involved). A fatal signal still kills a frozen
+        process, so kill() works on a frozen leaf."""
+        self._write("cgroup.freeze", "1" if frozen else "0")
+
     def kill_and_wait(self, timeout: float = KILL_WAIT_SECONDS) -> bool:
         """kill(), then wait until the leaf is empty; False when it is not within `timeout`."""
         self.kill()

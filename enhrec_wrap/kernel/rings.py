@@ -44,6 +44,12 @@ BATCH_RECORDS = 4096
 FLUSH_SECONDS = 0.02
 HAND_RECORDS = 512
 BACKLOG_RECORDS = 1 << 20
+# Backpressure (session/backpressure.py): the session is paused while its records wait faster
+# than the recorder writes them: when this many wait in user space, or a ring is a quarter full
+# (when it wakes the recorder); it goes on once the backlog is down to BACKLOG_RESUME and every
+# ring below a sixteenth.
+BACKLOG_PAUSE = 16384
+BACKLOG_RESUME = 4096
 RECORD_TYPES = 16   # record type numbers are below this (enhrec.h RECORD_*)
 DOCTOR_HINT = "run `enhrec doctor` for a full check"
 
@@ -117,6 +123,10 @@ class Ring:
 
     def release(self, position: int):
         self._consumer[0] = position
+
+    def fill(self) -> float:
+        """The share of the ring holding records not read yet."""
+        return (self._producer[0] - self._consumer[0]) / self.size
 
     def close(self):
         for view in (self._consumer, self._producer, self.data):
@@ -245,12 +255,12 @@ class RingReader:
         self.decoder = decoder
         self.ledger = ledger
         self._type_at = decoder.type_offset
-        self._epoll = select.epoll()    # every ring, and the wake-up fds
-        self._urgent = select.epoll()   # all but the disk ring (see poll)
-        for stream, ring in rings.rings.items():
+        # Every ring, and the wake-up fds. A ring wakes it only once it is a quarter full
+        # (recorder.c's send(): below, a record asks for no wake-up), so the poll's timeout
+        # paces the quiet times and a filling ring is read at once.
+        self._epoll = select.epoll()
+        for ring in rings.rings.values():
             self._epoll.register(ring.fd, select.EPOLLIN)
-            if stream != abi.STREAM_DISK:
-                self._urgent.register(ring.fd, select.EPOLLIN)
         # Records copied out of the rings and not handed on yet: (stream, bytes).
         self._backlog = collections.deque()
         self._flush_due = 0.0     # when the backlog's first record must be handed on
@@ -264,7 +274,6 @@ class RingReader:
     def wake_on(self, fd: int):
         """Also wake poll() when fd is readable (a child's or the watchdog's pidfd)."""
         self._epoll.register(fd, select.EPOLLIN)
-        self._urgent.register(fd, select.EPOLLIN)
 
     def poll(self, timeout: float, flush: bool = False) -> list:
         """Waits up to `timeout` seconds for records (or a wake-up fd), copies what the rings
@@ -273,17 +282,14 @@ class RingReader:
         once with `flush`. Else an empty list.
 
         Waiting per record would cost more than the records (figure 6's build woke 12,000 times
-        for a few records each), so inside a batch's window the disk ring (8 MiB by default,
-        filling by 5% a window at full speed) is left to fill; the small command and network
-        rings and the wake-up fds still wake it at once."""
-        epoll = self._epoll
+        for a few records each): records ask for no wake-up until their ring is a quarter
+        full, and a batch gathers for up to FLUSH_SECONDS."""
         if len(self._backlog) >= HAND_RECORDS:
             timeout = 0.0   # work is waiting: only take what the rings have meanwhile
         elif self._backlog:
             timeout = max(0.0, min(timeout, self._flush_due - time.monotonic()))
-            epoll = self._urgent
         try:
-            epoll.poll(timeout)
+            self._epoll.poll(timeout)
         except InterruptedError:
             pass
         self._read_rings()
@@ -302,6 +308,20 @@ class RingReader:
 
     def backlog(self) -> int:
         return len(self._backlog)
+
+    def refill(self):
+        """One more pass over the rings, without waiting and without handing anything on."""
+        self._read_rings()
+
+    def pressed(self) -> bool:
+        """Records arrive faster than they are handed on: the session should pause."""
+        return (len(self._backlog) >= BACKLOG_PAUSE
+                or any(ring.fill() >= 0.25 for ring in self.rings.rings.values()))
+
+    def relieved(self) -> bool:
+        """The backlog is worked off: a paused session may go on."""
+        return (len(self._backlog) <= BACKLOG_RESUME
+                and all(ring.fill() <= 0.0625 for ring in self.rings.rings.values()))
 
     def _read_rings(self, everything=False) -> int:
         """One pass: copies up to BATCH_RECORDS records of each ring into the backlog (while it
@@ -352,4 +372,3 @@ class RingReader:
 
     def close(self):
         self._epoll.close()
-        self._urgent.close()

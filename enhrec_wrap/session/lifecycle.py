@@ -20,9 +20,11 @@ from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import load_or_create_server_id
 from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError, Failure
+from enhrec_wrap.host import priority
 from enhrec_wrap.host.privileges import Account, drop_privileges
 from enhrec_wrap.log.store import SessionStore
 from enhrec_wrap.session import seccomp
+from enhrec_wrap.session.backpressure import Backpressure
 from enhrec_wrap.session.ledger import Ledger, new_page
 
 # The session's exit status (session.end's exit_status) when its command never ran, as env(1)
@@ -108,6 +110,7 @@ class Session:
                                            request.account.name, request.user, config.cluster)
         self.cgroup = None
         self.recording = None
+        self.backpressure = None
         self.child = None
         self.child_pidfd = -1
         self.hangup_deadline = None
@@ -125,6 +128,7 @@ class Session:
         from enhrec_wrap.session.recording import Recording   # the kernel side, when recording
         self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
         self.recording = Recording.start(self.config, self.cgroup.id, self.ledger)
+        self.backpressure = Backpressure(self.cgroup, self.recording.reader)
         self.recording.wake_on(self.watchdog.pidfd)
         self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
 
@@ -257,12 +261,19 @@ class Session:
             time.sleep(POLL_SECONDS)
             return
         records = self.recording.poll(POLL_SECONDS, flush=self.child is None or self._child_exited())
+        self.backpressure.update()   # paused while its records pile up, before they are built
         if records:
-            self._write(self.recording.events(records, self.factory))
+            self._write(self.recording.events(records, self.factory, self._keep_up))
         if self.end_reason != END_WATCHDOG_DIED and not self.watchdog.alive():
             self.end_reason = END_WATCHDOG_DIED
             _tell_user(WATCHDOG_DIED)
             self.cgroup.kill()
+
+    def _keep_up(self):
+        """While a batch is built: the rings read again, and the session paused if its records
+        pile up, so that no ring waits for a whole batch's build (backpressure.py)."""
+        self.recording.refill()
+        self.backpressure.update()
 
     def _refusals(self) -> tuple[bool, bool]:
         """(refuse io_uring, refuse 32-bit syscalls): what the recorder could not see is refused
@@ -334,8 +345,10 @@ class Session:
     def write_end(self, exit_status: int, killed: int):
         fields = self._end_fields()
         if self.recording:
+            self.backpressure.release()
             self._write(self.recording.events(self.recording.drain(), self.factory))
             fields.update(self.recording.lost())
+            fields.update(self.backpressure.fields())
             fields["killed_processes"] = killed
             if not all(self._refusals()):
                 fields["partially_audited"] = True   # io_uring or 32-bit calls were allowed
@@ -478,6 +491,7 @@ def _prepare_child(account, cwd, keep_fds, refusals):
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    priority.restore_caller()    # the recorder's boost is not the session's
     seccomp.install(*refusals)   # as root: without no_new_privs, so setuid programs still work
     drop_privileges(account)
     if cwd is not None:

@@ -72,9 +72,14 @@ class Recording:
     def drain(self) -> list:
         return self.reader.drain()
 
-    def events(self, records: list, factory) -> list:
-        """The events of a batch of records, numbered by the factory, in time order."""
-        return self.kernel.events(records, factory)
+    def events(self, records: list, factory, between=None) -> list:
+        """The events of a batch of records, numbered by the factory, in time order; `between`
+        runs every so many records (KernelEvents.events)."""
+        return self.kernel.events(records, factory, between)
+
+    def refill(self):
+        """Copies what the rings hold now into the backlog (RingReader: a copy is cheap)."""
+        self.reader.refill()
 
     def settled(self) -> list:
         """Records accounted for by the events made so far, by type: every record handed on

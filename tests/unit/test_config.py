@@ -94,7 +94,7 @@ def test_built_in_defaults_when_the_default_file_is_absent(monkeypatch, tmp_path
     cfg = load_config(None)
     assert cfg == Config(source="built-in defaults", nodename=socket.gethostname(),
                          data_dir="/var/lib/teleport", enabled=True, command_buffer_size=8,
-                         disk_buffer_size=1024, network_buffer_size=8, cgroup_path="/cgroup2",
+                         disk_buffer_size=128, network_buffer_size=8, cgroup_path="/cgroup2",
                          background_processes="kill", on_log_failure="close")
     assert cfg.log_dir == "/var/lib/teleport/log"
 
