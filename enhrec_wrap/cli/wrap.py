@@ -2,7 +2,7 @@
 chooses exit codes; the arguments are cli/wrap_command.py's.
 
 The session's watchdog is forked first of all, before the imports (session/watchdog.py): a fork
-of a just-started Python costs 3 MB of memory, one made after click and the rest 8 MB.
+of a just-started Python costs 3 MB of memory, one made after the imports 8 MB.
 """
 
 import os
@@ -58,17 +58,11 @@ def main(argv=None):
 
 
 def _run(argv, watchdog) -> int:
-    import click
-
-    from enhrec_wrap.cli.wrap_command import enhrec_wrap
+    from enhrec_wrap.cli import wrap_command
     try:
-        status = enhrec_wrap.main(args=argv, prog_name=PROG, standalone_mode=False, obj=watchdog)
-    except click.UsageError as e:
-        fail(f"{e.format_message()}: see `{PROG} --help`", EXIT_SETUP_FAILED)
+        status = wrap_command.main(sys.argv[1:] if argv is None else argv, watchdog)
     except EnhrecError as e:
         fail(str(e), exit_status(e))
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except (click.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         fail("interrupted before the session started", EXIT_SETUP_FAILED)
     return status if isinstance(status, int) else 0

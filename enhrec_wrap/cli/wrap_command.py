@@ -1,36 +1,97 @@
-"""`enhrec-wrap`'s arguments: the click command, and the session request it builds from them
-and from the caller's identity. cli/wrap.py runs it and turns its failures into exit codes."""
+"""`enhrec-wrap`'s arguments, and the session request it builds from them and from the caller's
+identity. cli/wrap.py runs it and turns its failures into exit codes.
+
+The arguments are parsed here by hand, not with click as `enhrec`'s are: the grammar is four
+options and a command, and click's import (22 ms and 1 MB, with its regular expressions) would
+be a fifth of every login's start (docs/PERFORMANCE.md).
+"""
 
 import os
 import sys
-
-import click
 
 from enhrec_wrap import __version__
 from enhrec_wrap.errors import EnhrecError
 
 PROG = "enhrec-wrap"
+HELP = f"""\
+Usage: {PROG} [OPTIONS] [--] [COMMAND [ARG]...]
+
+  Record a session: every exec, file open and connect of COMMAND (default: your
+  login shell) and of everything it starts, as Teleport audit events.
+
+  Exit status: the command's, or 128+N when it died of signal N; 125 when
+  recording could not be set up (nothing was run); 126 when COMMAND is not
+  executable; 127 when it is not found.
+
+Options:
+  --config FILE  YAML config (default /etc/enhrec-wrap/enhrec.yaml, else
+                 built-in defaults).
+  --user NAME    Run the session as NAME (root only). Default: the sudo caller,
+                 else you.
+  --ssh          Run as sshd's ForceCommand through sudo: the session sshd asked
+                 for (SSH_ORIGINAL_COMMAND, else the login shell) for the sudo
+                 caller.
+  --version      Show the version and exit.
+  -h, --help     Show this message and exit.
+"""
+# option -> the Arguments attribute its value goes to
+VALUE_OPTIONS = {"--config": "config_path", "--user": "user_name"}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"],
-                                 "allow_interspersed_args": False})
-@click.option("--config", "config_path", metavar="FILE",
-              help="YAML config (default /etc/enhrec-wrap/enhrec.yaml, else built-in defaults).")
-@click.option("--user", "user_name", metavar="NAME",
-              help="Run the session as NAME (root only). Default: the sudo caller, else you.")
-@click.option("--ssh", "ssh_mode", is_flag=True,
-              help="Run as sshd's ForceCommand through sudo: the session sshd asked for "
-                   "(SSH_ORIGINAL_COMMAND, else the login shell) for the sudo caller.")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-@click.version_option(__version__, prog_name=PROG)
-@click.pass_obj
+class Arguments:
+    def __init__(self):
+        self.config_path = None
+        self.user_name = None
+        self.ssh_mode = False
+        self.command = ()
+        self.answer = None   # --help or --version: what to print instead of running
+
+
+def parse(argv) -> Arguments:
+    """The options, then COMMAND: the first word that is not an option, or everything after
+    `--`. Raises EnhrecError (one line) for anything else."""
+    args, words, seen = Arguments(), list(argv), set()
+    while words:
+        word = words.pop(0)
+        if word == "--":
+            break
+        if not word.startswith("-") or word == "-":
+            words.insert(0, word)
+            break
+        name, has_value, value = word.partition("=")
+        if name in ("-h", "--help", "--version", "--ssh") and not has_value:
+            if name == "--ssh":
+                args.ssh_mode = True
+            elif args.answer is None:
+                args.answer = HELP if name != "--version" else f"{PROG}, version {__version__}\n"
+            continue
+        if name in ("-h", "--help", "--version", "--ssh"):
+            raise EnhrecError(f"{name} takes no value: see `{PROG} --help`")
+        if name not in VALUE_OPTIONS:
+            raise EnhrecError(f"no such option: {name}: see `{PROG} --help`")
+        if name in seen:
+            raise EnhrecError(f"{name} given twice: give it once")
+        if not has_value:
+            if not words:
+                raise EnhrecError(f"{name} needs a value: see `{PROG} --help`")
+            value = words.pop(0)
+        seen.add(name)
+        setattr(args, VALUE_OPTIONS[name], value)
+    args.command = tuple(words)
+    return args
+
+
+def main(argv, watchdog) -> int:
+    """Runs what the arguments ask for; returns the exit status."""
+    args = parse(argv)
+    if args.answer is not None:
+        sys.stdout.write(args.answer)
+        return 0
+    return enhrec_wrap(watchdog, args.config_path, args.user_name, args.ssh_mode, args.command)
+
+
 def enhrec_wrap(watchdog, config_path, user_name, ssh_mode, command):
-    """Record a session: every exec, file open and connect of COMMAND (default: your login
-    shell) and of everything it starts, as Teleport audit events.
-
-    Exit status: the command's, or 128+N when it died of signal N; 125 when recording could not
-    be set up (nothing was run); 126 when COMMAND is not executable; 127 when it is not found.
-    """
+    """A recorded session for the caller, or under sshd (--ssh) for the sudo caller."""
     from enhrec_wrap.config import load_config
     from enhrec_wrap.session.lifecycle import run
 

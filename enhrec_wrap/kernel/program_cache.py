@@ -2,8 +2,6 @@
 loaded again without BCC or LLVM (host.py). Root's alone, like the programs it feeds to the
 kernel: an entry anyone else could have written is never read."""
 
-import hashlib
-import importlib.util
 import json
 import os
 import stat
@@ -22,6 +20,7 @@ def cache_key(source: bytes, header: bytes, defines) -> str:
 
     Not the tracepoints' format files themselves: reading them takes the kernel's event_mutex,
     which a kernel busy unregistering tracepoints holds for a while."""
+    import hashlib   # here: the watchdog opens a set by its version and never needs a key
     h = hashlib.sha256()
     uname = os.uname()
     for part in (CACHE_FORMAT.encode(), uname.release.encode(), uname.version.encode(),
@@ -41,6 +40,7 @@ def _btf_identity() -> bytes:
 
 
 def _bcc_version() -> bytes:
+    import importlib.util
     spec = importlib.util.find_spec("bcc")
     if spec is None or not spec.submodule_search_locations:
         return b"no bcc"

@@ -22,7 +22,7 @@ class PamSession:
     environment: dict = field(default_factory=dict)
 
     def close(self) -> None:
-        import pam
+        pam = _python_pam()
         handle, self.handle = self.handle, None
         if handle is None:
             return
@@ -33,11 +33,38 @@ class PamSession:
             handle.end()
 
 
+# libpam's sonames: its ABI, unchanged since Linux-PAM 0.75.
+SONAMES = {"pam": "libpam.so.0", "pam_misc": "libpam_misc.so.0"}
+
+
+def _python_pam():
+    """python-pam, told libpam's soname: it asks ctypes.util.find_library, which runs
+    `ldconfig -p` (and on a miss a compiler) to learn a name the loader resolves by itself,
+    10 to 20 ms of every local login. A soname that does not load goes to find_library."""
+    import pam
+    import pam.__internals as internals
+    internals.find_library = _library
+    return pam
+
+
+def _library(name: str):
+    import ctypes
+    soname = SONAMES.get(name)
+    if soname is not None:
+        try:
+            ctypes.CDLL(soname)
+            return soname
+        except OSError:
+            pass
+    import ctypes.util
+    return ctypes.util.find_library(name)
+
+
 def open_session(user: str, caller: str, service: str = SERVICE) -> PamSession:
     """Account check, credentials and session for `user`, started by root on behalf of `caller`.
     Raises EnhrecError naming the user and PAM's reason when PAM refuses; then nothing is open."""
-    import pam
     from ctypes import c_char_p
+    pam = _python_pam()
 
     if os.getuid() != 0:
         raise EnhrecError(f"PAM service {service} is for root only: run enhrec-wrap as root")
@@ -67,7 +94,7 @@ def open_session(user: str, caller: str, service: str = SERVICE) -> PamSession:
 
 
 def _check(handle, code: int, user: str, service: str, what: str) -> None:
-    import pam
+    pam = _python_pam()
     if code != pam.PAM_SUCCESS:
         handle.code = code
         handle.reason = handle.pam_strerror(handle.handle, code).decode(errors="replace")

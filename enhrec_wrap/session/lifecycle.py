@@ -374,7 +374,7 @@ class Session:
             self.cgroup.remove()
         release = None
         if self.recording:
-            # The watchdog takes the rings out while we exit (recording.release), unless it
+            # The watchdog takes the rings out while we exit (idle.release_session), unless it
             # died: then we do it ourselves.
             watchdog_alive = self.watchdog.alive()
             if watchdog_alive:

@@ -11,7 +11,8 @@ one set of programs (kernel/host.py), read into Teleport events.
 
 Registering, and taking the rings out again, each cost an RCU grace period in the kernel (13 ms
 here, see host.py): the registration runs in a thread while the rest of the session is set up,
-and at a normal end the watchdog takes them out (release()) while the wrapper exits.
+and at a normal end the watchdog takes them out (kernel/idle.py release_session) while the
+wrapper exits.
 """
 
 import threading
@@ -114,16 +115,3 @@ class Recording:
             self.rings.close()
             self.host.close()
 
-
-def release(order: dict):
-    """Takes a session's rings out of the programs' maps: the watchdog's last act at a normal
-    end, while the wrapper is already gone."""
-    with HostLock():
-        host = HostPrograms.open(order["version"])
-        if host is None:
-            return
-        try:
-            SessionRings(host, order["cgroup_id"], {}).unregister()
-            idle.start_if_last(host, order["idle_unload_seconds"])
-        finally:
-            host.close()

@@ -85,7 +85,7 @@ class Watchdog:
     def stop(self, release: dict | None = None):
         """The normal end (or no session at all): the watchdog exits without killing anything,
         after taking the session's rings out of the programs' maps when `release` says which
-        (recording.release): that costs the kernel an RCU grace period, which the wrapper's exit
+        (idle.release_session): that costs the kernel an RCU grace period, which the wrapper's exit
         need not wait for. Not waited for: init reaps it once we are gone."""
         if self.channel is None:
             return
@@ -133,7 +133,9 @@ def _watchdog(channel, page) -> int:
 def _receive(channel) -> tuple[bytes, list[int]]:
     """One message and the fds sent with it; b"" once the recorder's end is closed."""
     try:
-        message, ancillary, _, _ = channel.recvmsg(MAX_MESSAGE, _socket.CMSG_SPACE(4 * 4))
+        # Close-on-exec: the session's lock must never reach a program the watchdog starts.
+        message, ancillary, _, _ = channel.recvmsg(MAX_MESSAGE, _socket.CMSG_SPACE(4 * 4),
+                                                   _socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return b"", []
     fds = []
@@ -145,8 +147,8 @@ def _receive(channel) -> tuple[bytes, list[int]]:
 
 def _release(order: dict) -> None:
     try:
-        from enhrec_wrap.session import recording
-        recording.release(order)
+        from enhrec_wrap.kernel import idle
+        idle.release_session(order["version"], order["cgroup_id"], order["idle_unload_seconds"])
     except Exception:  # noqa: BLE001 - left registered: the next start's recovery takes it out
         pass
 

@@ -199,5 +199,5 @@ def test_ssh_accepts_a_plain_login(caller):
 
 
 def test_ssh_option_is_in_the_help(capsys):
-    cli.enhrec_wrap.main(args=["--help"], prog_name=cli.PROG, standalone_mode=False)
+    assert cli.main(["--help"], watchdog=None) == 0
     assert "--ssh" in capsys.readouterr().out
