@@ -100,7 +100,11 @@ class Session:
         self.server_id = load_or_create_server_id(config.data_dir)
         self.log = AuditLog(config.log_dir, self.server_id, clock=clock)
         # The second sink: the session's own files, and the lock that marks it as not ended.
-        self.store = SessionStore.create(config.log_dir, self.server_id, self.sid)
+        try:
+            self.store = SessionStore.create(config.log_dir, self.server_id, self.sid)
+        except BaseException:
+            self.log.close()   # run() never gets a Session to close
+            raise
         self.log_failure = None      # the first write failure, told to the user once
         self.write_failures = 0
         self.unwritten = {}          # sink -> events it could not take
