@@ -47,6 +47,7 @@
 #define STREAM_DISK 1
 #define STREAM_NETWORK 2
 #define STREAM_COUNT 3
+#define WAKE_SHIFT 3          /* a ring wakes its reader once 1/8 full (recorder.c send()) */
 
 /* resolved_file.path_flags: how a path walk (bpf_programs/path.h) ended */
 #define PATH_COMPLETE 1       /* reached the caller's root: an absolute path in its namespace */

@@ -96,12 +96,13 @@ static __always_inline void count_lost(u64 cgroup_id, int stream)
 
 /* Sends a record, or counts it as lost in the session's counters. The consumer is not woken
  * for each record (a wake-up cost 2-16 us a record, more than the rest of the program): it
- * reads the rings every 50 ms, and is woken once a ring is a quarter full. */
+ * reads the rings every 50 ms, and is woken once a ring is 1/2^WAKE_SHIFT full (it then
+ * pauses the session if records keep coming: session/backpressure.py). */
 static __always_inline void send(void *ring, const void *record, u64 size, u64 cgroup_id,
                                  int stream)
 {
     u64 flags = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >
-                    (bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) >> 2)
+                    (bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) >> WAKE_SHIFT)
                 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
     if (bpf_ringbuf_output(ring, (void *)record, size, flags))
         count_lost(cgroup_id, stream);

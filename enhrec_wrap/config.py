@@ -6,11 +6,8 @@ can never silently change what gets recorded.
 """
 
 import dataclasses
-import difflib
-import json
 import os
 import shlex
-import socket
 import stat
 
 import yaml
@@ -34,7 +31,7 @@ class Config:
     """The settings of one run; the field defaults are the built-in defaults."""
 
     source: str = BUILT_IN_DEFAULTS
-    nodename: str = dataclasses.field(default_factory=socket.gethostname)
+    nodename: str = dataclasses.field(default_factory=lambda: os.uname().nodename)   # gethostname
     cluster_name: str | None = None   # auth_service.cluster_name; None: see `cluster`
     data_dir: str = "/var/lib/teleport"
     enabled: bool = True
@@ -326,6 +323,7 @@ def _check_keys(path: str, where: str, section: dict, allowed) -> None:
 
 def _hint(key, allowed) -> str:
     if isinstance(key, str):
+        import difflib   # for a mistake only
         close = difflib.get_close_matches(key, sorted(allowed), n=1)
         if close:
             return f"(did you mean {close[0]}?)"
@@ -336,9 +334,9 @@ def _hint(key, allowed) -> str:
 
 def _show(value) -> str:
     if isinstance(value, str):
-        return json.dumps(value if len(value) <= 40 else value[:40] + "...")
+        return _quoted(value if len(value) <= 40 else value[:40] + "...")
     if isinstance(value, bool) or value is None:
-        return json.dumps(value)
+        return _quoted(value)
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, dict):
@@ -355,3 +353,9 @@ def _key_text(key) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _quoted(value) -> str:
+    """A value as JSON writes it (a message quotes the user's value so)."""
+    import json   # for a mistake only
+    return json.dumps(value)

@@ -1,8 +1,7 @@
 """`enhrec-wrap`: the process. The only place, with cli/enhrec.py, that prints errors and
 chooses exit codes; the arguments are cli/wrap_command.py's.
 
-The session's watchdog is forked first of all, before the imports (session/watchdog.py): a fork
-of a just-started Python costs 3 MB of memory, one made after the imports 8 MB.
+The session's watchdog (session/watchdog.py) is started once the session has a cgroup.
 """
 
 import os
@@ -49,7 +48,7 @@ def main(argv=None):
     from enhrec_wrap.host import priority
     from enhrec_wrap.session.watchdog import Watchdog
     priority.boost()   # the watchdog too
-    watchdog = Watchdog.fork()
+    watchdog = Watchdog()
     try:
         status = _run(argv, watchdog)
     finally:

@@ -85,6 +85,13 @@ class _RandomUUIDs:
                 f"{self._VARIANT[h[i + 16]]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}")
 
 
+def random_uuid() -> str:
+    """A version 4 UUID string, as str(uuid.uuid4()) makes it, without the uuid module (which
+    brings platform and its regular expressions to every start)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_RandomUUIDs._VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
 class EventFactory:
     """Makes the events of one session: numbers them (`ei` 0, 1, 2 ... with no gaps) and gives
     each the envelope fields."""

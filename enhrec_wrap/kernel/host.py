@@ -24,11 +24,12 @@ registers with a set that is being unloaded. When the last session ends, it star
 
 import ctypes as ct
 import fcntl
-import json
 import os
 import struct
 import threading
 import time
+
+import orjson
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.kernel import abi, program_cache
@@ -237,7 +238,7 @@ def read_meta(fd: int) -> dict:
         raw = map_lookup(fd, b"\0\0\0\0", META_BYTES)
     finally:
         os.close(fd)
-    meta = json.loads(raw.rstrip(b"\0"))
+    meta = orjson.loads(raw.rstrip(b"\0"))
     if not isinstance(meta, dict) or meta.get("format") != program_cache.CACHE_FORMAT:
         raise ValueError("not a set of ours")
     return meta
@@ -386,9 +387,9 @@ def _pin_own_maps(entry: dict, directory: str, owned: list):
     generation = map_create(BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, GENERATION_MAP)
     owned.append(generation)
     obj_pin(generation, os.path.join(directory, f"map-{GENERATION_MAP}"))
-    meta = json.dumps({"format": program_cache.CACHE_FORMAT, "fields": entry["fields"],
-                       "cpus": possible_cpus(), "loaded": time.time(),
-                       "programs": [p["name"] for p in entry["programs"]]}).encode()
+    meta = orjson.dumps({"format": program_cache.CACHE_FORMAT, "fields": entry["fields"],
+                         "cpus": possible_cpus(), "loaded": time.time(),
+                         "programs": [p["name"] for p in entry["programs"]]})
     if len(meta) > META_BYTES:
         raise ValueError("the record layouts do not fit the meta map")
     fd = map_create(BPF_MAP_TYPE_ARRAY, 4, META_BYTES, 1, 0, META_MAP)

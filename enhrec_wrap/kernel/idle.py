@@ -9,7 +9,8 @@ host runs none of them: every syscall on it is back on its fast path.
 
 Run as `python -I -m enhrec_wrap.kernel.idle VERSION GENERATION` (after a `sleep`, by
 start_if_last), or with `--now` to unload every set no session uses at once (`make uninstall`,
-`enhrec doctor --unload`): exit status 1 when a set is left because sessions use it.
+`enhrec doctor --unload`): exit status 1 when a set is left because sessions use it. The
+session watchdog runs it as `... release VERSION CGROUP_ID IDLE_SECONDS` at a normal end.
 """
 
 import os
@@ -91,6 +92,12 @@ def main(argv=None) -> int:
             print(f"enhrec-wrap: {len(left)} set(s) of kernel programs still used by sessions: "
                   "end them first (`enhrec doctor` lists them)", file=sys.stderr)
             return 1
+        return 0
+    if argv[:1] == ["release"]:   # the watchdog, at a session's normal end
+        try:
+            release_session(argv[1], int(argv[2]), float(argv[3]))
+        except (EnhrecError, OSError, IndexError, ValueError):
+            return 1   # left registered: the next start's recovery takes it out
         return 0
     version, generation = argv[0], int(argv[1])
     try:

@@ -2,9 +2,10 @@
 loaded again without BCC or LLVM (host.py). Root's alone, like the programs it feeds to the
 kernel: an entry anyone else could have written is never read."""
 
-import json
 import os
 import stat
+
+import orjson
 
 CACHE_DIR = "/var/cache/enhrec-wrap"
 CACHE_FORMAT = "enhrec-bpf-cache 3"
@@ -20,8 +21,9 @@ def cache_key(source: bytes, header: bytes, defines) -> str:
 
     Not the tracepoints' format files themselves: reading them takes the kernel's event_mutex,
     which a kernel busy unregistering tracepoints holds for a while."""
-    import hashlib   # here: the watchdog opens a set by its version and never needs a key
-    h = hashlib.sha256()
+    # Python's own SHA-256: hashlib's maps in OpenSSL's libcrypto (0.4 MB of every recorder).
+    from _sha256 import sha256
+    h = sha256()
     uname = os.uname()
     for part in (CACHE_FORMAT.encode(), uname.release.encode(), uname.version.encode(),
                  uname.machine.encode(), _btf_identity(), source, header,
@@ -88,7 +90,7 @@ def read_cache(key: str):
         if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
             return None
         with open(fd, "rb", closefd=False) as f:
-            entry = json.load(f)
+            entry = orjson.loads(f.read())
     except (OSError, ValueError):
         return None
     finally:
@@ -108,8 +110,8 @@ def write_cache(key: str, entry):
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dir_fd)
-        with open(fd, "w") as f:
-            json.dump(entry, f)
+        with open(fd, "wb") as f:
+            f.write(orjson.dumps(entry))
         os.rename(tmp, f"{key}.json", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         entries = []
         for name in os.listdir(dir_fd):

@@ -45,11 +45,12 @@ FLUSH_SECONDS = 0.02
 HAND_RECORDS = 512
 BACKLOG_RECORDS = 1 << 20
 # Backpressure (session/backpressure.py): the session is paused while its records wait faster
-# than the recorder writes them: when this many wait in user space, or a ring is a quarter full
-# (when it wakes the recorder); it goes on once the backlog is down to BACKLOG_RESUME and every
-# ring below a sixteenth.
-BACKLOG_PAUSE = 16384
-BACKLOG_RESUME = 4096
+# than the recorder writes them: when this many wait in user space, or a ring is as full as
+# when it wakes the recorder (1/2^WAKE_SHIFT); it goes on once the backlog is down to
+# BACKLOG_RESUME and every ring a quarter of that.
+BACKLOG_PAUSE = 2048
+BACKLOG_RESUME = 512
+PAUSE_FILL = 1 / (1 << abi.WAKE_SHIFT)
 RECORD_TYPES = 16   # record type numbers are below this (enhrec.h RECORD_*)
 DOCTOR_HINT = "run `enhrec doctor` for a full check"
 
@@ -255,7 +256,7 @@ class RingReader:
         self.decoder = decoder
         self.ledger = ledger
         self._type_at = decoder.type_offset
-        # Every ring, and the wake-up fds. A ring wakes it only once it is a quarter full
+        # Every ring, and the wake-up fds. A ring wakes it only once it is 1/2^WAKE_SHIFT full
         # (recorder.c's send(): below, a record asks for no wake-up), so the poll's timeout
         # paces the quiet times and a filling ring is read at once.
         self._epoll = select.epoll()
@@ -282,7 +283,7 @@ class RingReader:
         once with `flush`. Else an empty list.
 
         Waiting per record would cost more than the records (figure 6's build woke 12,000 times
-        for a few records each): records ask for no wake-up until their ring is a quarter
+        for a few records each): records ask for no wake-up until their ring is 1/2^WAKE_SHIFT
         full, and a batch gathers for up to FLUSH_SECONDS."""
         if len(self._backlog) >= HAND_RECORDS:
             timeout = 0.0   # work is waiting: only take what the rings have meanwhile
@@ -316,12 +317,12 @@ class RingReader:
     def pressed(self) -> bool:
         """Records arrive faster than they are handed on: the session should pause."""
         return (len(self._backlog) >= BACKLOG_PAUSE
-                or any(ring.fill() >= 0.25 for ring in self.rings.rings.values()))
+                or any(ring.fill() >= PAUSE_FILL for ring in self.rings.rings.values()))
 
     def relieved(self) -> bool:
         """The backlog is worked off: a paused session may go on."""
         return (len(self._backlog) <= BACKLOG_RESUME
-                and all(ring.fill() <= 0.0625 for ring in self.rings.rings.values()))
+                and all(ring.fill() <= PAUSE_FILL / 4 for ring in self.rings.rings.values()))
 
     def _read_rings(self, everything=False) -> int:
         """One pass: copies up to BATCH_RECORDS records of each ring into the backlog (while it

@@ -7,7 +7,6 @@ every user ran. Nothing here follows a symlink planted where a log file belongs.
 
 import errno
 import os
-import secrets
 import stat
 
 from enhrec_wrap.errors import EnhrecError
@@ -106,4 +105,4 @@ def fsync_dir(path: str) -> None:
 def unique_name(directory: str, base: str) -> str:
     """A hidden name in `directory` for a file that is renamed or linked into place once whole."""
     # Unique across processes and retries, so concurrent wrappers never collide.
-    return os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    return os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(8).hex()}.tmp")

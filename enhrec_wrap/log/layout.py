@@ -15,11 +15,10 @@ open-sessions directory is ours. A new kind of file gets its path and its parser
 these, and the writers and readers ask for it.
 """
 
-import calendar
+import collections
 import os
 import re
 import time
-from typing import NamedTuple
 
 from enhrec_wrap.events.kinds import NAMESPACE
 
@@ -74,7 +73,16 @@ def day_of(epoch: float) -> str:
 
 
 def day_start(day: str) -> int:
-    return calendar.timegm(time.strptime(day, _DAY_FORMAT))
+    """The epoch second a UTC day starts at (calendar.timegm without importing calendar, which
+    brings locale: 6 ms of every session's start)."""
+    year, month, date = time.strptime(day, _DAY_FORMAT)[:3]
+    # Days since 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's days_from_civil).
+    year -= month <= 2
+    era = year // 400
+    of_era = year - era * 400
+    of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + date - 1
+    of_era_days = of_era * 365 + of_era // 4 - of_era // 100 + of_year
+    return (era * 146097 + of_era_days - 719468) * 86400
 
 
 def day_file(log_dir: str, server_id: str, epoch: float) -> str:
@@ -99,10 +107,8 @@ def stream_file_name(sid: str, part: int, stream: str) -> str:
     return f"{sid}-{part}.{stream}-{ALL_EVENTS}.gz"
 
 
-class StreamFile(NamedTuple):
-    sid: str
-    part: int
-    stream: str
+# A session file's name, parsed (typing.NamedTuple would import typing for it).
+StreamFile = collections.namedtuple("StreamFile", "sid part stream")
 
 
 def parse_stream_file(name: str) -> StreamFile | None:

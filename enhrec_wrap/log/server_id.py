@@ -4,7 +4,6 @@ The file is Teleport's, so a host that also runs Teleport keeps one server id fo
 """
 
 import os
-import uuid
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import files, layout
@@ -64,6 +63,7 @@ def _publish_new_id(data_dir: str, path: str) -> None:
     try:
         try:
             files.make_private(fd, files.FILE_MODE)
+            import uuid   # once per host
             files.write_all(fd, str(uuid.uuid4()).encode())
             # The id names the log directory: a crash must not leave an empty host_uuid behind.
             os.fsync(fd)

@@ -38,9 +38,22 @@ SONAMES = {"pam": "libpam.so.0", "pam_misc": "libpam_misc.so.0"}
 
 
 def _python_pam():
-    """python-pam, told libpam's soname: it asks ctypes.util.find_library, which runs
-    `ldconfig -p` (and on a miss a compiler) to learn a name the loader resolves by itself,
-    10 to 20 ms of every local login. A soname that does not load goes to find_library."""
+    """python-pam, told libpam's soname. It asks ctypes.util.find_library, which runs
+    `ldconfig -p` (and on a miss a compiler) to learn a name the loader resolves by itself, and
+    ctypes.util imports subprocess, shutil and locale to do so: 10 to 20 ms and 0.5 MB of
+    every local login. So its import sees a ctypes.util holding only _library (gone again
+    right after: a later import of ctypes.util gets the real one), and a soname that does not
+    load goes to the real find_library."""
+    import sys
+    if "pam" not in sys.modules and "ctypes.util" not in sys.modules:
+        import types
+        stand_in = types.ModuleType("ctypes.util")
+        stand_in.find_library = _library
+        sys.modules["ctypes.util"] = stand_in
+        try:
+            import pam
+        finally:
+            del sys.modules["ctypes.util"]
     import pam
     import pam.__internals as internals
     internals.find_library = _library

@@ -25,6 +25,9 @@ import os
 import struct
 import zlib
 
+from enhrec_wrap.kernel import abi
+from enhrec_wrap.log import layout
+
 RECORD_TYPES = 16
 STREAMS = 3   # the rings: STREAM_COMMAND, STREAM_DISK, STREAM_NETWORK
 PAGE_BYTES = 4096
@@ -81,8 +84,13 @@ class State:
 
 
 def new_page() -> mmap.mmap:
-    """The shared page: made before the watchdog is forked, so that both have it."""
+    """A page of the recorder's own, for a session without a watchdog (nothing is recorded)."""
     return mmap.mmap(-1, PAGE_BYTES, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+
+
+def map_page(fd: int) -> mmap.mmap:
+    """The shared page, from the memfd the recorder and its watchdog both hold."""
+    return mmap.mmap(fd, PAGE_BYTES, mmap.MAP_SHARED)
 
 
 class Ledger:
@@ -124,7 +132,6 @@ class Ledger:
         """Where the batch goes: from inside the daily log's lock, just before the write
         (AuditLog.write's announce)."""
         s = self.state
-        from enhrec_wrap.log import layout   # not at import: see watchdog.py's imports
         s.batch_day = int(layout.day_of_file(os.path.basename(path)).replace("-", ""))
         s.batch_dev, s.batch_ino = dev, ino
         s.batch_offset, s.batch_length, s.batch_crc = offset, len(data), zlib.crc32(data)
@@ -153,7 +160,6 @@ def lost_fields(kernel_lost: dict, undecodable: dict, unsettled: list) -> dict:
     """session.end's lost_events: what the kernel dropped (by stream number), what user space
     could not decode (by stream number) and what was taken and never settled (by record
     type)."""
-    from enhrec_wrap.kernel import abi   # not at import: see watchdog.py's imports
     # Which stream a record type's loss is counted in: its ring's.
     lost_stream_of_type = {abi.RECORD_OPEN: "disk", abi.RECORD_CONNECT: "network",
                            abi.RECORD_SEND: "network"}

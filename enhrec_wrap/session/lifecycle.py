@@ -8,10 +8,8 @@ with nothing run (fail closed).
 
 import os
 import select
-import shutil
 import signal
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from enhrec_wrap.events import teleport as events
@@ -96,7 +94,7 @@ class Session:
         # (enabled: false) has nothing for one to guard.
         self.watchdog = watchdog
         self.ledger = watchdog.ledger if watchdog else Ledger(new_page())
-        self.sid = str(uuid.uuid4())
+        self.sid = events.random_uuid()
         self.server_id = load_or_create_server_id(config.data_dir)
         self.log = AuditLog(config.log_dir, self.server_id, clock=clock)
         # The second sink: the session's own files, and the lock that marks it as not ended.
@@ -133,8 +131,8 @@ class Session:
         self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
         self.recording = Recording.start(self.config, self.cgroup.id, self.ledger)
         self.backpressure = Backpressure(self.cgroup, self.recording.reader)
-        self.recording.wake_on(self.watchdog.pidfd)
         self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
+        self.recording.wake_on(self.watchdog.pidfd)
 
     def _watchdog_brief(self) -> dict:
         """What the watchdog needs to end the session if we die (salvage.py)."""
@@ -509,6 +507,7 @@ def _find_program(path, search_path):
     """The file execvp would run, looked up as the session's user."""
     if "/" in path:
         return path
+    import shutil   # in the child only
     found = shutil.which(path, path=search_path)
     if found is None:
         raise EnhrecError(f"{path}: command not found", Failure.COMMAND_NOT_FOUND)

@@ -10,8 +10,11 @@ and the session files, takes the session out of the programs' maps, and removes 
 
 import fcntl
 import os
+import sys
 import time
 import zlib
+
+import orjson
 
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.events.kernel import KernelEvents
@@ -143,3 +146,50 @@ def _write(session: dict, made: list):
                                                      session["sid"]))
     writer.write(made, lines)
     writer.close(ended=True)
+
+
+# --- run by the watchdog ------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """`python -I -m enhrec_wrap.session.salvage KILLED`, exec'd by the watchdog's shell once it
+    has counted (KILLED) and killed the session's processes: with the cgroup directory, the lock
+    file, the ledger and the brief at the fds watchdog.py gives them."""
+    from enhrec_wrap.host.cgroup import SessionCgroup
+    from enhrec_wrap.session import watchdog
+    argv = sys.argv[1:] if argv is None else argv
+    killed = int(argv[0]) if argv and argv[0].isdigit() else 0
+    _tell_terminal(f"enhrec-wrap: {watchdog.RECORDER_DIED}")
+    try:
+        session = orjson.loads(_read_all(watchdog.BRIEF_FD))
+        state = ledger.read(ledger.map_page(watchdog.LEDGER_FD))
+        cgroup = SessionCgroup(session["cgroup_dir"])
+        emptied = cgroup.kill_and_wait()   # killed by the shell already: whatever forked since
+        finish(session, state, RECORDER_DIED, killed, lock_fd=watchdog.LOCK_FD)
+        if emptied:
+            cgroup.remove()
+    except Exception as e:  # noqa: BLE001 - the next start's recovery ends it instead
+        _tell_terminal(f"enhrec-wrap: could not end the session ({e}); the next session start "
+                       "or `enhrec doctor --repair` ends it")
+        return 1
+    return 0
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _tell_terminal(message: str) -> None:
+    try:
+        os.write(2, f"\r\n{message}\r\n".encode())
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

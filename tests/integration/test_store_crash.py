@@ -323,7 +323,7 @@ def test_session_crossing_midnight_switches_the_day_file(recorder, tmp_path, mon
     request = session_module.Request(
         account=account_by_uid(0), user="root", interactive=False,
         command=["bash", "-c", f"/bin/true; sleep 0.3; touch {marker}; sleep 0.3; /bin/echo after"])
-    status = session_module.run(load_config(recorder.config_path), request, Watchdog.fork())
+    status = session_module.run(load_config(recorder.config_path), request, Watchdog())
     assert status == 0
     directory = server_dir(recorder)
     day1 = [json.loads(x) for x in open(os.path.join(directory, "2031-01-01.00:00:00.log"), "rb")]
