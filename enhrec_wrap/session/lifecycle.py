@@ -109,6 +109,7 @@ class Session:
         self.write_failures = 0
         self.unwritten = {}          # sink -> events it could not take
         self.ended = False           # session.end is in both sinks
+        self.logged = False          # a sink took a batch: there is a session to end
         self.end_reason = END_EXITED
         self.factory = events.EventFactory(self.sid, self.server_id, config.nodename,
                                            request.account.name, request.user, config.cluster)
@@ -200,7 +201,8 @@ class Session:
         failure = _read_all(err_r)
         os.close(err_r)
         if failure:
-            kind, _, message = failure.decode(errors="replace").partition(":")
+            # A name that is not UTF-8 is shown with its bytes as \xNN, on one line.
+            kind, _, message = failure.decode(errors="backslashreplace").partition(":")
             return EnhrecError(message, Failure[kind])
         return None
 
@@ -305,6 +307,7 @@ class Session:
                             ("session_files", lambda: self.store.write(made, lines))):
             try:
                 write()
+                self.logged = True
             except EnhrecError as e:
                 if strict:
                     raise
@@ -386,8 +389,9 @@ class Session:
             self.recording.close(None if watchdog_alive else self.config.idle_unload_seconds)
         self.log.close()
         try:
-            # Not ended (session.end missing somewhere): the lock file stays for recovery.
-            self.store.close(ended=self.ended)
+            # Not ended (session.end missing somewhere): the lock file stays for recovery. A
+            # session that logged nothing (it failed before its start) has nothing to repair.
+            self.store.close(ended=self.ended or not self.logged)
         except EnhrecError as e:
             self._log_failed("session_files", e, getattr(e, "unwritten", 0))
         if self.cgroup:
@@ -517,6 +521,6 @@ def _find_program(path, search_path):
 
 def _report(fd, failure, message):
     try:
-        os.write(fd, f"{failure.name}:{message}".encode())
+        os.write(fd, f"{failure.name}:{message}".encode(errors="surrogateescape"))
     finally:
         os._exit(NOT_STARTED_STATUS.get(failure, NOT_STARTED_STATUS[Failure.FAILED]))

@@ -166,6 +166,20 @@ def test_non_utf8_program_name_is_listed_in_escaped_fields(records):
     assert "program" in event.get("escaped_fields", []), event
 
 
+def test_strings_from_bytes_that_are_not_utf8_are_encoded_escaped():
+    """A command line or SSH variable that is not UTF-8 reaches Python as lone surrogates
+    (os.fsdecode), which JSON cannot hold: encode() escapes them as text() escapes bytes."""
+    raw = [b"/tmp/\xff\xfe-prog", b"\xfa\\x", b"fine"]
+    event = {"ei": 0, "event": "session.start", "initial_command": [os.fsdecode(a) for a in raw],
+             "addr.remote": os.fsdecode(b"\x80:22"), "login": "alice"}
+    line = orjson.loads(events.encode(event))
+    assert line["escaped_fields"] == ["initial_command.0", "initial_command.1", "addr.remote"]
+    assert [events.unescape(a) for a in line["initial_command"][:2]] == raw[:2]
+    assert line["initial_command"][2] == "fine" and line["login"] == "alice"
+    assert events.unescape(line["addr.remote"]) == b"\x80:22"
+    assert event["initial_command"][2] == "fine" and "escaped_fields" not in event   # a copy
+
+
 def test_an_exec_is_the_kernels_facts(records):
     """The new image's argv without argv[0], the binary that runs, the script's interpreter,
     a relative filename made absolute with the cwd (no normalisation), and return_code 0."""

@@ -1,0 +1,76 @@
+"""Faults and hostile input (issue 11): each leaves a true record, and the tools say what is missing.
+
+Root and real BPF, as every integration test (conftest.py): these fail, never skip, without them.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from enhrec_wrap.events import teleport as events
+from enhrec_wrap.log import layout
+
+SESSION_TIMEOUT = 120
+
+
+def run_bytes(recorder, command, timeout=SESSION_TIMEOUT):
+    """The wrapper on a command of bytes (names that are not UTF-8); output as bytes."""
+    return subprocess.run(recorder.argv(command), env=recorder.environment(), capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def open_locks(recorder):
+    found = []
+    log_dir = os.path.join(recorder.data_dir, "log")
+    for server in os.listdir(log_dir) if os.path.isdir(log_dir) else []:
+        directory = os.path.join(log_dir, server, layout.OPEN_SESSIONS)
+        if os.path.isdir(directory):
+            found += os.listdir(directory)
+    return found
+
+
+# --- 1. names that are not UTF-8 ------------------------------------------------------------
+
+def test_command_and_argument_that_are_not_utf8_run_and_are_recorded(recorder, tmp_path):
+    program = os.fsencode(tmp_path) + b"/\xff\xfe-prog"
+    with open(program, "wb") as f:
+        f.write(b"#!/bin/sh\necho \"ran $1\"\n")
+    os.chmod(program, 0o755)
+    result = run_bytes(recorder, [program, b"\xfa\\x"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ran \xfa\\x\n"
+    assert result.stderr == b""
+    ((_, session),) = recorder.sessions().items()
+    start = session.start
+    assert start["initial_command"] == [events.text(program)[0], "\\xfa\\\\x"]
+    assert start["escaped_fields"] == ["initial_command.0", "initial_command.1"]
+    assert [events.unescape(a) for a in start["initial_command"]] == [program, b"\xfa\\x"]
+    ran = session.command(path=events.text(program)[0])
+    assert ran["argv"] == ["\\xfa\\\\x"] and "argv.0" in ran["escaped_fields"]
+    assert session.end["exit_status"] == 0
+    assert open_locks(recorder) == []
+
+
+def test_missing_command_that_is_not_utf8_is_one_line_and_leaves_no_lock(recorder):
+    result = run_bytes(recorder, [b"/nonexistent/\xff-prog"])
+    assert result.returncode == 127
+    (line,) = result.stderr.splitlines()
+    assert line == b"enhrec-wrap: /nonexistent/\\xff-prog: command not found"
+    ((_, session),) = recorder.sessions().items()
+    assert session.end["exit_status"] == 127
+    assert open_locks(recorder) == []
+
+
+def test_failure_before_the_start_leaves_no_lock(recorder, tmp_path):
+    """The session's lock exists before its cgroup: a set-up that fails after it takes it away
+    again, since there is no session to repair."""
+    not_a_directory = tmp_path / "cgroup-file"
+    not_a_directory.write_text("")
+    recorder.configure(f"ssh_service:\n  enhanced_recording:\n    cgroup_path: {not_a_directory}\n")
+    result = recorder.run(["true"])
+    assert result.returncode == 125
+    recorder.one_line(result.stderr)
+    assert recorder.lines() == []
+    assert open_locks(recorder) == []
