@@ -241,8 +241,9 @@ def check_data_dir(config: Config) -> Result:
             pass
         st = os.statvfs(target)
     except OSError as e:
-        return fail(name, f"cannot write in {target}: {e.strerror}",
-                    "run as root, and check the mode and mount options of the directory")
+        from enhrec_wrap.log.files import reason_and_fix
+        reason, _, fix = reason_and_fix(e, target).partition(": ")
+        return fail(name, f"cannot write in {target}: {reason}", fix)
     free = st.f_bavail * st.f_frsize
     if free < 1 << 20:
         return fail(name, f"{target} is full", f"free disk space in {target}")

@@ -5,6 +5,7 @@ Root and real BPF, as every integration test (conftest.py): these fail, never sk
 
 import json
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -13,6 +14,7 @@ from enhrec_wrap.events import teleport as events
 from enhrec_wrap.log import layout
 
 SESSION_TIMEOUT = 120
+ENHREC = shlex.split(os.environ.get("ENHREC", "/usr/local/bin/enhrec"))
 
 
 def run_bytes(recorder, command, timeout=SESSION_TIMEOUT):
@@ -74,3 +76,44 @@ def test_failure_before_the_start_leaves_no_lock(recorder, tmp_path):
     recorder.one_line(result.stderr)
     assert recorder.lines() == []
     assert open_locks(recorder) == []
+
+
+# --- 2 and 8. configs that are silly but valid ------------------------------------------------
+
+def test_config_nested_100000_deep_is_one_line_for_both_commands(recorder):
+    recorder.configure("ssh_service:\n  labels: " + "[" * 100_000 + "\n")
+    result = recorder.run(["true"])
+    assert result.returncode == 125
+    line = recorder.one_line(result.stderr)
+    assert "nested more than" in line and "levels deep" in line
+    enhrec = subprocess.run([*ENHREC, "sessions", "--config", recorder.config_path],
+                            capture_output=True, text=True, timeout=60)
+    assert enhrec.returncode == 2
+    line = recorder.one_line(enhrec.stderr)
+    assert "nested more than" in line and "internal error" not in line
+
+
+def test_data_dir_on_proc_says_what_is_wrong(recorder):
+    recorder.configure("")
+    with open(recorder.config_path, "w") as f:
+        f.write("teleport:\n  data_dir: /proc\n")
+    result = recorder.run(["true"])
+    assert result.returncode == 125
+    line = recorder.one_line(result.stderr)
+    assert "/proc is on a proc file system, which cannot hold the audit log" in line, line
+    assert "make sure" not in line
+
+
+def test_cgroup_path_that_is_a_regular_file_says_so(recorder, tmp_path):
+    regular = tmp_path / "cgroup-file"
+    regular.write_text("")
+    recorder.configure(f"ssh_service:\n  enhanced_recording:\n    cgroup_path: {regular}\n")
+    result = recorder.run(["true"])
+    assert result.returncode == 125
+    line = recorder.one_line(result.stderr)
+    assert f"{regular} is a regular file, not a directory" in line, line
+    assert "File exists" not in line
+    below = regular / "x"
+    recorder.configure(f"ssh_service:\n  enhanced_recording:\n    cgroup_path: {below}\n")
+    line = recorder.one_line(recorder.run(["true"]).stderr)
+    assert f"{regular} is a regular file, not a directory" in line, line
