@@ -23,7 +23,8 @@ from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.events.timestamps import epoch_of
 from enhrec_wrap.inspect import lookup, query, render, sessions as summaries, tree
-from enhrec_wrap.inspect.output import PROG, Progress, json_line, note, report_skipped, write_json_line
+from enhrec_wrap.inspect.output import (PROG, Progress, SkipReport, json_line, note, report_skipped,
+                                        write_json_line)
 from enhrec_wrap.log import reader
 
 EXIT_NO_MATCH = 1
@@ -186,13 +187,16 @@ def tail(obj, config_path, as_json, follow, count, login, program, path, dst, ev
         else:
             click.echo(render.event_line(e))
 
-    follower = reader.Follower(log)
+    stats = reader.Stats()
+    skipped = SkipReport()
+    follower = reader.Follower(log, stats=stats)
     current = log.current_file()
     if current is not None:
         end = os.path.getsize(current)
-        for e, line in query.newest(current, end, filters, count):
+        for e, line in query.newest(current, end, filters, count, stats):
             emit(e, line)
         follower.path, follower.offset = current, end
+        skipped(stats)
     elif not follow:
         raise EnhrecError(f"no events.log in {log.path} yet: nothing was recorded there "
                           "(or give --config with the wrapper's config)")
@@ -203,6 +207,7 @@ def tail(obj, config_path, as_json, follow, count, login, program, path, dst, ev
         for e, line in matches:
             emit(e, line)
         sys.stdout.flush()
+        skipped(stats)
 
 
 @enhrec.command()

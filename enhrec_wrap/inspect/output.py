@@ -6,6 +6,8 @@ import time
 import click
 import orjson
 
+from enhrec_wrap.log.reader import MAX_LINE_BYTES
+
 PROG = "enhrec"
 
 
@@ -45,9 +47,30 @@ def note(message: str):
     click.echo(f"{PROG}: {message}", err=True)
 
 
+class SkipReport:
+    """Says what a read skipped (reader.Stats): each file, and the lines by why. Called again
+    (tail -f), it says only what is new since."""
+
+    def __init__(self):
+        self.files = set()
+        self.corrupt = self.long = 0
+
+    def __call__(self, stats):
+        for path, why in stats.skipped_files:
+            if (path, why) not in self.files:
+                self.files.add((path, why))
+                note(f"{path}: {why}")
+        if stats.corrupt_lines > self.corrupt:
+            note(f"skipped {stats.corrupt_lines - self.corrupt} line(s) that are not JSON events")
+            self.corrupt = stats.corrupt_lines
+        if stats.long_lines > self.long:
+            note(f"skipped {stats.long_lines - self.long} line(s) longer than "
+                 f"{MAX_LINE_BYTES >> 20} MiB (no event is that long)")
+            self.long = stats.long_lines
+
+
 def report_skipped(stats):
-    if stats.corrupt_lines:
-        note(f"skipped {stats.corrupt_lines} line(s) that are not JSON events")
+    SkipReport()(stats)
 
 
 def write_json_line(data: bytes):

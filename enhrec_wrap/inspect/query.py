@@ -11,7 +11,6 @@ import os
 import re
 import time
 
-import orjson
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.events.kinds import COMMAND, DISK, END, IO_URING, NETWORK, REFUSED, START
@@ -61,24 +60,6 @@ class Filters:
         if self.until:
             last = layout.day_of(layout.day_start(self.until[:10]) + 86400)
         return first, last
-
-    def needles(self) -> tuple[bytes, ...]:
-        """Byte strings every matching line must contain: a cheap test before parsing."""
-        found = []
-        if self.sid:
-            found.append(self.sid.encode())
-        if self.login is not None:
-            found.append(orjson.dumps(self.login))
-        if len(self.events) == 1:
-            found.append(orjson.dumps(next(iter(self.events))))
-        for pattern in (self.program, self.path):
-            if pattern:
-                literal = max(_GLOB_CHARS.split(pattern), key=len)
-                if len(literal) >= 2:
-                    found.append(orjson.dumps(literal)[1:-1])
-        if self.dst and isinstance(self.dst[0], str):
-            found.append(self.dst[0].encode())
-        return tuple(found)
 
     def match(self, e: dict) -> bool:
         if self.sid and not str(e.get("sid", "")).startswith(self.sid):
@@ -172,24 +153,25 @@ def _program_names(e: dict) -> list[str]:
 
 def search(log: reader.LogDir, filters: Filters, stats: reader.Stats, progress=None):
     """(event, line, the address its session came from or None) of every match in the daily
-    files, oldest first."""
+    files, oldest first. Every line is parsed, matching or not: that is how a damaged line is
+    counted (and, in session/, a hole in a session found). It costs 1.6 s per million lines
+    where skipping lines without the filter's words cost 0.7 s (measured here, 440-byte lines)."""
     remotes = {}
     first_day, last_day = filters.days()
-    # Every session.start is read too, to tell where each match's session came from.
-    for e, line in reader.day_events(log, first_day, last_day, stats, filters.needles(), progress,
-                                     also_keep=orjson.dumps(START)):
+    for e, line in reader.day_events(log, first_day, last_day, stats, progress=progress):
         if e.get("event") == START and e.get("addr.remote"):
             remotes[e.get("sid")] = e["addr.remote"]
         if filters.match(e):
             yield e, line, remotes.get(e.get("sid"))
 
 
-def newest(path: str, end: int, filters: Filters, count: int) -> list[tuple[dict, bytes]]:
+def newest(path: str, end: int, filters: Filters, count: int,
+           stats: reader.Stats) -> list[tuple[dict, bytes]]:
     """The last `count` matches in the file before byte `end`, oldest first."""
     found = []
     if count:
-        for line in reader.reverse_lines(path, end):
-            e = reader.parse(line)
+        for line in reader.reverse_lines(path, end, stats=stats):
+            e = reader.parse(line, stats)
             if e is not None and filters.match(e):
                 found.append((e, line))
                 if len(found) == count:
@@ -205,7 +187,7 @@ def follow(follower: reader.Follower, filters: Filters):
         lines = follower.poll()
         matches = []
         for line in lines:
-            e = reader.parse(line)
+            e = reader.parse(line, follower.stats)
             if e is not None and filters.match(e):
                 matches.append((e, line))
         yield matches

@@ -51,6 +51,10 @@ FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 # Everything the child must get back to default: Python ignores SIGPIPE and SIGXFSZ itself.
 CHILD_DEFAULT_SIGNALS = TERMINAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ)
 KEPT_ENVIRONMENT = ("TERM", "LANG")
+# session.start's initial_command keeps this much of the command (its bytes and one for each
+# argument's end, as the kernel counts them): 2 MiB of arguments, escaped, would make a line of
+# 10 MB, longer than readers take (reader.MAX_LINE_BYTES). The exec events hold 32 KiB.
+MAX_INITIAL_COMMAND_BYTES = 64 << 10
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -158,6 +162,9 @@ class Session:
             fields["cgroup_id"] = self.cgroup.id
         fields.update(self.request.connection_fields)
         fields.update(self.request.start_fields)
+        fields["initial_command"], cut = initial_command(fields["initial_command"])
+        if cut:
+            fields["initial_command_truncated"] = True
         self._write([self.factory.make(events.SESSION_START, self.start_ns, **fields)], strict=True)
 
     # -- the child ---------------------------------------------------------------------------
@@ -418,6 +425,20 @@ def run(config, request: Request, watchdog) -> int:
     if exec_failure:
         raise exec_failure
     return exit_status
+
+
+def initial_command(command: list[str]) -> tuple[list[str], bool]:
+    """The command as session.start records it: its first MAX_INITIAL_COMMAND_BYTES, and
+    whether it was cut."""
+    kept, size = [], 0
+    for arg in command:
+        raw = os.fsencode(arg)
+        if size + len(raw) + 1 > MAX_INITIAL_COMMAND_BYTES:
+            kept.append(os.fsdecode(raw[:MAX_INITIAL_COMMAND_BYTES - size - 1]))
+            return kept, True
+        kept.append(arg)
+        size += len(raw) + 1
+    return kept, False
 
 
 def exit_status_of(wait_status: int) -> int:

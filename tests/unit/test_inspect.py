@@ -489,3 +489,57 @@ def test_show_and_search_list_refused_calls_and_io_uring(config, capsys):
     code, out, err = run(capsys, "search", "--event", "refused")
     assert code == 0, err
     assert len([x for x in out.splitlines() if "refused" in x]) == 2 and "OPENAT" not in out
+
+
+# --- every reader says what it skipped (issue 11) -------------------------------------------
+
+def append_to_current_day_file(cfg, data):
+    with open(reader.LogDir(cfg.log_dir).current_file(), "ab") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("args", [
+    ["sessions"], ["search"], ["search", "--login", "bob"], ["search", "--program", "vim"],
+    ["show", BOB[:8]], ["tail"], ["tail", "--login", "carol", "-n", "1"],
+])
+def test_every_reader_says_how_many_lines_it_skipped(logs, capsys, args):
+    garbage = f'garbage {BOB} {CAROL}\n{{"ei": 1, "sid": "{BOB}"\n'.encode()
+    append_to_current_day_file(logs, garbage + b"x" * (reader.MAX_LINE_BYTES + 1) + b"\n")
+    c = Writer(logs, "c0ffee00-0000-4000-8000-000000000005", "dave", NOW)   # after the damage
+    c.end()
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert "enhrec: skipped 2 line(s) that are not JSON events" in err.splitlines(), err
+    if args[0] != "show":   # show reads the lines that name its session
+        assert "enhrec: skipped 1 line(s) longer than 1 MiB (no event is that long)" in err.splitlines(), err
+
+
+def test_show_names_a_fifo_in_place_of_a_session_file_and_goes_on(logs, capsys):
+    import signal
+
+    def hung(*_):
+        raise AssertionError("enhrec show hung on a FIFO")
+    directory = os.path.join(logs.log_dir, SERVER, "sessions", "default")
+    part = os.path.join(directory, f"{ALICE}-0.events.gz")
+    os.unlink(part)
+    os.mkfifo(part)
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        code, out, err = run(capsys, "show", ALICE[:8])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert code == 0
+    assert f"enhrec: {part}: a FIFO, not a regular file: skipped" in err.splitlines(), err
+    assert "/usr/bin/curl http://example.com" in out   # from the daily files
+
+
+def test_show_names_a_session_file_that_is_not_gzip(logs, capsys):
+    part = os.path.join(logs.log_dir, SERVER, "sessions", "default", f"{ALICE}-0.events.gz")
+    with open(part, "wb") as f:
+        f.write(os.urandom(4096))
+    code, out, err = run(capsys, "show", ALICE[:8])
+    assert code == 0
+    assert f"enhrec: {part}: not a gzip file: skipped" in err.splitlines(), err
+    assert "/usr/bin/curl http://example.com" in out
