@@ -117,3 +117,52 @@ def test_cgroup_path_that_is_a_regular_file_says_so(recorder, tmp_path):
     recorder.configure(f"ssh_service:\n  enhanced_recording:\n    cgroup_path: {below}\n")
     line = recorder.one_line(recorder.run(["true"]).stderr)
     assert f"{regular} is a regular file, not a directory" in line, line
+
+
+# --- 5 and 6. damaged session files -------------------------------------------------------------
+
+def enhrec(recorder, *args, timeout=120):
+    result = subprocess.run([*ENHREC, args[0], "--config", recorder.config_path, *args[1:]],
+                            capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in result.stdout + result.stderr
+    return result
+
+
+def events_part(recorder, sid, part=0):
+    (server,) = [n for n in os.listdir(os.path.join(recorder.data_dir, "log")) if layout.is_uuid(n)]
+    return os.path.join(recorder.data_dir, "log", server, layout.SESSION_FILES,
+                        layout.stream_file_name(sid, part, layout.ALL_EVENTS))
+
+
+def test_fifo_in_place_of_a_session_file_is_named_and_never_waited_for(recorder):
+    _, session = recorder.record(["/bin/echo", "fifo-test"])
+    part = events_part(recorder, session.sid)
+    os.unlink(part)
+    os.mkfifo(part, 0o600)
+    shown = enhrec(recorder, "show", session.sid[:8], timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert f"enhrec: {part}: a FIFO, not a regular file: skipped" in shown.stderr.splitlines()
+    assert "/bin/echo fifo-test" in shown.stdout   # from the daily file
+    assert recorder.run(["true"]).returncode == 0   # recovery at the next start reads it too
+
+
+def test_gzip_bomb_in_place_of_a_session_file_costs_no_memory(recorder):
+    """1 MB that inflates to 1 GB without a newline."""
+    import resource
+    import zlib
+    _, session = recorder.record(["/bin/echo", "bomb-test"])
+    part = events_part(recorder, session.sid)
+    zip_ = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"0" * (1 << 20)
+    with open(part, "wb") as f:
+        for _ in range(1024):
+            f.write(zip_.compress(zeros))
+        f.write(zip_.flush())
+    assert os.path.getsize(part) < 2 << 20
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    shown = enhrec(recorder, "show", session.sid[:8])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert shown.returncode == 0, shown.stderr
+    assert "enhrec: skipped 1 line(s) longer than 1 MiB (no event is that long)" in shown.stderr
+    assert "/bin/echo bomb-test" in shown.stdout
+    assert max(peak, before) < 200 * 1024, f"enhrec show peaked at {peak} KiB"
