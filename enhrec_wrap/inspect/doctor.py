@@ -274,8 +274,10 @@ def check_stale(config: Config, repair: bool) -> Result:
     if repair:
         if not report.stale and not report.stale_cgroups:
             return ok(name, "none")
+        copied = (f", {len(report.copied)} session(s) given their own session.end where it "
+                  "was missing" if report.copied else "")
         return ok(name, f"repaired: {len(report.repaired)} session(s) given an incomplete "
-                  f"session.end, {len(report.cgroups_removed)} cgroup(s) removed")
+                  f"session.end{copied}, {len(report.cgroups_removed)} cgroup(s) removed")
     if report.stale or report.stale_cgroups:
         parts = []
         if report.stale:

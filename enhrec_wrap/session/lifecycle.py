@@ -366,6 +366,7 @@ class Session:
             fields["killed_processes"] = killed
             if not all(self._refusals()):
                 fields["partially_audited"] = True   # io_uring or 32-bit calls were allowed
+        self._count_store_failures()
         fields.update(session_stop=events.rfc3339(time.time_ns()), exit_status=exit_status,
                       end_reason=self.end_reason)
         if self.unwritten:
@@ -373,6 +374,18 @@ class Session:
         failures = self.write_failures
         self._write([self.factory.make(events.SESSION_END, **fields)])
         self.ended = self.write_failures == failures
+
+    def _count_store_failures(self):
+        """Waits until every batch given to the store is in its files, or counted: it reports a
+        failure late (from its thread), and session.end must count them all."""
+        try:
+            self.store.flush()
+        except EnhrecError as e:
+            self._log_failed("session_files", e, e.unwritten)
+            # The last batch's end_batch again: only its counts change, so that the ledger has
+            # them should we die before session.end is written.
+            self.ledger.end_batch(self.unwritten.get("audit_log", 0),
+                                  self.unwritten.get("session_files", 0))
 
     def close(self):
         """Undo of everything set up: runs whatever happened before. The watchdog goes last: a

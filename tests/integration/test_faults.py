@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from enhrec_wrap.events import teleport as events
-from enhrec_wrap.log import layout
+from enhrec_wrap.log import layout, reader
 
 SESSION_TIMEOUT = 120
 ENHREC = shlex.split(os.environ.get("ENHREC", "/usr/local/bin/enhrec"))
@@ -166,3 +166,91 @@ def test_gzip_bomb_in_place_of_a_session_file_costs_no_memory(recorder):
     assert "enhrec: skipped 1 line(s) longer than 1 MiB (no event is that long)" in shown.stderr
     assert "/bin/echo bomb-test" in shown.stdout
     assert max(peak, before) < 200 * 1024, f"enhrec show peaked at {peak} KiB"
+
+
+# --- 3. a full disk ---------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(recorder):
+    """The test's data_dir on a 1 MiB tmpfs, so that the session can fill it."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", recorder.data_dir],
+                   check=True)
+    try:
+        yield recorder.data_dir
+    finally:
+        subprocess.run(["umount", "-l", recorder.data_dir], check=False)
+
+
+def log_of(recorder):
+    return reader.LogDir(os.path.join(recorder.data_dir, "log"))
+
+
+def both_sinks(recorder, sid):
+    """(the session's events in the daily files, in its session files)."""
+    log = log_of(recorder)
+    daily = [e for e, _ in reader.day_events(log) if e.get("sid") == sid]
+    return daily, reader.session_events(log, sid)
+
+
+def the_one_end(recorder, sid):
+    """The session.end the session has: the same one in both sinks, never two."""
+    daily, stored = both_sinks(recorder, sid)
+    ends = [e for e in daily + stored if e["event"] == "session.end"]
+    assert len({e["uid"] for e in ends}) == 1 and len(ends) == 2, ends
+    return ends[0], daily, stored
+
+
+def missing_before(end, events):
+    """How many of the eis before session.end's are not among `events`."""
+    return end["ei"] - len({e["ei"] for e in events if e["ei"] < end["ei"]})
+
+
+def assert_counts_are_exact(end, daily, stored):
+    written = end.get("unwritten_events", {})
+    removed = end.get("removed_events", {})
+    assert missing_before(end, daily) == written.get("audit_log", 0) + removed.get("audit_log", 0)
+    assert missing_before(end, stored) == (written.get("session_files", 0)
+                                           + removed.get("session_files", 0))
+
+
+def assert_no_empty_parts(recorder, sid):
+    for server in log_of(recorder).server_ids():
+        directory = os.path.join(log_of(recorder).path, server, layout.SESSION_FILES)
+        parts = sorted(n for n in os.listdir(directory) if n.startswith(sid) and n.endswith(".gz"))
+        assert all(os.path.getsize(os.path.join(directory, n)) > 0 for n in parts), [(n, os.path.getsize(os.path.join(directory, n))) for n in parts]
+        with open(os.path.join(directory, layout.index_file_name(sid)), "rb") as f:
+            index = sorted(json.loads(x)["file_name"] for x in f)
+        assert index == parts
+
+
+def burst_on_a_full_disk(data_dir, outside, then=""):
+    return ("sleep 0.3; "
+            f"dd if=/dev/zero of={data_dir}/fill bs=64k 2>/dev/null; "
+            f"for i in $(seq 400); do /bin/true; done; {then}"
+            f"sleep 0.5; /bin/true; echo survived > {outside}/marker")
+
+
+@pytest.mark.parametrize("setting", ["close", "continue"])
+def test_full_disk_costs_events_but_session_end_counts_them_exactly(recorder, small_disk,
+                                                                    tmp_path, setting):
+    recorder.configure(f"enhrec:\n  on_log_failure: {setting}\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    then = f"sleep 0.3; rm -f {small_disk}/fill; " if setting == "continue" else ""
+    result = recorder.run(["bash", "-c", burst_on_a_full_disk(small_disk, outside, then)])
+    assert "No space left on device" in result.stderr
+    (sid,) = {e["sid"] for e, _ in reader.day_events(log_of(recorder))}
+    if os.path.exists(os.path.join(small_disk, "fill")):
+        os.unlink(os.path.join(small_disk, "fill"))
+    assert recorder.run(["true"]).returncode == 0   # its repair, if the session needs one
+    end, daily, stored = the_one_end(recorder, sid)
+    if setting == "continue":
+        assert result.returncode == 0 and (outside / "marker").exists()
+        assert end.get("incomplete") is None and end["unwritten_events"]["audit_log"] > 0
+    elif end.get("incomplete"):
+        pytest.fail("session.end fit in neither sink: make the test's disk leave it room")
+    else:
+        assert result.returncode == 137 and not (outside / "marker").exists()
+    assert_counts_are_exact(end, daily, stored)
+    assert_no_empty_parts(recorder, sid)
+    assert open_locks(recorder) == []
