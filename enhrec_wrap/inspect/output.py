@@ -6,6 +6,7 @@ import time
 import click
 import orjson
 
+from enhrec_wrap.inspect import gaps
 from enhrec_wrap.log.reader import MAX_LINE_BYTES
 
 PROG = "enhrec"
@@ -71,6 +72,28 @@ class SkipReport:
 
 def report_skipped(stats):
     SkipReport()(stats)
+
+
+class MissingReport:
+    """Says which events of which sessions are missing from the log read ({sid: the `ei`
+    ranges}, inspect/gaps): a hole is never silence. Called again (tail -f), only what is
+    new."""
+
+    def __init__(self):
+        self.told = {}
+
+    def __call__(self, missing: dict):
+        new = {sid: holes for sid, holes in missing.items()
+               if gaps.count(holes) > self.told.get(sid, 0)}
+        if not new:
+            return
+        total = sum(gaps.count(holes) - self.told.get(sid, 0) for sid, holes in new.items())
+        shown = "; ".join(f"{sid[:8]} {gaps.text(holes, 2)}" for sid, holes in list(new.items())[:3])
+        more = f"; and {len(new) - 3} more" if len(new) > 3 else ""
+        note(f"{total} event(s) of {len(new)} session(s) missing from the log ({shown}{more}): "
+             "`enhrec show SID` says what its session.end knows of why")
+        for sid, holes in new.items():
+            self.told[sid] = gaps.count(holes)
 
 
 def write_json_line(data: bytes):

@@ -287,17 +287,39 @@ class LogDir:
                     sids[sid] = directory
         return sids
 
-    def event_parts(self, sid: str, directory: str | None = None) -> list[str]:
-        """The session's events.gz parts in order: those in its index, and any on disk that the
-        index misses (an index line lost to a full disk)."""
+    def event_parts(self, sid: str, directory: str | None = None,
+                    stats: Stats | None = None) -> list[str]:
+        """The session's events.gz parts in order: those on disk, whether or not its index
+        lists them (an index line lost to a full disk, an index removed). A part the index
+        lists that is not on disk is named in stats."""
         directories = [directory] if directory else self._session_file_dirs()
         parts = {}
+        listed = {}
         for d in directories:
             for name in _listdir(d):
                 found = layout.parse_stream_file(name)
                 if found and found.sid == sid and found.stream == layout.ALL_EVENTS:
                     parts[found.part] = os.path.join(d, name)
+            if stats is not None:
+                listed.update(_indexed_parts(d, sid, stats))
+        for part, path in sorted(listed.items()):
+            if part not in parts:
+                stats.skipped_files.append((path, "listed in the session's index, but not there"))
         return [parts[p] for p in sorted(parts)]
+
+    def last_change(self, sid: str, directory: str | None = None) -> float:
+        """When the session's events files were last written to (0 when it has none)."""
+        return max((_mtime(p) for p in self.event_parts(sid, directory)), default=0.0)
+
+    def start_time(self, sid: str, directory: str | None = None,
+                   stats: Stats | None = None) -> str | None:
+        """The `time` of the session's first stored event (its session.start), from the first
+        lines of its first part only."""
+        for path in self.event_parts(sid, directory)[:1]:
+            for event, _ in events_of(gz_lines(path, stats), stats):
+                t = event.get("time")
+                return t if isinstance(t, str) else None
+        return None
 
     def _session_file_dirs(self) -> list[str]:
         return [layout.session_files_dir(self.path, s) for s in self.server_ids()]
@@ -310,6 +332,29 @@ def _sid_of_events_part(name: str) -> str | None:
     return found.sid
 
 
+def _indexed_parts(directory: str, sid: str, stats: Stats) -> dict[int, str]:
+    """part -> path of the events parts the session's index lists (names checked: an index
+    line never points outside the directory)."""
+    listed = {}
+    try:
+        lines = list(day_file_lines(os.path.join(directory, layout.index_file_name(sid)), stats))
+    except FileNotFoundError:
+        return listed
+    for event, _ in events_of(lines, stats):
+        name = event.get("file_name")
+        found = layout.parse_stream_file(name) if isinstance(name, str) else None
+        if found and found.sid == sid and found.stream == layout.ALL_EVENTS:
+            listed[found.part] = os.path.join(directory, name)
+    return listed
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
 def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
@@ -319,13 +364,22 @@ def _listdir(path: str) -> list[str]:
 
 def session_events(log: LogDir, sid: str, stats: Stats | None = None, directory: str | None = None):
     """The session's events from its session files, in `ei` order."""
-    events = []
-    for path in log.event_parts(sid, directory):
-        for event, _ in events_of(gz_lines(path, stats), stats):
-            if event.get("sid") == sid:
-                events.append(event)
-    events.sort(key=_ei)
-    return events
+    return [event for event, _ in session_lines(log, sid, stats, directory)]
+
+
+def session_lines(log: LogDir, sid: str, stats: Stats | None = None, directory: str | None = None):
+    """(event, line) of the session's events from its session files, in `ei` order."""
+    found = []
+    for path in log.event_parts(sid, directory, stats):
+        try:
+            for event, line in events_of(gz_lines(path, stats), stats):
+                if event.get("sid") == sid:
+                    found.append((event, line))
+        except FileNotFoundError:
+            if stats is not None:
+                stats.skipped_files.append((path, "removed while it was being read"))
+    found.sort(key=lambda pair: _ei(pair[0]))
+    return found
 
 
 def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None = None,

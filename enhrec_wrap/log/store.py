@@ -119,6 +119,11 @@ class OpenLock:
             return None
         return cls(path, fd)
 
+    def gone(self) -> bool:
+        """Whether someone removed our lock file (or put another in its place): a session
+        without one would not be found by recovery if its recorder died."""
+        return not _still_there(self.fd, self.path)
+
     def release(self, ended: bool) -> None:
         """Ended: the file goes (there is nothing to repair). Else it stays, unheld, for recovery."""
         if self.fd < 0:
@@ -186,8 +191,12 @@ class _GzStream:
     once written (a recorder that dies leaves only whole members, and at most a torn last one),
     and a batch of one kind of event is compressed once for events.gz and for its kind's file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, stream: str, part: int, first_ei: int):
         self.path = path
+        self.stream = stream
+        self.part = part
+        self.first_ei = first_ei   # its index line's `index`
+        self.events = 0            # for the file of every event: how many it holds
         self.fd = open_private_file(path)
         self.size = self.opened_at = os.lseek(self.fd, 0, os.SEEK_END)
         self.broken = False
@@ -200,6 +209,9 @@ class _GzStream:
 
     def append(self, member: bytes) -> None:
         self._put(member)
+
+    def gone(self) -> bool:
+        return not _still_there(self.fd, self.path)
 
     def cut_back(self, size: int) -> None:
         """Back to `size`, the end of an earlier batch: what is there stays a readable file.
@@ -237,6 +249,7 @@ class SessionStore:
     def __init__(self, log_dir: str, server_id: str, sid: str, lock: OpenLock | None):
         self.dir = layout.session_files_dir(log_dir, server_id)
         self.server_dir = layout.server_dir(log_dir, server_id)
+        self.log_dir, self.server_id = log_dir, server_id
         self.sid = sid
         self.lock = lock
         self._streams: dict[str, _GzStream] = {}
@@ -252,6 +265,7 @@ class SessionStore:
         self._stopping = False
         self._failure = None        # the first failure not reported yet
         self._failed_events = 0     # the events it, and those after it, cost
+        self._removed = 0           # events that went with an events file someone removed
 
     @classmethod
     def create(cls, log_dir: str, server_id: str, sid: str) -> "SessionStore":
@@ -298,6 +312,19 @@ class SessionStore:
                 self._cond.wait()
         self._raise_failure()
 
+    def removed_events(self) -> int:
+        """After flush(): how many events were in events files someone removed (or replaced)
+        under us; each time, the stream went on in a new part."""
+        self._notice_removed()
+        return self._removed
+
+    def renew_lock(self) -> None:
+        """A new lock file in place of ours, which someone removed (OpenLock.gone)."""
+        old = self.lock
+        self.lock = OpenLock.create(self.log_dir, self.server_id, self.sid)
+        os.close(old.fd)
+        old.fd = -1
+
     def _raise_failure(self) -> None:
         with self._cond:
             failure, count = self._failure, self._failed_events
@@ -332,6 +359,7 @@ class SessionStore:
         """kinds[i] is (ei, event type) of lines[i]. Each batch is compressed once for
         events.gz, and again only for the kinds that are not all of it (a burst of one kind,
         the bulk of a busy session, costs one compression, not two: docs/PERFORMANCE.md)."""
+        self._notice_removed()
         batch_start = kinds[0][0]
         whole = gzip_member(b"".join(lines))
         batches = {ALL_EVENTS: (batch_start, whole)}
@@ -357,9 +385,34 @@ class SessionStore:
                     gz.append(member)
                 except OSError as err:
                     raise self._error(gz.path, err) from None
+            if self._index_fd < 0:   # removed alone: written again whole
+                self._open_index()
         except EnhrecError:
             self._take_back(taken, index_size)
             raise
+        for stream, gz, _, _ in taken:
+            gz.events += len(lines) if stream == ALL_EVENTS else 0
+
+    def _notice_removed(self) -> None:
+        """Files of ours that someone removed (rm -rf of the log, a cleanup job) or replaced:
+        appending to them would lose every later event without a word. Each stream goes on in
+        a new part; what an events file held is counted (a renamed one still holds it)."""
+        for stream, gz in list(self._streams.items()):
+            if gz.gone():
+                if stream == ALL_EVENTS and os.fstat(gz.fd).st_nlink == 0:
+                    self._removed += gz.events
+                self._streams.pop(stream)
+                os.close(gz.fd)
+                self._parts[stream] = gz.part + 1
+        if self._index_fd >= 0 and not _still_there(self._index_fd, self._index_path()):
+            os.close(self._index_fd)
+            self._index_fd = -1
+
+    def _open_index(self) -> None:
+        try:
+            self._ensure_index()
+        except OSError as err:
+            raise self._error(self._index_path(), err) from None
 
     def _take_back(self, taken: list, index_size: int) -> None:
         """Out of every file again, the batch that failed in one: each holds the same events,
@@ -411,14 +464,15 @@ class SessionStore:
             self._parts[stream] = self._parts.get(stream, 0) + 1
         part = self._parts.setdefault(stream, 0)
         path = self._path(stream)
+        # Part 0 starts the session (index 0); a later part where its first event is.
+        first_ei = first_ei if part else 0
         try:
             self._ensure_index()
-            new = _GzStream(path)
+            new = _GzStream(path, stream, part, first_ei)
         except OSError as err:
             raise self._error(path, err) from None
         try:
-            # Part 0 starts the session (index 0); a later part where its first event is.
-            write_all(self._index_fd, index_line(self.sid, part, stream, first_ei if part else 0))
+            write_all(self._index_fd, index_line(self.sid, part, stream, first_ei))
         except OSError as err:
             _discard(new)
             self._cut_index(self._index_size)
@@ -428,10 +482,14 @@ class SessionStore:
         return new, True
 
     def _ensure_index(self) -> None:
+        """The index open; made again when someone removed it, listing the parts being
+        written (those before it went with it)."""
         if self._index_fd >= 0:
             return
         ensure_private_dirs(self.server_dir, self.dir)
         self._index_fd = open_private_file(self._index_path())
+        for gz in self._streams.values():
+            write_all(self._index_fd, index_line(self.sid, gz.part, gz.stream, gz.first_ei))
         self._index_size = os.lseek(self._index_fd, 0, os.SEEK_END)
 
     def _cut_index(self, size: int) -> None:
@@ -458,6 +516,16 @@ class SessionStore:
 
     def _error(self, path: str, err: OSError) -> EnhrecError:
         return error(f"cannot write the session file {path}", err, self.dir)
+
+
+def _still_there(fd: int, path: str) -> bool:
+    """Whether the file open at fd is still the one at path."""
+    try:
+        on_disk = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    ours = os.fstat(fd)
+    return ours.st_nlink > 0 and (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _discard(gz: _GzStream) -> None:

@@ -324,6 +324,20 @@ class Session:
         ended = logged and made[-1]["event"] == events.SESSION_END[0]
         ledger.end_batch(self.unwritten.get("audit_log", 0),
                          self.unwritten.get("session_files", 0), ended)
+        if self.store.lock.gone():
+            self._renew_lock()
+
+    def _renew_lock(self):
+        """Someone removed the session's lock file (rm -rf of the log): without one, recovery
+        could not find the session if we died. A new one, handed to the watchdog too (a second
+        arm replaces what it holds)."""
+        try:
+            self.store.renew_lock()
+        except EnhrecError as e:
+            self._log_failed("session_files", e, 0)
+            return
+        if self.watchdog.armed:
+            self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
 
     def _log_failed(self, sink, error, count):
         """`close` ends the session at the first failure (fail closed); `continue` keeps it and
@@ -371,6 +385,9 @@ class Session:
                       end_reason=self.end_reason)
         if self.unwritten:
             fields["unwritten_events"] = dict(self.unwritten)
+        removed = {"audit_log": self.log.removed(), "session_files": self.store.removed_events()}
+        if any(removed.values()):
+            fields["removed_events"] = {k: v for k, v in removed.items() if v}
         failures = self.write_failures
         self._write([self.factory.make(events.SESSION_END, **fields)])
         self.ended = self.write_failures == failures

@@ -247,10 +247,94 @@ def test_full_disk_costs_events_but_session_end_counts_them_exactly(recorder, sm
     if setting == "continue":
         assert result.returncode == 0 and (outside / "marker").exists()
         assert end.get("incomplete") is None and end["unwritten_events"]["audit_log"] > 0
-    elif end.get("incomplete"):
-        pytest.fail("session.end fit in neither sink: make the test's disk leave it room")
     else:
         assert result.returncode == 137 and not (outside / "marker").exists()
+    if end.get("incomplete"):
+        # session.end fit in neither sink (the disk had no room left at all): the repair's is
+        # the only one, and what is missing is what the readers say is missing.
+        shown = enhrec(recorder, "show", "--json", sid)
+        head = json.loads(shown.stdout)["session"]
+        union = {e["ei"] for e in daily + stored}
+        assert head["missing_events"] == end["ei"] - len(union - {end["ei"]})
+    else:
+        assert_counts_are_exact(end, daily, stored)
+    assert_no_empty_parts(recorder, sid)
+    assert open_locks(recorder) == []
+
+
+# --- 4. the log removed while a session runs ----------------------------------------------------
+
+def wait_for(path, proc, timeout=60):
+    import time
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def session_with_a_pause(recorder, tmp_path):
+    """A session that runs 20 commands, waits for `go`, runs 20 more and waits for `stop`."""
+    script = ("for i in $(seq 20); do /bin/true; done; sleep 0.3; "
+              f"touch {tmp_path}/paused; while [ ! -e {tmp_path}/go ]; do sleep 0.05; done; "
+              "for i in $(seq 20); do /bin/echo after; done; sleep 0.3; "
+              f"touch {tmp_path}/resumed; while [ ! -e {tmp_path}/stop ]; do sleep 0.05; done")
+    proc = recorder.popen(["bash", "-c", script])
+    wait_for(tmp_path / "paused", proc)
+    return proc
+
+
+def test_log_removed_mid_session_is_made_again_and_the_gap_recorded(recorder, tmp_path):
+    import shutil
+    proc = session_with_a_pause(recorder, tmp_path)
+    (sid,) = {e["sid"] for e, _ in reader.day_events(log_of(recorder))}
+    # A careless cleanup job; the paused session still writes (its sleeps), so the recorder
+    # may make a directory again under rmtree.
+    shutil.rmtree(os.path.join(recorder.data_dir, "log"), ignore_errors=True)
+    (tmp_path / "go").touch()
+    wait_for(tmp_path / "resumed", proc)
+    assert [f"{sid}.lock"] == open_locks(recorder), "the lock was not made again"
+    (tmp_path / "stop").touch()
+    out, err = proc.communicate(timeout=SESSION_TIMEOUT)
+    assert proc.returncode == 0, err
+    assert recorder.run(["true"]).returncode == 0   # nothing to repair
+    end, daily, stored = the_one_end(recorder, sid)
+    assert end.get("incomplete") is None
+    removed = end["removed_events"]
+    assert removed["audit_log"] > 20 and removed["session_files"] > 20, removed
     assert_counts_are_exact(end, daily, stored)
     assert_no_empty_parts(recorder, sid)
     assert open_locks(recorder) == []
+    assert len([e for e in daily if e.get("argv") == ["after"]]) == 20
+    # What the readers say: the events missing, never "lost none" or a login shell.
+    shown = enhrec(recorder, "show", sid[:8])
+    assert shown.returncode == 0, shown.stderr
+    assert "lost   none" not in shown.stdout and "login shell" not in shown.stdout
+    assert f"{removed['session_files']} event(s) missing" in shown.stdout, shown.stdout
+    assert "session.start is missing" in shown.stdout
+    listed = enhrec(recorder, "sessions", "--json")
+    (row,) = [json.loads(x) for x in listed.stdout.splitlines() if sid in x]
+    assert row["missing_events"] == removed["session_files"], row
+    searched = enhrec(recorder, "search", "--sid", sid[:8])
+    assert f"{removed['session_files']} event(s) of 1 session(s) missing" in searched.stderr, \
+        searched.stderr
+
+
+def test_log_removed_and_then_the_recorder_killed_is_ended_by_the_watchdog(recorder, tmp_path):
+    """The lock file made again is the one the watchdog ends the session with."""
+    import shutil
+    import signal
+    proc = session_with_a_pause(recorder, tmp_path)
+    (sid,) = {e["sid"] for e, _ in reader.day_events(log_of(recorder))}
+    shutil.rmtree(os.path.join(recorder.data_dir, "log"), ignore_errors=True)
+    (tmp_path / "go").touch()
+    wait_for(tmp_path / "resumed", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=SESSION_TIMEOUT)
+    import time
+    deadline = time.monotonic() + 10
+    while open_locks(recorder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_locks(recorder) == [], "the watchdog did not end the session"
+    end, daily, stored = the_one_end(recorder, sid)
+    assert end["incomplete"] is True and end["end_reason"] == "recorder_died"

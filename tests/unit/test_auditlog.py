@@ -441,3 +441,26 @@ def test_error_below_a_regular_file_names_the_file(tmp_path):
                               str(tmp_path / "plain" / "log")))
     assert message == (f"cannot create x: {tmp_path}/plain is a regular file, not a directory: "
                        "move it away, or set teleport.data_dir elsewhere")
+
+
+# --- the day file removed or renamed under the recorder (issue 11) ----------------------------
+
+def test_removed_day_file_is_counted_and_made_again(log, log_dir):
+    log.write([b'{"a":1}\n', b'{"a":2}\n'])
+    log.write([b'{"a":3}\n'])
+    shutil.rmtree(log_dir)
+    assert log.removed() == 3
+    log.write([b'{"a":4}\n'])
+    assert log.removed() == 3
+    with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
+        assert f.read() == b'{"a":4}\n'
+
+
+def test_renamed_day_file_loses_nothing_and_counts_nothing(log, log_dir):
+    log.write([b'{"a":1}\n'])
+    day = os.path.join(log_dir, SID, DAY_NAME)
+    os.rename(day, day + ".1")   # logrotate
+    log.write([b'{"a":2}\n'])
+    assert log.removed() == 0
+    with open(day, "rb") as f:
+        assert f.read() == b'{"a":2}\n'

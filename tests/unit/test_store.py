@@ -588,3 +588,57 @@ def test_a_recorder_that_died_closing_after_its_end_gets_no_second_one(config, m
     assert recovery.repair(config).copied == [SID]
     stored = reader.session_events(reader.LogDir(config.log_dir), SID)
     assert stored == events + [end]
+
+
+# --- files removed under the recorder (issue 11) ----------------------------------------------
+
+def test_session_files_removed_under_the_store_are_made_again_and_their_events_counted(log_dir):
+    events = session_events(12)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:1])
+    write(writer, events[1:5])
+    writer.flush()
+    import shutil
+    shutil.rmtree(os.path.join(log_dir, SERVER, "sessions"))   # a careless cleanup
+    write(writer, events[5:9])
+    write(writer, events[9:])
+    writer.flush()
+    assert writer.removed_events() == 5
+    writer.close(ended=True)
+    assert stored_eis(log_dir) == list(range(5, 12))
+    for kind in KINDS:
+        assert stored_eis(log_dir, kind) == [e["ei"] for e in events[5:] if e["event"] == kind]
+    names, directory = files_of(log_dir)
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert sorted(i["file_name"] for i in index) == sorted(n for n in names if n.endswith(".gz"))
+    assert {"file_name": f"{SID}-1.events.gz", "type": "events", "index": 5} in index
+
+
+def test_an_index_removed_alone_is_written_again_whole(log_dir):
+    events = session_events(6)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:3])
+    writer.flush()
+    _, directory = files_of(log_dir)
+    os.unlink(os.path.join(directory, f"{SID}.index"))
+    write(writer, events[3:])
+    writer.close(ended=True)
+    assert writer.removed_events() == 0
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert len(index) == 4 and {i["index"] for i in index} == {0}
+    assert stored_eis(log_dir) == list(range(6))
+
+
+def test_the_lock_removed_under_the_recorder_is_noticed_and_made_again(log_dir):
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    lock = writer.lock
+    assert not lock.gone()
+    import shutil
+    shutil.rmtree(layout.open_sessions_dir(log_dir, SERVER))
+    assert lock.gone()
+    old_fd = lock.fd
+    writer.renew_lock()
+    assert writer.lock.fd != old_fd and not writer.lock.gone()
+    assert store.is_live(log_dir, SERVER, SID)
+    writer.close(ended=True)
+    assert not os.path.exists(layout.lock_path(log_dir, SERVER, SID))
