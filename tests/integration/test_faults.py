@@ -338,3 +338,31 @@ def test_log_removed_and_then_the_recorder_killed_is_ended_by_the_watchdog(recor
     assert open_locks(recorder) == [], "the watchdog did not end the session"
     end, daily, stored = the_one_end(recorder, sid)
     assert end["incomplete"] is True and end["end_reason"] == "recorder_died"
+
+
+# --- 9. a daily file renamed (logrotate) ------------------------------------------------------
+
+def test_renamed_daily_file_makes_no_session_vanish_or_shrink(recorder, tmp_path):
+    _, before = recorder.record(["bash", "-c", "/bin/true; /bin/true; /bin/true"])
+    proc = session_with_a_pause(recorder, tmp_path)
+    (across,) = {e["sid"] for e, _ in reader.day_events(log_of(recorder))} - {before.sid}
+    (_, day), = log_of(recorder).day_files()
+    os.rename(day, day + ".1")   # what logrotate does (then it may compress the .1)
+    (tmp_path / "go").touch()
+    wait_for(tmp_path / "resumed", proc)
+    (tmp_path / "stop").touch()
+    _, err = proc.communicate(timeout=SESSION_TIMEOUT)
+    assert proc.returncode == 0, err
+    listed = enhrec(recorder, "sessions", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["sid"]: r for r in map(json.loads, listed.stdout.splitlines())}
+    assert set(rows) == {before.sid, across}
+    assert rows[before.sid]["commands"] == len(before.commands) == 4
+    stored = reader.session_events(log_of(recorder), across)
+    assert rows[across]["commands"] == len([e for e in stored if e["event"] == "session.command"])
+    assert rows[across]["commands"] >= 42 and rows[across]["duration_seconds"] > 0.5
+    assert rows[across]["missing_events"] == 0 and rows[across]["state"] == "complete"
+    end = stored[-1]
+    assert end["event"] == "session.end" and "removed_events" not in end
+    shown = enhrec(recorder, "show", across[:8])
+    assert "lost   none" in shown.stdout and "bash -c" in shown.stdout
