@@ -487,6 +487,7 @@ class Follower:
         self.from_end = from_end
         self.stats = stats if stats is not None else Stats()
         self.lines = LineSplitter(self.stats)
+        self.file_id = None   # (st_dev, st_ino) of the file being read
 
     def poll(self) -> list[bytes]:
         current = self.log.current_file()
@@ -512,9 +513,13 @@ class Follower:
         if f is None:
             return []
         with f:
+            st = os.fstat(f.fileno())
             size = f.seek(0, os.SEEK_END)
-            if size < self.offset:
-                self.offset, self.lines = 0, LineSplitter(self.stats)   # truncated or replaced
+            if size < self.offset or (st.st_dev, st.st_ino) != self.file_id:
+                if self.file_id is not None or not self.from_end:
+                    self.offset = 0   # truncated, or another file under the name (logrotate)
+                self.lines = LineSplitter(self.stats)
+                self.file_id = (st.st_dev, st.st_ino)
             f.seek(self.offset)
             data = f.read(self.MAX_READ)
         self.offset += len(data)

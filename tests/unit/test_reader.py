@@ -386,3 +386,18 @@ def test_a_gzip_bomb_is_read_in_bounded_memory(tmp_path):
     lines, long_lines, grown_kib = map(int, out)
     assert (lines, long_lines) == (2, 1)
     assert grown_kib < 32 * 1024, f"the reader grew by {grown_kib} KiB"
+
+
+def test_the_follower_starts_over_on_a_file_made_again_under_its_name(tmp_path):
+    """logrotate renamed the day file and the recorder made it again, already longer than
+    where the follower was in the old one: it reads the new one from its start."""
+    root = tmp_path / "log"
+    (root / SERVER).mkdir(parents=True)
+    day = root / SERVER / "2024-03-05.00:00:00.log"
+    day.write_bytes(line(event(0)))
+    (root / "events.log").symlink_to(f"{SERVER}/{day.name}")
+    follower = reader.Follower(reader.LogDir(str(root)))
+    assert follower.poll() == []
+    os.rename(day, str(day) + ".1")
+    day.write_bytes(line(event(1)) + line(event(2)))
+    assert follower.poll() == [line(event(1)), line(event(2))]
