@@ -336,7 +336,7 @@ class Session:
         except EnhrecError as e:
             self._log_failed("session_files", e, 0)
             return
-        if self.watchdog.armed:
+        if self.watchdog and self.watchdog.armed:
             self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
 
     def _log_failed(self, sink, error, count):

@@ -580,8 +580,8 @@ def test_a_recorder_that_died_closing_after_its_end_gets_no_second_one(config, m
     state.next_ei, state.ended = 5, 1
     session = {"sid": SID, "server_id": SERVER, "log_dir": config.log_dir, "lock_path": lock_path,
                "cgroup_id": 0, "version": "none", "idle_unload_seconds": 0, "end_fields": {},
-               "envelope": {k: events[0][k] for k in ("sid", "namespace", "server_id",
-                                                      "server_hostname", "login", "user")}}
+               "envelope": {"cluster_name": "host", **{k: events[0][k] for k in (
+                   "sid", "namespace", "server_id", "server_hostname", "login", "user")}}}
     salvage.finish(session, state, salvage.RECORDER_DIED, 0, os.open(lock_path, os.O_RDWR))
     assert [e["ei"] for e in daily_events(config, SID)] == list(range(5))
     assert os.path.exists(lock_path)
