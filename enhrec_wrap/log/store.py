@@ -406,7 +406,7 @@ class SessionStore:
                 self._parts[stream] = gz.part + 1
         if self._index_fd >= 0 and not _still_there(self._index_fd, self._index_path()):
             os.close(self._index_fd)
-            self._index_fd = -1
+            self._index_fd, self._index_size = -1, 0
 
     def _open_index(self) -> None:
         try:
@@ -501,8 +501,9 @@ class SessionStore:
         except OSError:
             return   # best effort while already failing
         self._index_size = size
-        if size == 0 and not self._streams:
-            # Made for a first batch that failed: a session that never started leaves nothing.
+        if size == 0:
+            # Made for this batch: it goes, and is made again, whole, by the next one (a
+            # session whose first batch failed, and never started, leaves nothing).
             os.close(self._index_fd)
             self._index_fd = -1
             _unlink_quietly(self._index_path())
