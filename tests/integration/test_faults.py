@@ -273,19 +273,36 @@ def wait_for(path, proc, timeout=60):
         time.sleep(0.02)
 
 
-def session_with_a_pause(recorder, tmp_path):
-    """A session that runs 20 commands, waits for `go`, runs 20 more and waits for `stop`."""
-    script = ("for i in $(seq 20); do /bin/true; done; sleep 0.3; "
-              f"touch {tmp_path}/paused; while [ ! -e {tmp_path}/go ]; do sleep 0.05; done; "
-              "for i in $(seq 20); do /bin/echo after; done; sleep 0.3; "
-              f"touch {tmp_path}/resumed; while [ ! -e {tmp_path}/stop ]; do sleep 0.05; done")
-    proc = recorder.popen(["bash", "-c", script])
-    wait_for(tmp_path / "paused", proc)
-    return proc
+@pytest.fixture
+def paused_session(recorder, tmp_path):
+    """Starts a session that runs 20 commands, waits for `go`, runs 20 more and waits for
+    `stop`; it is ended whatever the test did."""
+    started = []
+
+    def start():
+        script = ("for i in $(seq 20); do /bin/true; done; sleep 0.3; "
+                  f"touch {tmp_path}/paused; while [ ! -e {tmp_path}/go ]; do sleep 0.05; done; "
+                  "for i in $(seq 20); do /bin/echo after; done; sleep 0.3; "
+                  f"touch {tmp_path}/resumed; while [ ! -e {tmp_path}/stop ]; do sleep 0.05; done")
+        proc = recorder.popen(["bash", "-c", script])
+        started.append(proc)
+        wait_for(tmp_path / "paused", proc)
+        return proc
+
+    yield start
+    for name in ("go", "stop"):
+        (tmp_path / name).touch()
+    for proc in started:
+        try:
+            proc.communicate(timeout=SESSION_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
-def test_log_removed_mid_session_is_made_again_and_the_gap_recorded(recorder, tmp_path):
-    proc = session_with_a_pause(recorder, tmp_path)
+def test_log_removed_mid_session_is_made_again_and_the_gap_recorded(recorder, tmp_path,
+                                                                  paused_session):
+    proc = paused_session()
     (sid,) = {e["sid"] for e, _ in reader.day_events(log_of(recorder))}
     # A careless cleanup job; the paused session still writes (its sleeps), so the recorder
     # may make a directory again under rmtree.
@@ -319,9 +336,10 @@ def test_log_removed_mid_session_is_made_again_and_the_gap_recorded(recorder, tm
         searched.stderr
 
 
-def test_log_removed_and_then_the_recorder_killed_is_ended_by_the_watchdog(recorder, tmp_path):
+def test_log_removed_and_then_the_recorder_killed_is_ended_by_the_watchdog(recorder, tmp_path,
+                                                                          paused_session):
     """The lock file made again is the one the watchdog ends the session with."""
-    proc = session_with_a_pause(recorder, tmp_path)
+    proc = paused_session()
     (sid,) = {e["sid"] for e, _ in reader.day_events(log_of(recorder))}
     shutil.rmtree(os.path.join(recorder.data_dir, "log"), ignore_errors=True)
     (tmp_path / "go").touch()
@@ -338,9 +356,9 @@ def test_log_removed_and_then_the_recorder_killed_is_ended_by_the_watchdog(recor
 
 # --- 9. a daily file renamed (logrotate) ------------------------------------------------------
 
-def test_renamed_daily_file_makes_no_session_vanish_or_shrink(recorder, tmp_path):
+def test_renamed_daily_file_makes_no_session_vanish_or_shrink(recorder, tmp_path, paused_session):
     _, before = recorder.record(["bash", "-c", "/bin/true; /bin/true; /bin/true"])
-    proc = session_with_a_pause(recorder, tmp_path)
+    proc = paused_session()
     (across,) = {e["sid"] for e, _ in reader.day_events(log_of(recorder))} - {before.sid}
     (_, day), = log_of(recorder).day_files()
     os.rename(day, day + ".1")   # what logrotate does (then it may compress the .1)
