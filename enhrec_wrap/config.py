@@ -20,6 +20,15 @@ BUILT_IN_DEFAULTS = "built-in defaults"
 
 MIN_BUFFER_PAGES = 1
 MAX_BUFFER_PAGES = 65536
+# A teleport.yaml is 6 levels deep; PyYAML builds nodes recursively and a file nested 100,000
+# deep would end in a RecursionError, so anything deeper than this is refused first.
+MAX_YAML_DEPTH = 50
+# nodename and cluster_name go into every event line: a host name (RFC 1035: 253 bytes) and no
+# more.
+MAX_NAME_BYTES = 253
+# The files below data_dir and cgroup_path add up to ~150 bytes to them; this leaves them all
+# within PATH_MAX (4096).
+MAX_PATH_BYTES = 3840
 
 # Every setting here can weaken recording (enabled: false is one line), so, as tlog does for
 # its security settings, only a file that root alone can write is believed.
@@ -126,6 +135,19 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys: with two `enabled:` lines, which one wins would
     be a guess (PyYAML silently keeps the last; Teleport's strict parser refuses them too)."""
 
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self._depth >= MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep: a config is a few "
+                "levels of sections and keys", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
@@ -209,12 +231,21 @@ def _absolute_path(value) -> str:
     # Relative paths would depend on the directory the login shell happens to start in.
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
         raise _BadValue(f"must be an absolute path, got {_show(value)}")
+    if len(value.encode()) > MAX_PATH_BYTES:
+        raise _BadValue(f"must be an absolute path of at most {MAX_PATH_BYTES} bytes, got "
+                        f"{len(value.encode())} bytes ({_show(value)})")
     return value
 
 
 def _name(value) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _BadValue(f"must be a non-empty string, got {_show(value)}")
+    size = len(value.encode())
+    if size > MAX_NAME_BYTES:
+        raise _BadValue(f"must be at most {MAX_NAME_BYTES} bytes (a host name), got {size} "
+                        f"bytes ({_show(value)})")
+    if not value.isprintable():
+        raise _BadValue(f"must be printable (no control characters), got {_show(value)}")
     return value
 
 

@@ -23,7 +23,8 @@ from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.events.timestamps import epoch_of
 from enhrec_wrap.inspect import lookup, query, render, sessions as summaries, tree
-from enhrec_wrap.inspect.output import PROG, Progress, json_line, note, report_skipped, write_json_line
+from enhrec_wrap.inspect.output import (PROG, MissingReport, Progress, SkipReport, json_line, note,
+                                        report_skipped, write_json_line)
 from enhrec_wrap.log import reader
 
 EXIT_NO_MATCH = 1
@@ -149,8 +150,8 @@ def search(obj, config_path, as_json, login, program, path, dst, event, since, u
     filters = _filters(login, program, path, dst, event, since, until, sid)
     log, _ = obj.log(config_path)
     stats = reader.Stats()
-    count, sids = 0, {}
-    for e, line, remote in query.search(log, filters, stats, Progress()):
+    count, sids, missing = 0, {}, {}
+    for e, line, remote in query.search(log, filters, stats, Progress(), missing):
         count += 1
         sids.setdefault(e.get("sid"), None)
         if as_json:
@@ -158,6 +159,7 @@ def search(obj, config_path, as_json, login, program, path, dst, event, since, u
         else:
             click.echo(render.event_line(e, remote))
     report_skipped(stats)
+    MissingReport()(missing)
     if not count:
         raise EnhrecError("no matching events", Failure.NO_MATCH)
     if sys.stderr.isatty() and not as_json:
@@ -186,23 +188,31 @@ def tail(obj, config_path, as_json, follow, count, login, program, path, dst, ev
         else:
             click.echo(render.event_line(e))
 
-    follower = reader.Follower(log)
+    stats = reader.Stats()
+    skipped, holes = SkipReport(), MissingReport()
+    missing, last = {}, {}
+    follower = reader.Follower(log, stats=stats)
     current = log.current_file()
     if current is not None:
         end = os.path.getsize(current)
-        for e, line in query.newest(current, end, filters, count):
+        found, last = query.newest(current, end, filters, count, stats, missing)
+        for e, line in found:
             emit(e, line)
         follower.path, follower.offset = current, end
+        skipped(stats)
+        holes(missing)
     elif not follow:
         raise EnhrecError(f"no events.log in {log.path} yet: nothing was recorded there "
                           "(or give --config with the wrapper's config)")
     if not follow:
         return
     sys.stdout.flush()
-    for matches in query.follow(follower, filters):
+    for matches in query.follow(follower, filters, last, missing):
         for e, line in matches:
             emit(e, line)
         sys.stdout.flush()
+        skipped(stats)
+        holes(missing)
 
 
 @enhrec.command()

@@ -64,4 +64,6 @@ def _run(argv, watchdog) -> int:
         fail(str(e), exit_status(e))
     except KeyboardInterrupt:
         fail("interrupted before the session started", EXIT_SETUP_FAILED)
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+        fail(f"internal error: {type(e).__name__}: {e}: please report this", EXIT_SETUP_FAILED)
     return status if isinstance(status, int) else 0

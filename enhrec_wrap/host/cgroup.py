@@ -11,6 +11,7 @@ import os
 import time
 
 from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.host import paths
 
 # The cgroup below the mount that holds one leaf per session (and nothing else).
 PARENT = "enhrec"
@@ -28,13 +29,7 @@ def leaf_dir(cgroup_path: str, sid: str) -> str:
 
 def is_cgroup2_mount(path: str) -> bool:
     """True when `path` is itself a cgroup2 mount point (from /proc/self/mountinfo)."""
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as mounts:
-        for line in mounts:
-            left, _, right = line.partition(" - ")
-            if left.split()[4] == real and right.split()[0] == "cgroup2":
-                return True
-    return False
+    return paths.mount_of(path) == (os.path.realpath(path), "cgroup2")
 
 
 def ensure_mounted(path: str) -> None:
@@ -45,6 +40,12 @@ def ensure_mounted(path: str) -> None:
     """
     if is_cgroup2_mount(path):
         return
+    blocker = paths.not_a_directory(path)
+    if blocker:
+        raise EnhrecError(f"cannot use {path} as the cgroup mount point: {blocker[0]} is "
+                          f"{blocker[1]}, not a directory: set "
+                          "ssh_service.enhanced_recording.cgroup_path to a cgroup2 mount or an "
+                          "empty directory")
     try:
         os.makedirs(path, mode=0o755, exist_ok=True)
     except OSError as e:

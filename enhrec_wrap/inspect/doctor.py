@@ -241,8 +241,9 @@ def check_data_dir(config: Config) -> Result:
             pass
         st = os.statvfs(target)
     except OSError as e:
-        return fail(name, f"cannot write in {target}: {e.strerror}",
-                    "run as root, and check the mode and mount options of the directory")
+        from enhrec_wrap.log.files import reason_and_fix
+        reason, _, fix = reason_and_fix(e, target).partition(": ")
+        return fail(name, f"cannot write in {target}: {reason}", fix)
     free = st.f_bavail * st.f_frsize
     if free < 1 << 20:
         return fail(name, f"{target} is full", f"free disk space in {target}")
@@ -273,8 +274,10 @@ def check_stale(config: Config, repair: bool) -> Result:
     if repair:
         if not report.stale and not report.stale_cgroups:
             return ok(name, "none")
+        copied = (f", {len(report.copied)} session(s) given their own session.end where it "
+                  "was missing" if report.copied else "")
         return ok(name, f"repaired: {len(report.repaired)} session(s) given an incomplete "
-                  f"session.end, {len(report.cgroups_removed)} cgroup(s) removed")
+                  f"session.end{copied}, {len(report.cgroups_removed)} cgroup(s) removed")
     if report.stale or report.stale_cgroups:
         parts = []
         if report.stale:

@@ -6,6 +6,9 @@ import time
 import click
 import orjson
 
+from enhrec_wrap.inspect import gaps
+from enhrec_wrap.log.reader import MAX_LINE_BYTES
+
 PROG = "enhrec"
 
 
@@ -45,9 +48,52 @@ def note(message: str):
     click.echo(f"{PROG}: {message}", err=True)
 
 
+class SkipReport:
+    """Says what a read skipped (reader.Stats): each file, and the lines by why. Called again
+    (tail -f), it says only what is new since."""
+
+    def __init__(self):
+        self.files = set()
+        self.corrupt = self.long = 0
+
+    def __call__(self, stats):
+        for path, why in stats.skipped_files:
+            if (path, why) not in self.files:
+                self.files.add((path, why))
+                note(f"{path}: {why}")
+        if stats.corrupt_lines > self.corrupt:
+            note(f"skipped {stats.corrupt_lines - self.corrupt} line(s) that are not JSON events")
+            self.corrupt = stats.corrupt_lines
+        if stats.long_lines > self.long:
+            note(f"skipped {stats.long_lines - self.long} line(s) longer than "
+                 f"{MAX_LINE_BYTES >> 20} MiB (no event is that long)")
+            self.long = stats.long_lines
+
+
 def report_skipped(stats):
-    if stats.corrupt_lines:
-        note(f"skipped {stats.corrupt_lines} line(s) that are not JSON events")
+    SkipReport()(stats)
+
+
+class MissingReport:
+    """Says which events of which sessions are missing from the log read ({sid: the `ei`
+    ranges}, inspect/gaps): a hole is never silence. Called again (tail -f), only what is
+    new."""
+
+    def __init__(self):
+        self.told = {}
+
+    def __call__(self, missing: dict):
+        new = {sid: holes for sid, holes in missing.items()
+               if gaps.count(holes) > self.told.get(sid, 0)}
+        if not new:
+            return
+        total = sum(gaps.count(holes) - self.told.get(sid, 0) for sid, holes in new.items())
+        shown = "; ".join(f"{sid[:8]} {gaps.text(holes, 2)}" for sid, holes in list(new.items())[:3])
+        more = f"; and {len(new) - 3} more" if len(new) > 3 else ""
+        note(f"{total} event(s) of {len(new)} session(s) missing from the log ({shown}{more}): "
+             "`enhrec show SID` says what its session.end knows of why")
+        for sid, holes in new.items():
+            self.told[sid] = gaps.count(holes)
 
 
 def write_json_line(data: bytes):

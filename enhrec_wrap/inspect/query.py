@@ -11,10 +11,11 @@ import os
 import re
 import time
 
-import orjson
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.events.kinds import COMMAND, DISK, END, IO_URING, NETWORK, REFUSED, START
+from enhrec_wrap.events.timestamps import rfc3339_from_seconds
+from enhrec_wrap.inspect import gaps
 from enhrec_wrap.inspect.text import KIND_WORDS
 from enhrec_wrap.inspect.times import parse_time
 from enhrec_wrap.log import layout, reader
@@ -61,24 +62,6 @@ class Filters:
         if self.until:
             last = layout.day_of(layout.day_start(self.until[:10]) + 86400)
         return first, last
-
-    def needles(self) -> tuple[bytes, ...]:
-        """Byte strings every matching line must contain: a cheap test before parsing."""
-        found = []
-        if self.sid:
-            found.append(self.sid.encode())
-        if self.login is not None:
-            found.append(orjson.dumps(self.login))
-        if len(self.events) == 1:
-            found.append(orjson.dumps(next(iter(self.events))))
-        for pattern in (self.program, self.path):
-            if pattern:
-                literal = max(_GLOB_CHARS.split(pattern), key=len)
-                if len(literal) >= 2:
-                    found.append(orjson.dumps(literal)[1:-1])
-        if self.dst and isinstance(self.dst[0], str):
-            found.append(self.dst[0].encode())
-        return tuple(found)
 
     def match(self, e: dict) -> bool:
         if self.sid and not str(e.get("sid", "")).startswith(self.sid):
@@ -170,44 +153,120 @@ def _program_names(e: dict) -> list[str]:
 
 # --- reading the log with them ----------------------------------------------------------------
 
-def search(log: reader.LogDir, filters: Filters, stats: reader.Stats, progress=None):
-    """(event, line, the address its session came from or None) of every match in the daily
-    files, oldest first."""
-    remotes = {}
-    first_day, last_day = filters.days()
-    # Every session.start is read too, to tell where each match's session came from.
-    for e, line in reader.day_events(log, first_day, last_day, stats, filters.needles(), progress,
-                                     also_keep=orjson.dumps(START)):
+def search(log: reader.LogDir, filters: Filters, stats: reader.Stats, progress=None,
+           missing: dict | None = None):
+    """(event, line, the address its session came from or None) of every match: from the
+    daily files, oldest first, then, session by session, what only the session files hold (a
+    daily file removed or renamed, a write that failed there). `missing` gets, for each session
+    with events missing from both, their `ei` ranges.
+
+    Every line is parsed, matching or not: that is how a damaged line is counted and a hole in
+    a session found. It costs 1.6 s per million lines where skipping lines without the filter's
+    words cost 0.7 s (measured here, 440-byte lines)."""
+    remotes, seen, ends = {}, {}, {}
+
+    def note(e):
+        """Takes the event in; False when it was read already."""
+        sid = e.get("sid")
+        if not isinstance(sid, str):
+            return True
+        if not seen.setdefault(sid, gaps.Eis()).add(e.get("ei")) and isinstance(e.get("ei"), int):
+            return False
+        if e.get("event") == END and isinstance(e.get("ei"), int):
+            ends[sid] = e["ei"]
         if e.get("event") == START and e.get("addr.remote"):
-            remotes[e.get("sid")] = e["addr.remote"]
-        if filters.match(e):
+            remotes[sid] = e["addr.remote"]
+        return True
+
+    first_day, last_day = filters.days()
+    for e, line in reader.day_events(log, first_day, last_day, stats, progress=progress):
+        if note(e) and filters.match(e):
             yield e, line, remotes.get(e.get("sid"))
+    from_zero = not filters.since   # else a session's first events may be before the range
+    for sid, directory in log.stored_sids().items():
+        if filters.sid and not sid.startswith(filters.sid):
+            continue
+        if sid in seen:
+            if not seen[sid].gaps(ends.get(sid), from_zero):
+                continue
+        elif not _may_have_events_within(log, sid, directory, filters, stats):
+            continue
+        for e, line in reader.session_lines(log, sid, stats, directory):
+            if note(e) and filters.match(e):
+                yield e, line, remotes.get(sid)
+    if missing is not None:
+        for sid, eis in seen.items():
+            holes = eis.gaps(ends.get(sid), from_zero)
+            if holes:
+                missing[sid] = holes
 
 
-def newest(path: str, end: int, filters: Filters, count: int) -> list[tuple[dict, bytes]]:
-    """The last `count` matches in the file before byte `end`, oldest first."""
+def _may_have_events_within(log, sid, directory, filters: Filters, stats) -> bool:
+    """For a session the daily files do not name at all: whether its events can be within
+    --since/--until, from when its files were last written and when it started."""
+    if filters.since and rfc3339_from_seconds(log.last_change(sid, directory)) < filters.since:
+        return False
+    if filters.until:
+        started = log.start_time(sid, directory, stats)
+        return started is not None and started <= filters.until
+    return True
+
+
+def newest(path: str, end: int, filters: Filters, count: int, stats: reader.Stats,
+           missing: dict | None = None) -> tuple[list[tuple[dict, bytes]], dict]:
+    """The last `count` matches in the file before byte `end`, oldest first, and the last `ei`
+    read of each session. `missing` gets the holes in what was read (between a session's
+    first and last event read: its others may be in an earlier file)."""
     found = []
+    seen = {}
     if count:
-        for line in reader.reverse_lines(path, end):
-            e = reader.parse(line)
-            if e is not None and filters.match(e):
+        for line in reader.reverse_lines(path, end, stats=stats):
+            e = reader.parse(line, stats)
+            if e is None:
+                continue
+            if isinstance(e.get("sid"), str):
+                seen.setdefault(e["sid"], gaps.Eis()).add(e.get("ei"))
+            if filters.match(e):
                 found.append((e, line))
                 if len(found) == count:
                     break
     found.reverse()
-    return found
+    if missing is not None:
+        for sid, eis in seen.items():
+            holes = eis.gaps(from_zero=False)
+            if holes:
+                missing[sid] = holes
+    return found, {sid: eis.last for sid, eis in seen.items()}
 
 
-def follow(follower: reader.Follower, filters: Filters):
+def follow(follower: reader.Follower, filters: Filters, last: dict | None = None,
+           missing: dict | None = None):
     """Forever: the matches among the lines appended since the last step (often none); waits a
-    moment before the next step when nothing at all was appended."""
+    moment before the next step when nothing at all was appended. `last` is the last `ei` of
+    each session so far; a session's next event with a higher number than the one after it
+    puts the numbers skipped into `missing`."""
+    last = {} if last is None else last
     while True:
         lines = follower.poll()
         matches = []
         for line in lines:
-            e = reader.parse(line)
-            if e is not None and filters.match(e):
+            e = reader.parse(line, follower.stats)
+            if e is None:
+                continue
+            _note_jump(e, last, missing)
+            if filters.match(e):
                 matches.append((e, line))
         yield matches
         if not lines:
             time.sleep(FOLLOW_IDLE_SECONDS)
+
+
+def _note_jump(e: dict, last: dict, missing: dict | None) -> None:
+    sid, ei = e.get("sid"), e.get("ei")
+    if not isinstance(sid, str) or not isinstance(ei, int):
+        return
+    before = last.get(sid)
+    if before is not None and ei > before + 1 and missing is not None:
+        missing.setdefault(sid, []).append((before + 1, ei - 1))
+    if before is None or ei > before:
+        last[sid] = ei

@@ -92,7 +92,8 @@ def session_table(found, log_dir: str) -> list[str]:
         rows.append((s.sid[:8], safe(d["login"] or "?"), safe(d["remote"] or "local"),
                      d["start"][:19].replace("T", " "), duration_text(d["duration_seconds"]),
                      str(s.commands), str(s.files), str(s.connections),
-                     "-" if d["exit_status"] is None else str(d["exit_status"]), d["state"]))
+                     "-" if d["exit_status"] is None else str(d["exit_status"]),
+                     d["state"] + (f", {d['missing_events']} missing" if d["missing_events"] else "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     numeric = {4, 5, 6, 7, 8}
     lines = []
@@ -102,7 +103,8 @@ def session_table(found, log_dir: str) -> list[str]:
         if n == 0:
             lines.append(click.style("  ".join(cells).rstrip(), bold=True))
         else:
-            cells[-1] = click.style(cells[-1], fg=_STATE_COLOURS.get(row[-1]))
+            colour = "red" if "missing" in row[-1] else _STATE_COLOURS.get(row[-1])
+            cells[-1] = click.style(cells[-1], fg=colour)
             cells[0] = click.style(cells[0], fg="yellow")
             lines.append("  ".join(cells).rstrip())
     return lines
@@ -124,27 +126,21 @@ def render_header(head: dict) -> list[str]:
     lines.append(f"  when   {human_time(head['start'])} UTC, {duration_text(head['duration_seconds'])} "
                  f"(until {stop})")
     cmd = head.get("initial_command")
-    lines.append("  ran    " + (shlex.join([safe(a) for a in cmd]) if cmd else "login shell")
-                 + ("  (interactive)" if head.get("interactive") else ""))
+    if head.get("start_missing"):
+        ran = click.style("unknown (session.start is missing)", fg="red")
+    else:
+        ran = shlex.join([safe(a) for a in cmd]) if cmd else "login shell"
+    lines.append("  ran    " + ran + ("  (interactive)" if head.get("interactive") else ""))
     status = f"exit {head['exit_status']}" if head["exit_status"] is not None else "exit status unknown"
     lines.append(f"  result {status}; {counted(head['commands'], 'command')}, "
                  f"{counted(head['files'], 'file open')}, {counted(head['connections'], 'connection')}")
-    lost = head.get("lost_events") or {}
-    lost_total = sum(v for v in lost.values() if isinstance(v, int)) + (head.get("lost_return_codes") or 0)
-    if head["state"] == "complete" and head.get("enhanced_recording") is not False:
-        text = "none" if not lost_total else ", ".join(f"{k} {v}" for k, v in lost.items() if v)
-        if head.get("lost_return_codes"):
-            text += f", return codes {head['lost_return_codes']}"
-        lines.append("  lost   " + (click.style(text, fg="red") if lost_total else text))
-    elif head.get("enhanced_recording") is False:
-        lines.append("  lost   " + click.style("everything: recording was disabled", fg="red"))
-    else:
-        lines.append("  lost   " + click.style("unknown (the session has no regular end)", fg="red"))
+    lines.append("  lost   " + _lost_text(head))
     problems = []
     if head.get("unwritten_events"):
-        problems.append("not written: " + ", ".join(f"{k} {v}" for k, v in head["unwritten_events"].items()))
-    if head.get("missing_events"):
-        problems.append(f"{head['missing_events']} event(s) missing from the files read")
+        problems.append("not written: " + _per_sink(head["unwritten_events"]))
+    if head.get("removed_events"):
+        problems.append("removed while recording (a file the recorder wrote was deleted or "
+                        "replaced): " + _per_sink(head["removed_events"]))
     if head.get("killed_processes"):
         problems.append(f"{head['killed_processes']} background process(es) killed at the end")
     if head.get("incomplete_reason"):
@@ -167,6 +163,34 @@ def special_call(e: dict) -> str:
         return click.style(f"refused {shown(e, 'syscall')} ({shown(e, 'arch')}): {outcome}",
                            fg="red")
     return click.style(f"io_uring {shown(e, 'opcode_name')}", fg="yellow")
+
+
+def _lost_text(head: dict) -> str:
+    """What is missing: events whose numbers are not in the log (never "none" then), and what
+    the kernel side dropped, as session.end counts it."""
+    parts = []
+    if head.get("missing_events"):
+        parts.append(f"{head['missing_events']} event(s) missing from the log ({head['missing']})")
+    lost = head.get("lost_events") or {}
+    lost_total = sum(v for v in lost.values() if isinstance(v, int)) + (head.get("lost_return_codes") or 0)
+    if head.get("enhanced_recording") is False:
+        parts.append("everything: recording was disabled")
+    elif head["state"] != "complete":
+        parts.append("unknown (the session has no regular end)" if not parts else
+                     "maybe more (the session has no regular end)")
+    elif lost_total:
+        text = ", ".join(f"{k} {v}" for k, v in lost.items() if v)
+        if head.get("lost_return_codes"):
+            text += f", return codes {head['lost_return_codes']}"
+        text = text.lstrip(", ")
+        parts.append(f"kernel side: {text}" if parts else text)
+    if not parts:
+        return "none"
+    return click.style("; ".join(parts), fg="red")
+
+
+def _per_sink(counts: dict) -> str:
+    return ", ".join(f"{safe(str(k))} {v}" for k, v in counts.items())
 
 
 def is_routine(e: dict) -> bool:

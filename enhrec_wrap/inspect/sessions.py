@@ -1,12 +1,14 @@
-"""Sessions as enhrec lists them: one summary per session, from its events in the daily files,
-and the header `enhrec show` puts above a session's process tree.
+"""Sessions as enhrec lists them: one summary per session, from its events in the daily files
+and, where those lack any (a daily file removed or renamed, a write that failed), from its own
+session files; and the header `enhrec show` puts above a session's process tree.
 
 A new fact about a session (a new column, a new header line) is a field of as_dict() or of
 session_header(), from the events Summary.add() has seen.
 """
 
 from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START
-from enhrec_wrap.events.timestamps import seconds_between
+from enhrec_wrap.events.timestamps import rfc3339_from_seconds, seconds_between
+from enhrec_wrap.inspect import gaps
 from enhrec_wrap.inspect.output import Progress
 from enhrec_wrap.inspect.query import Filters
 from enhrec_wrap.log import reader, store
@@ -23,8 +25,13 @@ class Summary:
         self.commands = self.files = self.connections = 0
         self.first_time = self.last_time = None
         self.server_id = None
+        self.eis = gaps.Eis()
 
     def add(self, e: dict):
+        """Counts the event, once: an event read from both sinks is one event."""
+        ei = e.get("ei")
+        if not self.eis.add(ei) and isinstance(ei, int):
+            return
         kind = e.get("event")
         if self.first is None:
             self.first = e
@@ -55,6 +62,17 @@ class Summary:
             return "live"
         return "incomplete"
 
+    def missing(self) -> list[tuple[int, int]]:
+        """The `ei` ranges not read, up to session.end (or the last event read)."""
+        end = self.end.get("ei") if self.end is not None else None
+        return self.eis.gaps(end if isinstance(end, int) else None)
+
+    def wants_session_files(self, log_dir: str) -> bool:
+        """Whether the daily files left something out that its session files may hold."""
+        if self.start is None or self.missing():
+            return True
+        return self.end is None and self.state(log_dir) != "live"
+
     def stopped(self) -> str | None:
         if self.end is not None:
             return self.end.get("session_stop") or self.end.get("time")
@@ -71,18 +89,32 @@ class Summary:
             "duration_seconds": _rounded(seconds_between(self.started, self.stopped())),
             "commands": self.commands, "files": self.files, "connections": self.connections,
             "exit_status": end.get("exit_status"), "state": self.state(log_dir),
+            "missing_events": gaps.count(self.missing()),
             "lost_events": end.get("lost_events"),
             "initial_command": (self.start or {}).get("initial_command"),
         }
 
 
 def summarize(log: reader.LogDir, filters: Filters, stats: reader.Stats) -> list[Summary]:
+    """The daily files first (one pass over everything); then the session files of the
+    sessions those leave incomplete, or do not have at all: a session never vanishes or
+    shrinks because a daily file was removed or renamed (logrotate)."""
     summaries = {}
     first_day, last_day = filters.days()
     for e, _ in reader.day_events(log, first_day, last_day, stats, progress=Progress()):
         sid = e.get("sid")
         if isinstance(sid, str):
             summaries.setdefault(sid, Summary(sid)).add(e)
+    for sid, directory in log.stored_sids().items():
+        summary = summaries.get(sid)
+        if summary is None:
+            if not may_have_started_within(log, sid, directory, filters, stats):
+                continue
+            summary = summaries[sid] = Summary(sid)
+        elif not summary.wants_session_files(log.path):
+            continue
+        for e in reader.session_events(log, sid, stats, directory):
+            summary.add(e)
     found = []
     for s in summaries.values():
         who = s.start or s.first or {}
@@ -95,6 +127,20 @@ def summarize(log: reader.LogDir, filters: Filters, stats: reader.Stats) -> list
     return found
 
 
+def may_have_started_within(log: reader.LogDir, sid: str, directory: str, filters: Filters,
+                            stats: reader.Stats) -> bool:
+    """For a session the daily files read do not name: whether it can have started within
+    --since/--until, from when its files were last written and, if need be, the first line."""
+    if not filters.since and not filters.until:
+        return True
+    changed = rfc3339_from_seconds(log.last_change(sid, directory))
+    if filters.since and changed < filters.since:
+        return False   # its last event is older
+    started = log.start_time(sid, directory, stats)
+    return started is not None and (not filters.since or started >= filters.since) and \
+        (not filters.until or started <= filters.until)
+
+
 def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
@@ -105,6 +151,7 @@ def session_header(events: list[dict], log_dir: str) -> dict:
         summary.add(e)
     head = summary.as_dict(log_dir)
     start, end = summary.start or {}, summary.end or {}
+    holes = missing_ranges(events)
     head.update({
         "local": start.get("addr.local"),
         "interactive": start.get("interactive"),
@@ -112,14 +159,27 @@ def session_header(events: list[dict], log_dir: str) -> dict:
         "lost_return_codes": end.get("lost_return_codes"),
         "killed_processes": end.get("killed_processes"),
         "unwritten_events": end.get("unwritten_events"),
+        "removed_events": end.get("removed_events"),
         "incomplete_reason": end.get("incomplete_reason"),
-        "missing_events": missing_events(events),
+        "start_missing": summary.start is None,
+        "missing_events": gaps.count(holes),
+        "missing": gaps.text(holes) if holes else None,
         "events": len(events),
     })
     return head
 
 
+def missing_ranges(events: list[dict]) -> list[tuple[int, int]]:
+    """The `ei` ranges the events read lack, from session.start (0) to session.end, or to the
+    last one read while there is no end."""
+    seen = gaps.Eis()
+    end = None
+    for e in events:
+        seen.add(e.get("ei"))
+        if e.get("event") == END and isinstance(e.get("ei"), int):
+            end = e["ei"]
+    return seen.gaps(end)
+
+
 def missing_events(events: list[dict]) -> int:
-    """How many `ei` numbers between the first and the last are not in the files read."""
-    eis = sorted({e["ei"] for e in events if isinstance(e.get("ei"), int)})
-    return (eis[-1] - eis[0] + 1 - len(eis)) if eis else 0
+    return gaps.count(missing_ranges(events))

@@ -33,6 +33,8 @@ class AuditLog:
         self._clock = clock
         self._fd = -1
         self._path = ""
+        self._lines = 0       # written by us to the file open now
+        self._removed = 0     # written by us to files someone removed since
         # Open now, so an unwritable log stops the session before it starts rather than mid-way.
         self._open(self._current_path())
 
@@ -44,13 +46,28 @@ class AuditLog:
         if not lines:
             return
         path = self._current_path()
-        if path != self._path or not self._still_open_at(path):
+        self._notice_removal()
+        if path != self._path:
             self._open(path)
         try:
             _locked_append(self._fd, b"".join(lines),
                            announce and functools.partial(announce, self._path, *self._dev_ino))
         except OSError as err:
             raise self._error(self._path, err) from None
+        self._lines += len(lines)
+
+    def removed(self) -> int:
+        """How many of the lines written here went with a file someone removed (or replaced by
+        another) while we wrote it; a file renamed away (logrotate) still holds them."""
+        self._notice_removal()
+        return self._removed
+
+    def _notice_removal(self) -> None:
+        if self._fd < 0 or self._still_open_at(self._path):
+            return
+        if os.fstat(self._fd).st_nlink == 0:
+            self._removed += self._lines
+        self.close()   # the next write makes the file again, where readers look
 
     def close(self) -> None:
         """Close the day file; a later write() opens the current one again."""
@@ -92,6 +109,7 @@ class AuditLog:
         self.close()
         st = os.fstat(fd)
         self._fd, self._path, self._dev_ino = fd, path, (st.st_dev, st.st_ino)
+        self._lines = 0
 
     def _point_symlink(self, path: str) -> None:
         link = layout.current_link(self._log_dir)

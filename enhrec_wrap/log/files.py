@@ -10,6 +10,7 @@ import os
 import stat
 
 from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.host import paths
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -30,7 +31,22 @@ _DEFAULT_FIX = "check that {dir} is a writable local directory"
 
 def error(what: str, err: OSError, directory: str) -> EnhrecError:
     """`<what>: <why>: <how to fix it>` for a failed operation on a file in `directory`."""
-    return EnhrecError(f"{what}: {_reason(err)}: {_fix(err, directory)}")
+    return EnhrecError(f"{what}: {reason_and_fix(err, directory)}")
+
+
+def reason_and_fix(err: OSError, directory: str) -> str:
+    """`<why>: <how to fix it>`: what is really wrong with `directory` when errno does not say
+    it (a kernel file system answers ENOENT, a file where a directory belongs EEXIST)."""
+    pseudo = paths.pseudo_file_system(directory)
+    if pseudo:
+        return (f"{paths.nearest_existing(directory)} is on a {pseudo} file system, which cannot "
+                "hold the audit log: set teleport.data_dir to a directory on a disk")
+    if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
+        blocker = paths.not_a_directory(directory)
+        if blocker:
+            return (f"{blocker[0]} is {blocker[1]}, not a directory: move it away, or set "
+                    "teleport.data_dir elsewhere")
+    return f"{_reason(err)}: {_fix(err, directory)}"
 
 
 def _reason(err: OSError) -> str:

@@ -1,13 +1,17 @@
 """Streaming readers over the audit log: the daily files and the per-session gzip files.
 
 Nothing here loads a whole file: lines are read, decompressed and parsed one at a time, so the
-commands that use these work on logs of any size. Readers are tolerant, because the files they
-read may be cut short by a crash or a full disk: a line that is not a JSON object is counted and
-skipped, a line still being written (no newline yet) is left for later, and a gzip stream that
-ends early (a recorder that died never writes the trailer) ends where its data ends.
+commands that use these work on logs of any size, and on hostile ones. Readers are tolerant,
+because the files they read may be cut short by a crash or a full disk, or be damaged: a line
+that is not a JSON object is counted and skipped, and so is a line longer than MAX_LINE_BYTES
+(without ever being held whole); a line still being written (no newline yet) is left for later;
+a gzip stream that ends early (a recorder that died never writes the trailer) ends where its
+data ends; a file that is not a regular file (a FIFO would block the reader forever), not gzip,
+or damaged is named in Stats.skipped_files, with what was done about it.
 """
 
 import os
+import stat
 import zlib
 from dataclasses import dataclass, field
 
@@ -17,14 +21,84 @@ from enhrec_wrap.log import layout
 
 _CHUNK = 1 << 20
 _DAY = 86400
+# The longest event line the recorder writes is an exec with 32 KiB of arguments, each byte
+# escaped (\\xNN in JSON, 5 bytes): about 170 KB; session.start's command is cut at 64 KiB
+# (lifecycle.py), about 520 KB at worst. Anything longer is not an event of ours.
+MAX_LINE_BYTES = 1 << 20
+# What one zlib call may produce: a gzip bomb inflates 1,000 times, and is read in pieces.
+_INFLATE_BYTES = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
 class Stats:
     """What was read, and what had to be skipped."""
     bytes_read: int = 0
-    corrupt_lines: int = 0
-    truncated_files: list = field(default_factory=list)
+    corrupt_lines: int = 0          # lines that are not a JSON object
+    long_lines: int = 0             # lines longer than MAX_LINE_BYTES, skipped unread
+    truncated_files: list = field(default_factory=list)   # ending in an unfinished line or stream
+    skipped_files: list = field(default_factory=list)     # (path, what was wrong and done)
+
+
+def open_regular(path: str, stats: Stats):
+    """A binary file object of `path`, or None (named in stats) when it is not a regular file.
+    O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        stats.skipped_files.append((path, f"{_kind_of(mode)}, not a regular file: skipped"))
+        return None
+    return open(fd, "rb")
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+class LineSplitter:
+    """Whole lines out of a stream of chunks. A line longer than MAX_LINE_BYTES is counted in
+    stats.long_lines and dropped as it streams by, so no more than that is ever held."""
+
+    def __init__(self, stats: Stats):
+        self.stats = stats
+        self.pending = bytearray()
+        self.skipping = False   # inside a line already counted as too long
+
+    def feed(self, data: bytes) -> list[bytes]:
+        lines = []
+        at = 0
+        while True:
+            end = data.find(b"\n", at)
+            if end < 0:
+                break
+            if self.skipping:
+                self.skipping = False
+            elif len(self.pending) + end + 1 - at > MAX_LINE_BYTES:
+                self.stats.long_lines += 1
+            elif self.pending:
+                lines.append(bytes(self.pending) + data[at:end + 1])
+            else:
+                lines.append(data[at:end + 1])
+            self.pending.clear()
+            at = end + 1
+        if not self.skipping and at < len(data):
+            if len(self.pending) + len(data) - at > MAX_LINE_BYTES:
+                self.stats.long_lines += 1
+                self.pending.clear()
+                self.skipping = True
+            else:
+                self.pending += data[at:]
+        return lines
+
+    def unfinished(self) -> bool:
+        """Whether the stream ended inside a line (a write in progress, or cut by a crash)."""
+        return bool(self.pending) or self.skipping
 
 
 # --- lines ----------------------------------------------------------------------------------
@@ -33,69 +107,104 @@ def day_file_lines(path: str, stats: Stats | None = None, start: int = 0):
     """Whole lines of a daily file from byte `start`; a last line without its newline is a
     write in progress (or one cut by a crash) and is not returned."""
     stats = stats if stats is not None else Stats()
-    with open(path, "rb") as f:
+    f = open_regular(path, stats)
+    if f is None:
+        return
+    lines = LineSplitter(stats)
+    with f:
         if start:
             f.seek(start)
-        for line in f:
-            stats.bytes_read += len(line)
-            if line.endswith(b"\n"):
-                yield line
-            else:
-                stats.truncated_files.append(path)
+        while data := f.read(_CHUNK):
+            stats.bytes_read += len(data)
+            yield from lines.feed(data)
+    if lines.unfinished():
+        stats.truncated_files.append(path)
 
 
 def gz_lines(path: str, stats: Stats | None = None):
     """Whole lines of a gzip file, which may hold several members and may end early."""
     stats = stats if stats is not None else Stats()
-    pending = b""
+    f = open_regular(path, stats)
+    if f is None:
+        return
+    lines = LineSplitter(stats)
     unzip = None
-    cut = False
-    with open(path, "rb") as f:
-        while not cut:
-            data = f.read(_CHUNK)
-            if not data:
-                break
+    offset = 0          # bytes of the file zlib has taken so far
+    damaged = None      # where the data stopped being valid
+    magic = b""
+    with f:
+        while damaged is None and (data := f.read(_CHUNK)):
             stats.bytes_read += len(data)
-            while data:
+            magic = magic or data[:2]
+            while damaged is None:
                 if unzip is None:
+                    if not data:
+                        break
                     unzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 saved = unzip.copy()
                 try:
-                    pending += unzip.decompress(data)
-                    data = unzip.unused_data if unzip.eof else b""
-                    if unzip.eof:
-                        unzip = None   # the next member, if any, starts in `data`
+                    out = unzip.decompress(data, _INFLATE_BYTES)
                 except zlib.error:
-                    # A damaged tail: what came before it is still good, but zlib dropped the
-                    # output of the whole call, so feed it again in small pieces.
-                    pending += _salvage(saved, data)
-                    cut, data = True, b""
-                end = pending.rfind(b"\n")
-                if end >= 0:
-                    yield from pending[:end + 1].splitlines(keepends=True)
-                    pending = pending[end + 1:]
-    if cut or pending or unzip is not None:
+                    # What came before the damage is still good, but zlib dropped the output of
+                    # the whole call: feed it again in small pieces.
+                    good = [0]
+                    for out in _salvage(saved, data, good):
+                        yield from lines.feed(out)
+                    damaged = offset + good[0]
+                    break
+                if unzip.eof:
+                    offset += len(data) - len(unzip.unused_data)
+                    data, unzip = unzip.unused_data, None   # the next member, if any
+                else:
+                    offset += len(data) - len(unzip.unconsumed_tail)
+                    data = unzip.unconsumed_tail
+                yield from lines.feed(out)
+                # A full output may leave more inside zlib even when all input was taken.
+                if not data and len(out) < _INFLATE_BYTES:
+                    break
+    if damaged is not None and magic != _GZIP_MAGIC:
+        stats.skipped_files.append((path, "not a gzip file: skipped"))
+    elif damaged is not None:
+        stats.skipped_files.append(
+            (path, f"damaged at byte {damaged}: read up to its last complete line before it"))
+    elif lines.unfinished() or unzip is not None:
         # An unfinished member (no trailer): a live session, or one whose recorder died.
         stats.truncated_files.append(path)
 
 
-def _salvage(unzip, data: bytes) -> bytes:
-    """What `data` decompresses to up to the first byte that is not valid."""
-    out = bytearray()
+def _salvage(unzip, data: bytes, good: list):
+    """What `data` decompresses to up to the first byte that is not valid, in pieces of at most
+    ~4 MiB (4 KiB of input); good[0] is set to how many bytes of `data` were valid."""
     for start in range(0, len(data), 4096):
         piece = data[start:start + 4096]
         saved = unzip.copy()
         try:
-            out += unzip.decompress(piece)
+            out = _inflate_all(unzip, piece)
         except zlib.error:
             unzip = saved
+            out = bytearray()
             for i in range(len(piece)):
                 try:
-                    out += unzip.decompress(piece[i:i + 1])
+                    out += _inflate_all(unzip, piece[i:i + 1])
                 except zlib.error:
                     break
-            break
+                good[0] += 1
+            yield bytes(out)
+            return
+        good[0] += len(piece)
+        yield out
         if unzip.eof:
+            good[0] -= len(unzip.unused_data)
+            return
+
+
+def _inflate_all(unzip, data: bytes) -> bytes:
+    out = bytearray()
+    while not unzip.eof:
+        piece = unzip.decompress(data, _INFLATE_BYTES)
+        out += piece
+        data = unzip.unconsumed_tail
+        if not data and len(piece) < _INFLATE_BYTES:
             break
     return bytes(out)
 
@@ -178,17 +287,39 @@ class LogDir:
                     sids[sid] = directory
         return sids
 
-    def event_parts(self, sid: str, directory: str | None = None) -> list[str]:
-        """The session's events.gz parts in order: those in its index, and any on disk that the
-        index misses (an index line lost to a full disk)."""
+    def event_parts(self, sid: str, directory: str | None = None,
+                    stats: Stats | None = None) -> list[str]:
+        """The session's events.gz parts in order: those on disk, whether or not its index
+        lists them (an index line lost to a full disk, an index removed). A part the index
+        lists that is not on disk is named in stats."""
         directories = [directory] if directory else self._session_file_dirs()
         parts = {}
+        listed = {}
         for d in directories:
             for name in _listdir(d):
                 found = layout.parse_stream_file(name)
                 if found and found.sid == sid and found.stream == layout.ALL_EVENTS:
                     parts[found.part] = os.path.join(d, name)
+            if stats is not None:
+                listed.update(_indexed_parts(d, sid, stats))
+        for part, path in sorted(listed.items()):
+            if part not in parts:
+                stats.skipped_files.append((path, "listed in the session's index, but not there"))
         return [parts[p] for p in sorted(parts)]
+
+    def last_change(self, sid: str, directory: str | None = None) -> float:
+        """When the session's events files were last written to (0 when it has none)."""
+        return max((_mtime(p) for p in self.event_parts(sid, directory)), default=0.0)
+
+    def start_time(self, sid: str, directory: str | None = None,
+                   stats: Stats | None = None) -> str | None:
+        """The `time` of the session's first stored event (its session.start), from the first
+        lines of its first part only."""
+        for path in self.event_parts(sid, directory)[:1]:
+            for event, _ in events_of(gz_lines(path, stats), stats):
+                t = event.get("time")
+                return t if isinstance(t, str) else None
+        return None
 
     def _session_file_dirs(self) -> list[str]:
         return [layout.session_files_dir(self.path, s) for s in self.server_ids()]
@@ -201,6 +332,29 @@ def _sid_of_events_part(name: str) -> str | None:
     return found.sid
 
 
+def _indexed_parts(directory: str, sid: str, stats: Stats) -> dict[int, str]:
+    """part -> path of the events parts the session's index lists (names checked: an index
+    line never points outside the directory)."""
+    listed = {}
+    try:
+        lines = list(day_file_lines(os.path.join(directory, layout.index_file_name(sid)), stats))
+    except FileNotFoundError:
+        return listed
+    for event, _ in events_of(lines, stats):
+        name = event.get("file_name")
+        found = layout.parse_stream_file(name) if isinstance(name, str) else None
+        if found and found.sid == sid and found.stream == layout.ALL_EVENTS:
+            listed[found.part] = os.path.join(directory, name)
+    return listed
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
 def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
@@ -210,20 +364,29 @@ def _listdir(path: str) -> list[str]:
 
 def session_events(log: LogDir, sid: str, stats: Stats | None = None, directory: str | None = None):
     """The session's events from its session files, in `ei` order."""
-    events = []
-    for path in log.event_parts(sid, directory):
-        for event, _ in events_of(gz_lines(path, stats), stats):
-            if event.get("sid") == sid:
-                events.append(event)
-    events.sort(key=_ei)
-    return events
+    return [event for event, _ in session_lines(log, sid, stats, directory)]
+
+
+def session_lines(log: LogDir, sid: str, stats: Stats | None = None, directory: str | None = None):
+    """(event, line) of the session's events from its session files, in `ei` order."""
+    found = []
+    for path in log.event_parts(sid, directory, stats):
+        try:
+            for event, line in events_of(gz_lines(path, stats), stats):
+                if event.get("sid") == sid:
+                    found.append((event, line))
+        except FileNotFoundError:
+            if stats is not None:
+                stats.skipped_files.append((path, "removed while it was being read"))
+    found.sort(key=lambda pair: _ei(pair[0]))
+    return found
 
 
 def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None = None,
-               must_contain: tuple[bytes, ...] = (), progress=None, also_keep: bytes | None = None):
+               must_contain: tuple[bytes, ...] = (), progress=None):
     """(event, line) from the daily files in [first_day, last_day], oldest file first.
-    Lines lacking any of `must_contain` are skipped before they are parsed (a cheap pre-filter),
-    unless they contain `also_keep`."""
+    Lines lacking any of `must_contain` are skipped before they are parsed (a cheap pre-filter
+    for the lines of one session: a damaged line is counted only when it names it)."""
     stats = stats if stats is not None else Stats()
     files = log.day_files(first_day, last_day)
     total = sum(_size(path) for _, path in files)
@@ -237,8 +400,7 @@ def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None =
                 if progress and n % 4096 == 0:
                     progress.update(done + stats.bytes_read - before, os.path.basename(path))
                 if must_contain and not all(needle in line for needle in must_contain):
-                    if also_keep is None or also_keep not in line:
-                        continue
+                    continue
                 event = parse(line, stats)
                 if event is not None:
                     yield event, line
@@ -261,42 +423,71 @@ def _ei(event: dict) -> int:
     return ei if isinstance(ei, int) else -1
 
 
-def reverse_lines(path: str, end: int | None = None, block: int = 1 << 16):
+def reverse_lines(path: str, end: int | None = None, block: int = 1 << 16,
+                  stats: Stats | None = None):
     """Whole lines of a file before byte `end` (default: all), from the last to the first, read
-    backwards block by block."""
-    with open(path, "rb") as f:
+    backwards block by block. A line longer than MAX_LINE_BYTES is counted and skipped as it is
+    read, never held whole."""
+    stats = stats if stats is not None else Stats()
+    f = open_regular(path, stats)
+    if f is None:
+        return
+    with f:
         size = f.seek(0, os.SEEK_END)
         end = size if end is None else min(end, size)
-        tail = b""
-        complete = False
+        # The end of the line whose start is in an earlier block: its bytes from there on, with
+        # its newline; `terminated` is False while that is the unfinished last line of the file.
+        suffix, terminated, skipping = b"", False, False
         while end > 0:
             start = max(0, end - block)
             f.seek(start)
-            data = f.read(end - start) + tail
+            data = f.read(end - start)
             end = start
-            if not complete:
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    tail = b""   # all of it belongs to a line still being written
-                    continue
-                data = data[:cut]
-                complete = True
-            lines = data.split(b"\n")
-            # The first piece may have begun in the block before this one.
-            tail = lines.pop(0) if start > 0 else b""
-            for line in reversed(lines):
-                yield line + b"\n"
+            stats.bytes_read += len(data)
+            parts = data.split(b"\n")
+            if len(parts) > 1:
+                last = _whole_line(parts[-1] + suffix, terminated, skipping, stats)
+                if last:
+                    yield last
+                for part in reversed(parts[1:-1]):
+                    line = _whole_line(part + b"\n", True, False, stats)
+                    if line:
+                        yield line
+                suffix, terminated, skipping = parts[0] + b"\n", True, False
+            elif not skipping:
+                suffix = data + suffix
+            if not skipping and len(suffix) > MAX_LINE_BYTES:
+                suffix, skipping = b"", True
+        if suffix or skipping:   # the file's first line
+            first = _whole_line(suffix, terminated, skipping, stats)
+            if first:
+                yield first
+
+
+def _whole_line(line: bytes, terminated: bool, skipped: bool, stats: Stats) -> bytes | None:
+    """`line` when it is one to give: not the unfinished last one, not one too long."""
+    if not terminated:
+        return None
+    if skipped or len(line) > MAX_LINE_BYTES:
+        stats.long_lines += 1
+        return None
+    return line
 
 
 class Follower:
     """The lines appended to events.log, following it to the next day's file at midnight."""
 
-    def __init__(self, log: LogDir, from_end: bool = True):
+    # Read at most this much per poll, so that a huge append is taken in steps.
+    MAX_READ = 16 << 20
+
+    def __init__(self, log: LogDir, from_end: bool = True, stats: Stats | None = None):
         self.log = log
         self.path = None
         self.offset = 0
-        self.pending = b""
         self.from_end = from_end
+        self.stats = stats if stats is not None else Stats()
+        self.lines = LineSplitter(self.stats)
+        self.file_id = None   # (st_dev, st_ino) of the file being read
 
     def poll(self) -> list[bytes]:
         current = self.log.current_file()
@@ -310,25 +501,26 @@ class Follower:
         if current is not None and current != self.path:
             # events.log moved on (a new day): the old file may still get a last batch from a
             # writer that opened it before midnight, read just now; then start the new one.
-            self.path, self.offset, self.pending = current, 0, b""
+            self.path, self.offset, self.lines = current, 0, LineSplitter(self.stats)
             lines += self._read_new()
         return lines
 
     def _read_new(self) -> list[bytes]:
         try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                if size < self.offset:
-                    self.offset, self.pending = 0, b""   # truncated or replaced
-                f.seek(self.offset)
-                data = f.read()
+            f = open_regular(self.path, self.stats)
         except FileNotFoundError:
             return []
-        self.offset += len(data)
-        data = self.pending + data
-        end = data.rfind(b"\n")
-        if end < 0:
-            self.pending = data
+        if f is None:
             return []
-        self.pending = data[end + 1:]
-        return data[:end + 1].splitlines(keepends=True)
+        with f:
+            st = os.fstat(f.fileno())
+            size = f.seek(0, os.SEEK_END)
+            if size < self.offset or (st.st_dev, st.st_ino) != self.file_id:
+                if self.file_id is not None or not self.from_end:
+                    self.offset = 0   # truncated, or another file under the name (logrotate)
+                self.lines = LineSplitter(self.stats)
+                self.file_id = (st.st_dev, st.st_ino)
+            f.seek(self.offset)
+            data = f.read(self.MAX_READ)
+        self.offset += len(data)
+        return self.lines.feed(data)

@@ -13,9 +13,12 @@ every written event is readable; only the trailer is missing, and the readers (a
 `zcat`) stop at the end of what is there. A normal end writes the trailer. The daily file, which
 the recorder writes first and directly, holds everything the store had not yet written.
 
-Part 0 is the only part of a healthy session. When a write fails (disk full), the failed stream
-is cut back to its last complete batch and never written again; the next batch for it goes to a
-new part, listed in the index with the `ei` it starts at, as the reference lists its parts.
+Part 0 is the only part of a healthy session. A batch is in all of its files or in none: when a
+write fails (disk full), every file the batch went to is cut back to its last complete batch, and
+a stream cut back is never written again; the next batch for it goes to a new part, listed in the
+index with the `ei` it starts at, as the reference lists its parts. A part (and its index line)
+made for a batch that then failed is taken away again, so a disk that stays full makes no empty
+parts, and what a failure costs is exactly the events of the batches that failed.
 
 The lock file says "this session has not been ended": it is created (and flock-ed by the
 recorder for as long as it runs) before anything else, and removed only once session.end is
@@ -116,6 +119,11 @@ class OpenLock:
             return None
         return cls(path, fd)
 
+    def gone(self) -> bool:
+        """Whether someone removed our lock file (or put another in its place): a session
+        without one would not be found by recovery if its recorder died."""
+        return not _still_there(self.fd, self.path)
+
     def release(self, ended: bool) -> None:
         """Ended: the file goes (there is nothing to repair). Else it stays, unheld, for recovery."""
         if self.fd < 0:
@@ -183,16 +191,37 @@ class _GzStream:
     once written (a recorder that dies leaves only whole members, and at most a torn last one),
     and a batch of one kind of event is compressed once for events.gz and for its kind's file."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, stream: str, part: int, first_ei: int):
         self.path = path
+        self.stream = stream
+        self.part = part
+        self.first_ei = first_ei   # its index line's `index`
+        self.events = 0            # for the file of every event: how many it holds
         self.fd = open_private_file(path)
-        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        self.size = self.opened_at = os.lseek(self.fd, 0, os.SEEK_END)
         self.broken = False
         if self.size == 0:
-            self._put(gzip_member(b""))   # a valid gzip file from the start, even if empty
+            try:
+                self._put(gzip_member(b""))   # a valid gzip file from the start, even if empty
+            except OSError:
+                _discard(self)
+                raise
 
     def append(self, member: bytes) -> None:
         self._put(member)
+
+    def gone(self) -> bool:
+        return not _still_there(self.fd, self.path)
+
+    def cut_back(self, size: int) -> None:
+        """Back to `size`, the end of an earlier batch: what is there stays a readable file.
+        It is written no more (broken): the stream goes on in a new part."""
+        self.broken = True
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError:
+            pass   # best effort while already failing; the caller reports the write error
+        self.size = size
 
     def finish(self) -> None:
         os.close(self.fd)
@@ -201,12 +230,7 @@ class _GzStream:
         try:
             write_all(self.fd, chunk)
         except OSError:
-            # Back to the end of the last whole batch: what is there stays a readable file.
-            self.broken = True
-            try:
-                os.ftruncate(self.fd, self.size)
-            except OSError:
-                pass
+            self.cut_back(self.size)
             raise
         self.size += len(chunk)
 
@@ -225,11 +249,13 @@ class SessionStore:
     def __init__(self, log_dir: str, server_id: str, sid: str, lock: OpenLock | None):
         self.dir = layout.session_files_dir(log_dir, server_id)
         self.server_dir = layout.server_dir(log_dir, server_id)
+        self.log_dir, self.server_id = log_dir, server_id
         self.sid = sid
         self.lock = lock
         self._streams: dict[str, _GzStream] = {}
         self._parts: dict[str, int] = {}
         self._index_fd = -1
+        self._index_size = 0
         self._started = False
         self._worker = None
         self._cond = threading.Condition()
@@ -239,6 +265,7 @@ class SessionStore:
         self._stopping = False
         self._failure = None        # the first failure not reported yet
         self._failed_events = 0     # the events it, and those after it, cost
+        self._removed = 0           # events that went with an events file someone removed
 
     @classmethod
     def create(cls, log_dir: str, server_id: str, sid: str) -> "SessionStore":
@@ -285,6 +312,19 @@ class SessionStore:
                 self._cond.wait()
         self._raise_failure()
 
+    def removed_events(self) -> int:
+        """After flush(): how many events were in events files someone removed (or replaced)
+        under us; each time, the stream went on in a new part."""
+        self._notice_removed()
+        return self._removed
+
+    def renew_lock(self) -> None:
+        """A new lock file in place of ours, which someone removed (OpenLock.gone)."""
+        old = self.lock
+        self.lock = OpenLock.create(self.log_dir, self.server_id, self.sid)
+        os.close(old.fd)
+        old.fd = -1
+
     def _raise_failure(self) -> None:
         with self._cond:
             failure, count = self._failure, self._failed_events
@@ -319,6 +359,7 @@ class SessionStore:
         """kinds[i] is (ei, event type) of lines[i]. Each batch is compressed once for
         events.gz, and again only for the kinds that are not all of it (a burst of one kind,
         the bulk of a busy session, costs one compression, not two: docs/PERFORMANCE.md)."""
+        self._notice_removed()
         batch_start = kinds[0][0]
         whole = gzip_member(b"".join(lines))
         batches = {ALL_EVENTS: (batch_start, whole)}
@@ -328,22 +369,61 @@ class SessionStore:
                 batches[stream] = (batch_start, whole)
             elif picked:
                 batches[stream] = (picked[0][0], gzip_member(b"".join(l for _, l in picked)))
-        failure = None
         if not self._streams and not self._parts:
             # All four files from the first event on, so every session has the same layout.
             for stream in KIND_STREAMS:
                 batches.setdefault(stream, (batch_start, None))
-        for stream, (first_ei, member) in batches.items():
-            try:
-                gz = self._stream(stream, first_ei)
-                if member is not None:
+        taken = []   # (stream, its file, its size before the batch, made for the batch)
+        index_size = self._index_size
+        try:
+            for stream, (first_ei, member) in batches.items():
+                gz, made = self._stream(stream, first_ei)
+                taken.append((stream, gz, gz.size, made))
+                if member is None:
+                    continue
+                try:
                     gz.append(member)
-            except OSError as err:
-                failure = failure or self._error(self._path(stream), err)
-            except EnhrecError as err:
-                failure = failure or err
-        if failure:
-            raise failure
+                except OSError as err:
+                    raise self._error(gz.path, err) from None
+            if self._index_fd < 0:   # removed alone: written again whole
+                self._open_index()
+        except EnhrecError:
+            self._take_back(taken, index_size)
+            raise
+        for stream, gz, _, _ in taken:
+            gz.events += len(lines) if stream == ALL_EVENTS else 0
+
+    def _notice_removed(self) -> None:
+        """Files of ours that someone removed (rm -rf of the log, a cleanup job) or replaced:
+        appending to them would lose every later event without a word. Each stream goes on in
+        a new part; what an events file held is counted (a renamed one still holds it)."""
+        for stream, gz in list(self._streams.items()):
+            if gz.gone():
+                if stream == ALL_EVENTS and os.fstat(gz.fd).st_nlink == 0:
+                    self._removed += gz.events
+                self._streams.pop(stream)
+                os.close(gz.fd)
+                self._parts[stream] = gz.part + 1
+        if self._index_fd >= 0 and not _still_there(self._index_fd, self._index_path()):
+            os.close(self._index_fd)
+            self._index_fd, self._index_size = -1, 0
+
+    def _open_index(self) -> None:
+        try:
+            self._ensure_index()
+        except OSError as err:
+            raise self._error(self._index_path(), err) from None
+
+    def _take_back(self, taken: list, index_size: int) -> None:
+        """Out of every file again, the batch that failed in one: each holds the same events,
+        and the failure costs exactly the batch's."""
+        for stream, gz, size, made in taken:
+            if made:
+                self._streams.pop(stream)
+                _discard(gz)
+            else:
+                gz.cut_back(size)
+        self._cut_index(index_size)
 
     def close(self, ended: bool) -> None:
         """Writes what is pending and finishes every stream. `ended`: session.end is written (or
@@ -374,34 +454,59 @@ class SessionStore:
         if failure:
             raise failure
 
-    def _stream(self, stream: str, first_ei: int) -> _GzStream:
+    def _stream(self, stream: str, first_ei: int) -> tuple[_GzStream, bool]:
+        """The stream's current file, and whether it was made now (for this batch)."""
         current = self._streams.get(stream)
         if current is not None and not current.broken:
-            return current
+            return current, False
         if current is not None:
             self._streams.pop(stream).finish()
             self._parts[stream] = self._parts.get(stream, 0) + 1
         part = self._parts.setdefault(stream, 0)
         path = self._path(stream)
+        # Part 0 starts the session (index 0); a later part where its first event is.
+        first_ei = first_ei if part else 0
         try:
             self._ensure_index()
-            new = _GzStream(path)
+            new = _GzStream(path, stream, part, first_ei)
         except OSError as err:
             raise self._error(path, err) from None
         try:
-            # Part 0 starts the session (index 0); a later part where its first event is.
-            write_all(self._index_fd, index_line(self.sid, part, stream, first_ei if part else 0))
+            write_all(self._index_fd, index_line(self.sid, part, stream, first_ei))
         except OSError as err:
-            os.close(new.fd)   # still empty: a reader finds no events in it
+            _discard(new)
+            self._cut_index(self._index_size)
             raise self._error(self._index_path(), err) from None
+        self._index_size = os.lseek(self._index_fd, 0, os.SEEK_END)
         self._streams[stream] = new
-        return new
+        return new, True
 
     def _ensure_index(self) -> None:
+        """The index open; made again when someone removed it, listing the parts being
+        written (those before it went with it)."""
         if self._index_fd >= 0:
             return
         ensure_private_dirs(self.server_dir, self.dir)
         self._index_fd = open_private_file(self._index_path())
+        for gz in self._streams.values():
+            write_all(self._index_fd, index_line(self.sid, gz.part, gz.stream, gz.first_ei))
+        self._index_size = os.lseek(self._index_fd, 0, os.SEEK_END)
+
+    def _cut_index(self, size: int) -> None:
+        """The index back to `size`: no line for a part that is not there, nor half of one."""
+        if self._index_fd < 0:
+            return
+        try:
+            os.ftruncate(self._index_fd, size)
+        except OSError:
+            return   # best effort while already failing
+        self._index_size = size
+        if size == 0:
+            # Made for this batch: it goes, and is made again, whole, by the next one (a
+            # session whose first batch failed, and never started, leaves nothing).
+            os.close(self._index_fd)
+            self._index_fd = -1
+            _unlink_quietly(self._index_path())
 
     def _index_path(self) -> str:
         return os.path.join(self.dir, layout.index_file_name(self.sid))
@@ -412,3 +517,31 @@ class SessionStore:
 
     def _error(self, path: str, err: OSError) -> EnhrecError:
         return error(f"cannot write the session file {path}", err, self.dir)
+
+
+def _still_there(fd: int, path: str) -> bool:
+    """Whether the file open at fd is still the one at path."""
+    try:
+        on_disk = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    ours = os.fstat(fd)
+    return ours.st_nlink > 0 and (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
+
+
+def _discard(gz: _GzStream) -> None:
+    """A part made for a batch that failed: it goes, as if never made (a file that was already
+    there is only cut back: what it held is not ours to remove)."""
+    if gz.opened_at:
+        gz.cut_back(gz.opened_at)
+        os.close(gz.fd)
+        return
+    os.close(gz.fd)
+    _unlink_quietly(gz.path)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import shlex
 import stat
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-serve
                 "/usr/libexec/sftp-server", "/usr/lib/ssh/sftp-server")
 # sshd writes a few lines per authentication method; anything larger is not its file.
 MAX_AUTH_INFO_BYTES = 64 * 1024
+# What sshd writes in SSH_CONNECTION: IPv4 or IPv6 addresses (an IPv6 one may carry a zone) and
+# ports. Anything else did not come from sshd, and is not recorded as where a login came from.
+_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}(%[\w.-]{1,32})?")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,8 @@ def addresses(connection: str) -> dict:
     """`addr.remote` and `addr.local` ("ip:port", IPv6 in brackets, as Go prints them) from
     SSH_CONNECTION="client_ip client_port server_ip server_port"; {} when it is not that."""
     parts = connection.split()
-    if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit():
+    if (len(parts) != 4 or not all(_ADDRESS.fullmatch(p) for p in parts[::2])
+            or not all(_PORT.fullmatch(p) for p in parts[1::2])):
         return {}
     return {"addr.remote": host_port(parts[0], parts[1]),
             "addr.local": host_port(parts[2], parts[3])}

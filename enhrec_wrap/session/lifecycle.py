@@ -49,6 +49,10 @@ FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 # Everything the child must get back to default: Python ignores SIGPIPE and SIGXFSZ itself.
 CHILD_DEFAULT_SIGNALS = TERMINAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ)
 KEPT_ENVIRONMENT = ("TERM", "LANG")
+# session.start's initial_command keeps this much of the command (its bytes and one for each
+# argument's end, as the kernel counts them): 2 MiB of arguments, escaped, would make a line of
+# 10 MB, longer than readers take (reader.MAX_LINE_BYTES). The exec events hold 32 KiB.
+MAX_INITIAL_COMMAND_BYTES = 64 << 10
 USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -107,6 +111,7 @@ class Session:
         self.write_failures = 0
         self.unwritten = {}          # sink -> events it could not take
         self.ended = False           # session.end is in both sinks
+        self.logged = False          # a sink took a batch: there is a session to end
         self.end_reason = END_EXITED
         self.factory = events.EventFactory(self.sid, self.server_id, config.nodename,
                                            request.account.name, request.user, config.cluster)
@@ -155,6 +160,9 @@ class Session:
             fields["cgroup_id"] = self.cgroup.id
         fields.update(self.request.connection_fields)
         fields.update(self.request.start_fields)
+        fields["initial_command"], cut = initial_command(fields["initial_command"])
+        if cut:
+            fields["initial_command_truncated"] = True
         self._write([self.factory.make(events.SESSION_START, self.start_ns, **fields)], strict=True)
 
     # -- the child ---------------------------------------------------------------------------
@@ -198,7 +206,8 @@ class Session:
         failure = _read_all(err_r)
         os.close(err_r)
         if failure:
-            kind, _, message = failure.decode(errors="replace").partition(":")
+            # A name that is not UTF-8 is shown with its bytes as \xNN, on one line.
+            kind, _, message = failure.decode(errors="backslashreplace").partition(":")
             return EnhrecError(message, Failure[kind])
         return None
 
@@ -303,6 +312,7 @@ class Session:
                             ("session_files", lambda: self.store.write(made, lines))):
             try:
                 write()
+                self.logged = True
             except EnhrecError as e:
                 if strict:
                     raise
@@ -312,6 +322,20 @@ class Session:
         ended = logged and made[-1]["event"] == events.SESSION_END[0]
         ledger.end_batch(self.unwritten.get("audit_log", 0),
                          self.unwritten.get("session_files", 0), ended)
+        if self.store.lock.gone():
+            self._renew_lock()
+
+    def _renew_lock(self):
+        """Someone removed the session's lock file (rm -rf of the log): without one, recovery
+        could not find the session if we died. A new one, handed to the watchdog too (a second
+        arm replaces what it holds)."""
+        try:
+            self.store.renew_lock()
+        except EnhrecError as e:
+            self._log_failed("session_files", e, 0)
+            return
+        if self.watchdog and self.watchdog.armed:
+            self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
 
     def _log_failed(self, sink, error, count):
         """`close` ends the session at the first failure (fail closed); `continue` keeps it and
@@ -354,13 +378,29 @@ class Session:
             fields["killed_processes"] = killed
             if not all(self._refusals()):
                 fields["partially_audited"] = True   # io_uring or 32-bit calls were allowed
+        self._count_store_failures()
         fields.update(session_stop=events.rfc3339(time.time_ns()), exit_status=exit_status,
                       end_reason=self.end_reason)
         if self.unwritten:
             fields["unwritten_events"] = dict(self.unwritten)
+        removed = {"audit_log": self.log.removed(), "session_files": self.store.removed_events()}
+        if any(removed.values()):
+            fields["removed_events"] = {k: v for k, v in removed.items() if v}
         failures = self.write_failures
         self._write([self.factory.make(events.SESSION_END, **fields)])
         self.ended = self.write_failures == failures
+
+    def _count_store_failures(self):
+        """Waits until every batch given to the store is in its files, or counted: it reports a
+        failure late (from its thread), and session.end must count them all."""
+        try:
+            self.store.flush()
+        except EnhrecError as e:
+            self._log_failed("session_files", e, e.unwritten)
+            # The last batch's end_batch again: only its counts change, so that the ledger has
+            # them should we die before session.end is written.
+            self.ledger.end_batch(self.unwritten.get("audit_log", 0),
+                                  self.unwritten.get("session_files", 0))
 
     def close(self):
         """Undo of everything set up: runs whatever happened before. The watchdog goes last: a
@@ -384,8 +424,9 @@ class Session:
             self.recording.close(None if watchdog_alive else self.config.idle_unload_seconds)
         self.log.close()
         try:
-            # Not ended (session.end missing somewhere): the lock file stays for recovery.
-            self.store.close(ended=self.ended)
+            # Not ended (session.end missing somewhere): the lock file stays for recovery. A
+            # session that logged nothing (it failed before its start) has nothing to repair.
+            self.store.close(ended=self.ended or not self.logged)
         except EnhrecError as e:
             self._log_failed("session_files", e, getattr(e, "unwritten", 0))
         if self.cgroup:
@@ -412,6 +453,20 @@ def run(config, request: Request, watchdog) -> int:
     if exec_failure:
         raise exec_failure
     return exit_status
+
+
+def initial_command(command: list[str]) -> tuple[list[str], bool]:
+    """The command as session.start records it: its first MAX_INITIAL_COMMAND_BYTES, and
+    whether it was cut."""
+    kept, size = [], 0
+    for arg in command:
+        raw = os.fsencode(arg)
+        if size + len(raw) + 1 > MAX_INITIAL_COMMAND_BYTES:
+            kept.append(os.fsdecode(raw[:MAX_INITIAL_COMMAND_BYTES - size - 1]))
+            return kept, True
+        kept.append(arg)
+        size += len(raw) + 1
+    return kept, False
 
 
 def exit_status_of(wait_status: int) -> int:
@@ -516,6 +571,6 @@ def _find_program(path, search_path):
 
 def _report(fd, failure, message):
     try:
-        os.write(fd, f"{failure.name}:{message}".encode())
+        os.write(fd, f"{failure.name}:{message}".encode(errors="surrogateescape"))
     finally:
         os._exit(NOT_STARTED_STATUS.get(failure, NOT_STARTED_STATUS[Failure.FAILED]))

@@ -5,7 +5,9 @@ holds it from before its cgroup exists until after session.end is written, so a 
 be taken belongs to a recorder that is gone. For each stale session, repair:
   - takes the lock (so that two repairs never end the same session twice),
   - writes session.end with `incomplete: true` and `session_stop` = the last event seen, numbered
-    after the last `ei` found, to the daily log and the session files where it is missing,
+    after the last `ei` found, to the daily log and the session files where it is missing; when
+    one of the two has the session's own session.end (it ended while the disk was full), that
+    one is copied to the other instead, so that a session never has two,
   - kills and removes the session's cgroup, unless someone still holds it,
   - removes the lock file.
 Cgroups below <cgroup_path>/enhrec/ that no recorder holds (see watchdog.Watchdog) and that are
@@ -17,6 +19,8 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass, field
+
+import orjson
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.events import kinds
@@ -38,7 +42,8 @@ CONNECTION_FIELDS = ("addr.remote", "addr.local", "server_addr", "proto")
 @dataclass
 class Report:
     stale: list = field(default_factory=list)           # sids found without session.end
-    repaired: list = field(default_factory=list)        # sids given their session.end
+    repaired: list = field(default_factory=list)        # sids given an incomplete session.end
+    copied: list = field(default_factory=list)          # sids whose session.end was copied
     cgroups_removed: list = field(default_factory=list)  # cgroup paths killed and removed
     stale_cgroups: list = field(default_factory=list)   # cgroup paths found unheld
     registrations_dropped: list = field(default_factory=list)   # cgroup ids taken out of the programs
@@ -71,8 +76,11 @@ def repair(config) -> Report:
             _remove_cgroup(leaf, 0.0, report)
         ended = False
         try:
-            if end_session(config, server_id, sid):
+            outcome = end_session(config, server_id, sid)
+            if outcome == ENDED:
                 report.repaired.append(sid)
+            elif outcome == COPIED:
+                report.copied.append(sid)
             ended = True
         except (EnhrecError, OSError) as e:
             report.errors.append(f"session {sid}: {e}")
@@ -131,9 +139,10 @@ class _Seen:
     last_ei: int = -1
     last_time: str = ""
     has_end: bool = False
+    end_line: bytes = b""          # the session's session.end, as its line
     last_part: int = -1
 
-    def add(self, event: dict):
+    def add(self, event: dict, line: bytes):
         start = kinds.START
         if self.first is None or (event.get("event") == start and self.first.get("event") != start):
             self.first = event
@@ -145,28 +154,38 @@ class _Seen:
             self.last_time = t
         if event.get("event") == kinds.END:
             self.has_end = True
+            self.end_line = line
 
 
-def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
-    """Writes session.end {incomplete: true} where it is missing. The caller holds the lock.
-    Returns False when there was nothing to end (the session never wrote session.start)."""
+ENDED = "ended"     # given a session.end {incomplete: true}
+COPIED = "copied"   # its own session.end copied where it was missing
+
+
+def end_session(config, server_id: str, sid: str, clock=time.time) -> str | None:
+    """Writes session.end where it is missing: the session's own, when one sink has it, else
+    one with {incomplete: true}. The caller holds the lock. Returns ENDED, COPIED, or None when
+    there was nothing to end (no session.start, or both sinks have session.end)."""
     log = reader.LogDir(config.log_dir)
     directory = layout.session_files_dir(config.log_dir, server_id)
     stored = _Seen()
     for path in log.event_parts(sid, directory):
         stored.last_part = max(stored.last_part, _part_number(path))
-        for event, _ in reader.events_of(reader.gz_lines(path)):
+        for event, line in reader.events_of(reader.gz_lines(path)):
             if event.get("sid") == sid:
-                stored.add(event)
+                stored.add(event, line)
     daily = _Seen()
     needle = sid.encode()
-    for event, _ in reader.day_events(log, *_days_to_scan(config, server_id, sid, stored, clock),
+    for event, line in reader.day_events(log, *_days_to_scan(config, server_id, sid, stored, clock),
                                       must_contain=(needle,)):
         if event.get("sid") == sid:
-            daily.add(event)
+            daily.add(event, line)
     first = stored.first or daily.first
     if first is None or (stored.has_end and daily.has_end):
-        return False
+        return None
+    own = stored.end_line or daily.end_line
+    if own:
+        _write_end(config, server_id, sid, stored, daily, orjson.loads(own), own, clock)
+        return COPIED
     start = first if first.get("event") == kinds.START else {}
     factory = events.EventFactory(sid, server_id, first.get("server_hostname", config.nodename),
                                   first.get("login", ""), first.get("user", ""),
@@ -185,7 +204,12 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
         **{key: start[key] for key in CONNECTION_FIELDS if key in start},
     }
     end = factory.make(events.SESSION_END, int(clock() * 1e9), **fields)
-    line = events.encode(end)
+    _write_end(config, server_id, sid, stored, daily, end, events.encode(end), clock)
+    return ENDED
+
+
+def _write_end(config, server_id, sid, stored: _Seen, daily: _Seen, end: dict, line: bytes, clock):
+    """session.end to each sink that lacks one."""
     if not daily.has_end:
         audit = AuditLog(config.log_dir, server_id, clock=clock)
         try:
@@ -200,7 +224,6 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
             writer.write([end], [line])
         finally:
             writer.close(ended=True)
-    return True
 
 
 def _days_to_scan(config, server_id, sid, stored: _Seen, clock) -> tuple[str, str]:

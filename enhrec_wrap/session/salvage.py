@@ -49,16 +49,20 @@ def finish(session: dict, state: ledger.State, reason: str, killed: int, lock_fd
         with HostLock():
             host = HostPrograms.open(session["version"])
             rings = SessionRings.adopt(host, session["cgroup_id"]) if host else None
-        made, lost = _drain(state, host, rings, factory)
-        fields = dict(session["end_fields"], session_stop=events.rfc3339(time.time_ns()),
-                      incomplete=True, incomplete_reason=REASONS[reason], end_reason=reason,
-                      killed_processes=killed, **lost)
-        unwritten = {"audit_log": state.unwritten_log, "session_files": state.unwritten_files}
-        if any(unwritten.values()):
-            fields["unwritten_events"] = {k: v for k, v in unwritten.items() if v}
-        made.append(factory.make(events.SESSION_END, **fields))
-        _write(session, made)
-        ended = True
+        # A recorder that died closing, after its session.end was in the daily log, gets no
+        # second one, which would contradict it: the lock stays, and recovery copies that one
+        # to the session files if they lack it (recovery.end_session).
+        if not state.ended:
+            made, lost = _drain(state, host, rings, factory)
+            fields = dict(session["end_fields"], session_stop=events.rfc3339(time.time_ns()),
+                          incomplete=True, incomplete_reason=REASONS[reason], end_reason=reason,
+                          killed_processes=killed, **lost)
+            unwritten = {"audit_log": state.unwritten_log, "session_files": state.unwritten_files}
+            if any(unwritten.values()):
+                fields["unwritten_events"] = {k: v for k, v in unwritten.items() if v}
+            made.append(factory.make(events.SESSION_END, **fields))
+            _write(session, made)
+            ended = True
         if rings is not None:
             with HostLock():
                 rings.unregister()

@@ -147,8 +147,8 @@ def test_server_id_under_a_file_is_an_error(tmp_path):
         load_or_create_server_id(data_dir)
 
     assert str(exc.value) == (
-        f"cannot read or create the server id {data_dir}/host_uuid: Not a directory: "
-        f"make sure {data_dir} and its parents exist as directories, or set teleport.data_dir elsewhere"
+        f"cannot read or create the server id {data_dir}/host_uuid: {tmp_path}/file is a "
+        "regular file, not a directory: move it away, or set teleport.data_dir elsewhere"
     )
 
 
@@ -380,8 +380,8 @@ def test_unwritable_log_dir_fails_in_the_constructor(tmp_path):
         AuditLog(log_dir, SID, clock=fixed(NOON))
 
     assert str(exc.value) == (
-        f"cannot write the audit log {log_dir}/{SID}/{DAY_NAME}: Not a directory: "
-        f"make sure {log_dir} and its parents exist as directories, or set teleport.data_dir elsewhere"
+        f"cannot write the audit log {log_dir}/{SID}/{DAY_NAME}: {tmp_path}/data is a regular "
+        "file, not a directory: move it away, or set teleport.data_dir elsewhere"
     )
 
 
@@ -423,3 +423,44 @@ def test_events_log_that_is_not_a_symlink_is_kept_and_reported(tmp_path, log_dir
 def test_server_id_that_is_not_a_file_name_is_rejected(log_dir):
     with pytest.raises(ValueError):
         AuditLog(log_dir, "../elsewhere", clock=fixed(NOON))
+
+
+# --- the reason of a failed file operation ------------------------------------------------------
+
+def test_error_on_a_pseudo_file_system_names_it():
+    from enhrec_wrap.log import files
+    message = str(files.error("cannot create x", OSError(errno.ENOENT, "x"), "/proc/sys"))
+    assert message == ("cannot create x: /proc/sys is on a proc file system, which cannot hold "
+                       "the audit log: set teleport.data_dir to a directory on a disk")
+
+
+def test_error_below_a_regular_file_names_the_file(tmp_path):
+    from enhrec_wrap.log import files
+    (tmp_path / "plain").write_text("")
+    message = str(files.error("cannot create x", OSError(errno.ENOTDIR, "x"),
+                              str(tmp_path / "plain" / "log")))
+    assert message == (f"cannot create x: {tmp_path}/plain is a regular file, not a directory: "
+                       "move it away, or set teleport.data_dir elsewhere")
+
+
+# --- the day file removed or renamed under the recorder (issue 11) ----------------------------
+
+def test_removed_day_file_is_counted_and_made_again(log, log_dir):
+    log.write([b'{"a":1}\n', b'{"a":2}\n'])
+    log.write([b'{"a":3}\n'])
+    shutil.rmtree(log_dir)
+    assert log.removed() == 3
+    log.write([b'{"a":4}\n'])
+    assert log.removed() == 3
+    with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
+        assert f.read() == b'{"a":4}\n'
+
+
+def test_renamed_day_file_loses_nothing_and_counts_nothing(log, log_dir):
+    log.write([b'{"a":1}\n'])
+    day = os.path.join(log_dir, SID, DAY_NAME)
+    os.rename(day, day + ".1")   # logrotate
+    log.write([b'{"a":2}\n'])
+    assert log.removed() == 0
+    with open(day, "rb") as f:
+        assert f.read() == b'{"a":2}\n'

@@ -378,3 +378,45 @@ def test_path_with_spaces_is_quoted_in_the_fix(tmp_path):
     path.write_text("teleport: {}\n")
     path.chmod(0o664)
     assert f"chmod 644 '{path}'" in error_of(str(path))
+
+
+# --- refused: silly but valid YAML (issue 11) -----------------------------------------------
+
+@pytest.mark.parametrize("opening", ["[", "{a: "])
+def test_config_nested_100000_deep_is_one_line(write, opening):
+    path = write("teleport:\n  nodename: " + opening * 100_000 + "\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: line 2, column ")
+    assert f"nested more than {config.MAX_YAML_DEPTH} levels deep" in message
+
+
+def test_config_nested_as_deep_as_allowed_loads(write):
+    depth = config.MAX_YAML_DEPTH - 3   # the document, teleport: and the key's mapping
+    path = write("teleport:\n  log: " + "[" * depth + "]" * depth + "\n")
+    assert load_config(path).source == path
+
+
+def test_nodename_longer_than_a_hostname_is_refused(write):
+    path = write("teleport:\n  nodename: " + "n" * 10_000_000 + "\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: teleport.nodename: must be at most 253 bytes (a host "
+                              "name), got 10000000")
+    assert len(message) < 300
+    assert load_config(write("teleport:\n  nodename: " + "n" * 253 + "\n")).nodename == "n" * 253
+
+
+def test_nodename_with_a_control_character_is_refused(write):
+    path = write('teleport:\n  nodename: "vm\\x1b[2J"\n')
+    assert error_of(path) == (f"{path}: teleport.nodename: must be printable (no control "
+                              'characters), got "vm\\u001b[2J"')
+
+
+@pytest.mark.parametrize("section, key", [("teleport", "data_dir"),
+                                          ("ssh_service.enhanced_recording", "cgroup_path")])
+def test_paths_longer_than_the_limit_are_refused(write, section, key):
+    long_path = "/" + "d" * config.MAX_PATH_BYTES
+    text = (f"teleport:\n  data_dir: {long_path}\n" if key == "data_dir" else
+            f"ssh_service:\n  enhanced_recording:\n    cgroup_path: {long_path}\n")
+    message = error_of(write(text))
+    assert f"{section}.{key}: must be an absolute path of at most {config.MAX_PATH_BYTES} bytes" in message
+    assert len(message) < 400

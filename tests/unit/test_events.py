@@ -47,11 +47,11 @@ def command_event(record):
     return orjson.loads(events.encode(factory.make(kind, 0, **fields)))
 
 
-def session_events(tmp_path):
+def session_events(tmp_path, command=("true",)):
     """session.start and session.end as Session writes them (recording off: no BPF needed)."""
     config = Config(data_dir=str(tmp_path), enabled=False, nodename="node")
     account = Account("benarent", os.getuid(), os.getgid(), str(tmp_path), "/bin/sh")
-    session = Session(config, Request(account=account, user="benarent", command=["true"],
+    session = Session(config, Request(account=account, user="benarent", command=list(command),
                                       interactive=True))
     try:
         session.write_start()
@@ -166,6 +166,20 @@ def test_non_utf8_program_name_is_listed_in_escaped_fields(records):
     assert "program" in event.get("escaped_fields", []), event
 
 
+def test_strings_from_bytes_that_are_not_utf8_are_encoded_escaped():
+    """A command line or SSH variable that is not UTF-8 reaches Python as lone surrogates
+    (os.fsdecode), which JSON cannot hold: encode() escapes them as text() escapes bytes."""
+    raw = [b"/tmp/\xff\xfe-prog", b"\xfa\\x", b"fine"]
+    event = {"ei": 0, "event": "session.start", "initial_command": [os.fsdecode(a) for a in raw],
+             "addr.remote": os.fsdecode(b"\x80:22"), "login": "alice"}
+    line = orjson.loads(events.encode(event))
+    assert line["escaped_fields"] == ["initial_command.0", "initial_command.1", "addr.remote"]
+    assert [events.unescape(a) for a in line["initial_command"][:2]] == raw[:2]
+    assert line["initial_command"][2] == "fine" and line["login"] == "alice"
+    assert events.unescape(line["addr.remote"]) == b"\x80:22"
+    assert event["initial_command"][2] == "fine" and "escaped_fields" not in event   # a copy
+
+
 def test_an_exec_is_the_kernels_facts(records):
     """The new image's argv without argv[0], the binary that runs, the script's interpreter,
     a relative filename made absolute with the cwd (no normalisation), and return_code 0."""
@@ -213,3 +227,24 @@ def test_event_factory_numbers_events_and_adds_the_envelope():
                 e["user"], e["cluster_name"]) == (SID, "default", SERVER_ID, "node", "alice", "bob",
                                                   "main")
     assert events.encode(made[1]).endswith(b"\n") and events.encode(made[1]).count(b"\n") == 1
+
+
+def test_a_command_of_2_mib_is_cut_so_that_session_start_stays_a_line_readers_take(tmp_path):
+    """The kernel passes up to 2 MiB of arguments; escaped, they would make session.start a
+    line of 10 MB. Its initial_command keeps the first 64 KiB (1 byte counted per argument's
+    end, as the kernel counts its NUL) and says it was cut."""
+    from enhrec_wrap.log import reader
+    from enhrec_wrap.session import lifecycle
+    args = [os.fsdecode(b"\xff" * (128 << 10))] * 16
+    start, _ = session_events(tmp_path, ["/bin/echo"] + args)
+    with open(tmp_path / "log" / "events.log", "rb") as f:
+        first = f.readline()
+    assert len(first) <= reader.MAX_LINE_BYTES
+    assert start["initial_command_truncated"] is True
+    kept = [events.unescape(a) for a in start["initial_command"]]
+    assert kept[0] == b"/bin/echo"
+    assert sum(len(a) + 1 for a in kept) == lifecycle.MAX_INITIAL_COMMAND_BYTES
+    assert kept[1:] == [b"\xff" * (lifecycle.MAX_INITIAL_COMMAND_BYTES - len(b"/bin/echo") - 2)]
+    small, _ = session_events(tmp_path / "small", ["/bin/echo", "hi"])
+    assert small["initial_command"] == ["/bin/echo", "hi"]
+    assert "initial_command_truncated" not in small

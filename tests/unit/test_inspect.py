@@ -489,3 +489,148 @@ def test_show_and_search_list_refused_calls_and_io_uring(config, capsys):
     code, out, err = run(capsys, "search", "--event", "refused")
     assert code == 0, err
     assert len([x for x in out.splitlines() if "refused" in x]) == 2 and "OPENAT" not in out
+
+
+# --- every reader says what it skipped (issue 11) -------------------------------------------
+
+def append_to_current_day_file(cfg, data):
+    with open(reader.LogDir(cfg.log_dir).current_file(), "ab") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("args", [
+    ["sessions"], ["search"], ["search", "--login", "bob"], ["search", "--program", "vim"],
+    ["show", BOB[:8]], ["tail"], ["tail", "--login", "carol", "-n", "1"],
+])
+def test_every_reader_says_how_many_lines_it_skipped(logs, capsys, args):
+    garbage = f'garbage {BOB} {CAROL}\n{{"ei": 1, "sid": "{BOB}"\n'.encode()
+    append_to_current_day_file(logs, garbage + b"x" * (reader.MAX_LINE_BYTES + 1) + b"\n")
+    c = Writer(logs, "c0ffee00-0000-4000-8000-000000000005", "dave", NOW)   # after the damage
+    c.end()
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert "enhrec: skipped 2 line(s) that are not JSON events" in err.splitlines(), err
+    if args[0] != "show":   # show reads the lines that name its session
+        assert "enhrec: skipped 1 line(s) longer than 1 MiB (no event is that long)" in err.splitlines(), err
+
+
+def test_show_names_a_fifo_in_place_of_a_session_file_and_goes_on(logs, capsys):
+    import signal
+
+    def hung(*_):
+        raise AssertionError("enhrec show hung on a FIFO")
+    directory = os.path.join(logs.log_dir, SERVER, "sessions", "default")
+    part = os.path.join(directory, f"{ALICE}-0.events.gz")
+    os.unlink(part)
+    os.mkfifo(part)
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        code, out, err = run(capsys, "show", ALICE[:8])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert code == 0
+    assert f"enhrec: {part}: a FIFO, not a regular file: skipped" in err.splitlines(), err
+    assert "/usr/bin/curl http://example.com" in out   # from the daily files
+
+
+def test_show_names_a_session_file_that_is_not_gzip(logs, capsys):
+    part = os.path.join(logs.log_dir, SERVER, "sessions", "default", f"{ALICE}-0.events.gz")
+    with open(part, "wb") as f:
+        f.write(os.urandom(4096))
+    code, out, err = run(capsys, "show", ALICE[:8])
+    assert code == 0
+    assert f"enhrec: {part}: not a gzip file: skipped" in err.splitlines(), err
+    assert "/usr/bin/curl http://example.com" in out
+
+
+# --- holes, and daily files removed or renamed (issue 11) -------------------------------------
+
+def lose(writer, count):
+    """`count` events the session made that reached neither sink."""
+    writer.ei += count
+
+
+def test_show_reports_events_missing_from_both_sinks(config, capsys):
+    cfg, _ = config
+    w = Writer(cfg, ALICE, "alice", NOW - 60)
+    w.exec(100, 99, "/usr/bin/true", [])
+    lose(w, 3)
+    w.exec(101, 99, "/usr/bin/false", [], rc=0)
+    w.end()
+    code, out, err = run(capsys, "show", ALICE[:8])
+    assert code == 0, err
+    assert "lost   3 event(s) missing from the log (ei 2-4)" in out
+    assert "lost   none" not in out
+    code, out, _ = run(capsys, "show", "--json", ALICE)
+    assert orjson.loads(out)["session"]["missing_events"] == 3
+    code, out, _ = run(capsys, "sessions")
+    assert "complete, 3 missing" in out
+    code, out, err = run(capsys, "search", "--program", "true")
+    assert code == 0
+    assert "enhrec: 3 event(s) of 1 session(s) missing from the log (a11ce000 ei 2-4)" in err
+
+
+def test_show_of_a_session_whose_start_is_gone(config, capsys):
+    cfg, _ = config
+    w = Writer(cfg, ALICE, "alice", NOW - 60)
+    w.exec(100, 99, "/usr/bin/true", [])
+    w.end()
+    directory = os.path.join(cfg.log_dir, SERVER, "sessions", "default")
+    for name in os.listdir(directory):
+        os.unlink(os.path.join(directory, name))
+    (_, day), = reader.LogDir(cfg.log_dir).day_files()
+    with open(day, "rb") as f:
+        kept = [x for x in f if b'"ei":0,' not in x]
+    with open(day, "wb") as f:
+        f.writelines(kept)
+    code, out, err = run(capsys, "show", ALICE[:8])
+    assert code == 0, err
+    assert "ran    unknown (session.start is missing)" in out
+    assert "1 event(s) missing from the log (ei 0)" in out
+
+
+def test_a_renamed_daily_file_loses_no_session_and_shrinks_none(logs, capsys):
+    code, before, _ = run(capsys, "sessions", "--json")
+    for _, path in reader.LogDir(logs.log_dir).day_files():
+        os.rename(path, path + ".1")   # logrotate, every file
+    code, after, err = run(capsys, "sessions", "--json")
+    assert code == 0, err
+    rows = lambda out: sorted((r["sid"], r["commands"], r["files"], r["duration_seconds"],
+                               r["state"], r["missing_events"])
+                              for r in map(orjson.loads, out.splitlines()))
+    # Carol's is live: her session files may be a batch behind (the store's thread), as a
+    # live session's are, until it ends.
+    assert [r for r in rows(after) if r[0] != CAROL] == [r for r in rows(before) if r[0] != CAROL]
+    assert CAROL in after
+    code, out, err = run(capsys, "search", "--program", "curl", "--json")
+    assert code == 0, err
+    assert {orjson.loads(x)["sid"] for x in out.splitlines()} == {ALICE}
+    code, out, _ = run(capsys, "sessions", "--json", "--since", "1d")
+    assert {orjson.loads(x)["sid"] for x in out.splitlines()} == {ALICE, CAROL}
+
+
+def test_a_session_half_in_a_renamed_daily_file_is_whole(config, capsys):
+    cfg, _ = config
+    w = Writer(cfg, ALICE, "alice", NOW - 60)
+    w.exec(100, 99, "/usr/bin/true", [])
+    (_, day), = reader.LogDir(cfg.log_dir).day_files()
+    os.rename(day, day + ".1")
+    w.exec(101, 99, "/usr/bin/false", [])
+    w.end()
+    code, out, _ = run(capsys, "sessions", "--json")
+    (row,) = map(orjson.loads, out.splitlines())
+    assert (row["commands"], row["missing_events"], row["state"]) == (2, 0, "complete")
+    assert row["duration_seconds"] > 0.015
+
+
+def test_tail_says_which_events_of_a_session_it_did_not_find(config, capsys):
+    cfg, _ = config
+    w = Writer(cfg, ALICE, "alice", NOW - 60)
+    w.exec(100, 99, "/usr/bin/true", [])
+    lose(w, 2)
+    w.exec(101, 99, "/usr/bin/false", [])
+    code, out, err = run(capsys, "tail", "-n", "5")
+    assert code == 0
+    assert "enhrec: 2 event(s) of 1 session(s) missing from the log (a11ce000 ei 2-3)" in err

@@ -81,7 +81,8 @@ def test_garbage_after_the_data_ends_the_stream_there(tmp_path):
     stats = reader.Stats()
     got = list(reader.gz_lines(str(path), stats))
     assert got[:5] == good
-    assert stats.truncated_files == [str(path)]
+    ((named, why),) = stats.skipped_files
+    assert named == str(path) and why.startswith("damaged at byte ")
 
 
 def test_empty_gzip_file_has_no_lines(tmp_path):
@@ -263,3 +264,140 @@ def test_follower_waits_for_events_log_to_appear(tmp_path):
     (root / SERVER / "2024-03-05.00:00:00.log").write_bytes(line(event(0)))
     (root / "events.log").symlink_to(f"{SERVER}/2024-03-05.00:00:00.log")
     assert follower.poll() == [line(event(0))]
+
+
+# --- damaged and hostile files (issue 11) ---------------------------------------------------
+
+@pytest.fixture
+def no_hang():
+    """Fails the test instead of hanging it (a FIFO opened for reading blocks for a writer)."""
+    import signal
+
+    def expired(*_):
+        raise AssertionError("the reader hung")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_is_skipped_and_named_never_waited_for(tmp_path, no_hang):
+    fifo = tmp_path / f"{SID}-0.events.gz"
+    os.mkfifo(fifo)
+    for read in (reader.gz_lines, reader.day_file_lines):
+        stats = reader.Stats()
+        assert list(read(str(fifo), stats)) == []
+        assert stats.skipped_files == [(str(fifo), "a FIFO, not a regular file: skipped")]
+    stats = reader.Stats()
+    assert list(reader.reverse_lines(str(fifo), stats=stats)) == []
+    assert stats.skipped_files == [(str(fifo), "a FIFO, not a regular file: skipped")]
+
+
+def test_a_file_that_is_not_gzip_is_named(tmp_path):
+    path = tmp_path / f"{SID}-0.events.gz"
+    path.write_bytes(b"this is not gzip at all\n" * 10)
+    stats = reader.Stats()
+    assert list(reader.gz_lines(str(path), stats)) == []
+    assert stats.skipped_files == [(str(path), "not a gzip file: skipped")]
+
+
+def test_a_damaged_gzip_is_named_and_read_up_to_the_damage(tmp_path):
+    good = [line(event(i)) for i in range(5)]
+    data, ends, _ = sync_flushed_gzip([b"".join(good[:3]), b"".join(good[3:])])
+    path = tmp_path / "d.gz"
+    path.write_bytes(data[:ends[0]] + b"\xff" * 64 + data[ends[0]:])
+    stats = reader.Stats()
+    assert list(reader.gz_lines(str(path), stats)) == good[:3]
+    ((named, why),) = stats.skipped_files
+    assert named == str(path) and why.startswith(f"damaged at byte {ends[0]}")
+
+
+LONG = reader.MAX_LINE_BYTES + 1
+
+
+def test_lines_longer_than_the_bound_are_skipped_and_counted(tmp_path):
+    good = [line(event(i)) for i in range(3)]
+    huge = b'{"ei": 99, "x": "' + b"a" * LONG + b'"}\n'
+    data = good[0] + huge + good[1] + huge + good[2]
+    day = tmp_path / "2024-03-05.00:00:00.log"
+    day.write_bytes(data)
+    gz = tmp_path / "a.gz"
+    gz.write_bytes(gzip.compress(data))
+    for read, path in ((reader.day_file_lines, day), (reader.gz_lines, gz)):
+        stats = reader.Stats()
+        assert list(read(str(path), stats)) == good, read
+        assert stats.long_lines == 2
+    for block in (1000, 1 << 16, 1 << 22):
+        stats = reader.Stats()
+        assert list(reader.reverse_lines(str(day), block=block, stats=stats)) == good[::-1]
+        assert stats.long_lines == 2, block
+
+
+def test_a_line_of_exactly_the_bound_is_read(tmp_path):
+    exact = b'{"x": "' + b"a" * (reader.MAX_LINE_BYTES - 10) + b'"}\n'
+    assert len(exact) == reader.MAX_LINE_BYTES
+    day = tmp_path / "d.log"
+    day.write_bytes(exact + line(event(0)))
+    assert list(reader.day_file_lines(str(day))) == [exact, line(event(0))]
+    assert list(reader.reverse_lines(str(day), block=4096)) == [line(event(0)), exact]
+
+
+def test_the_follower_skips_a_line_longer_than_the_bound(tmp_path):
+    root = tmp_path / "log"
+    (root / SERVER).mkdir(parents=True)
+    day = root / SERVER / "2024-03-05.00:00:00.log"
+    day.write_bytes(b"")
+    (root / "events.log").symlink_to(f"{SERVER}/{day.name}")
+    stats = reader.Stats()
+    follower = reader.Follower(reader.LogDir(str(root)), stats=stats)
+    follower.poll()
+    with open(day, "ab") as f:
+        f.write(b"a" * (LONG // 2))
+    assert follower.poll() == []
+    with open(day, "ab") as f:
+        f.write(b"a" * (LONG // 2) + b"b\n" + line(event(1)))
+    assert follower.poll() == [line(event(1))]
+    assert stats.long_lines == 1
+
+
+def test_a_gzip_bomb_is_read_in_bounded_memory(tmp_path):
+    """256 MiB without a newline from a 256 KiB file: read to the end, one long line skipped,
+    and the reader never holds more than its bound."""
+    import subprocess
+    import sys
+    path = tmp_path / "bomb.gz"
+    zip_ = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"0" * (1 << 20)
+    with open(path, "wb") as f:
+        f.write(zip_.compress(line(event(0))))
+        for _ in range(256):
+            f.write(zip_.compress(zeros))
+        f.write(zip_.compress(b"\n" + line(event(1))) + zip_.flush())
+    probe = ("import resource, sys\n"
+             "from enhrec_wrap.log import reader\n"
+             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+             "stats = reader.Stats()\n"
+             "n = sum(1 for _ in reader.gz_lines(sys.argv[1], stats))\n"
+             "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+             "print(n, stats.long_lines, grown)\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
+                         text=True, check=True, timeout=120).stdout.split()
+    lines, long_lines, grown_kib = map(int, out)
+    assert (lines, long_lines) == (2, 1)
+    assert grown_kib < 32 * 1024, f"the reader grew by {grown_kib} KiB"
+
+
+def test_the_follower_starts_over_on_a_file_made_again_under_its_name(tmp_path):
+    """logrotate renamed the day file and the recorder made it again, already longer than
+    where the follower was in the old one: it reads the new one from its start."""
+    root = tmp_path / "log"
+    (root / SERVER).mkdir(parents=True)
+    day = root / SERVER / "2024-03-05.00:00:00.log"
+    day.write_bytes(line(event(0)))
+    (root / "events.log").symlink_to(f"{SERVER}/{day.name}")
+    follower = reader.Follower(reader.LogDir(str(root)))
+    assert follower.poll() == []
+    os.rename(day, str(day) + ".1")
+    day.write_bytes(line(event(1)) + line(event(2)))
+    assert follower.poll() == [line(event(1)), line(event(2))]

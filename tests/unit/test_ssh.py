@@ -29,7 +29,9 @@ def test_ipv6_addresses_are_bracketed_as_go_prints_them():
         "addr.remote": "[2001:db8::7]:51234", "addr.local": "[::1]:2222"}
 
 
-@pytest.mark.parametrize("value", ["", "1.2.3.4", "1.2.3.4 x 5.6.7.8 22", "a b c d e"])
+@pytest.mark.parametrize("value", ["", "1.2.3.4", "1.2.3.4 x 5.6.7.8 22", "a b c d e",
+                                   "evil\x1b[2J 1 1.2.3.4 22", "a" * 100_000 + " 1 1.2.3.4 22",
+                                   "1.2.3.4 99999999999999999999 1.2.3.4 22"])
 def test_malformed_ssh_connection_gives_no_addresses(value):
     assert ssh.addresses(value) == {}
 

@@ -426,3 +426,219 @@ def test_midnight_switches_the_day_file_but_not_the_session_files(config):
     assert [e["ei"] for e in day1] == [0, 1, 2] and [e["ei"] for e in day2] == [3, 4, 5]
     assert os.readlink(os.path.join(config.log_dir, "events.log")) == f"{SERVER}/2024-03-06.00:00:00.log"
     assert [e["ei"] for e in reader.session_events(reader.LogDir(config.log_dir), SID)] == list(range(6))
+
+
+# --- a full disk leaves a true record (issue 11) ----------------------------------------------
+
+class FullDisk:
+    """write_all that fails (ENOSPC, after writing half) for the files whose name contains
+    `which`, while `on`."""
+
+    def __init__(self, monkeypatch, which=""):
+        self.real = store.write_all
+        self.which = which
+        self.on = False
+        monkeypatch.setattr(store, "write_all", self)
+
+    def __call__(self, fd, data):
+        if self.on and self.which in os.readlink(f"/proc/self/fd/{fd}"):
+            os.write(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.real(fd, data)
+
+
+def stored_eis(log_dir, stream=layout.ALL_EVENTS):
+    names, directory = files_of(log_dir)
+    eis = []
+    for name in names:
+        parsed = layout.parse_stream_file(name)
+        if parsed and parsed.stream == stream:
+            eis += [e["ei"] for e in read_gz(os.path.join(directory, name))]
+    return sorted(eis)
+
+
+def test_a_batch_that_fails_in_one_file_is_in_none_and_counted_exactly(log_dir, monkeypatch):
+    """The disk filled while the kind file was written, not the file of every event: the batch
+    is cut back from every file, so each holds the same events and the count is what is missing
+    from each."""
+    events = session_events(13)   # kinds cycle command, disk, network
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    disk = FullDisk(monkeypatch, which="session.disk")
+    write(writer, events[:4])
+    disk.on = True
+    write(writer, events[4:10])
+    with pytest.raises(EnhrecError) as failure:
+        writer.flush()
+    assert failure.value.unwritten == 6
+    disk.on = False
+    write(writer, events[10:])
+    writer.close(ended=True)
+    kept = [0, 1, 2, 3, 10, 11, 12]
+    assert stored_eis(log_dir) == kept
+    for kind in KINDS:
+        assert stored_eis(log_dir, kind) == [e["ei"] for e in events if e["ei"] in kept
+                                             and e["event"] == kind]
+
+
+def test_batches_failing_in_a_row_make_no_empty_parts(log_dir, monkeypatch):
+    events = session_events(60)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    disk = FullDisk(monkeypatch)
+    write(writer, events[:3])
+    writer.flush()
+    disk.on = True
+    for n in range(3, 50, 2):   # 24 batches while the disk is full
+        write(writer, events[n:n + 2])
+    with writer._cond:
+        while writer._pending or writer._busy:
+            writer._cond.wait()
+    disk.on = False
+    with pytest.raises(EnhrecError) as failure:
+        write(writer, events[51:])
+    assert failure.value.unwritten == 48
+    writer.close(ended=True)
+    names, directory = files_of(log_dir)
+    parts = [n for n in names if n.endswith(".gz")]
+    assert all(os.path.getsize(os.path.join(directory, n)) > 0 for n in parts), parts
+    assert len(parts) <= 8, parts   # parts 0 and 1 of each stream, at most
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert sorted(i["file_name"] for i in index) == sorted(parts)
+    assert stored_eis(log_dir) == [0, 1, 2] + list(range(51, 60))
+
+
+def test_an_index_line_that_fails_is_cut_back(log_dir, monkeypatch):
+    events = session_events(8)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:2])
+    disk = FullDisk(monkeypatch, which="events.gz")   # the batch fails: a new part is due
+    disk.on = True
+    write(writer, events[2:4])
+    with pytest.raises(EnhrecError):
+        writer.flush()
+    disk.which = ".index"                            # and its index line fails next
+    write(writer, events[4:6])
+    with pytest.raises(EnhrecError):
+        writer.flush()
+    disk.on = False
+    write(writer, events[6:])
+    writer.close(ended=True)
+    _, directory = files_of(log_dir)
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert {"file_name": f"{SID}-1.events.gz", "type": "events", "index": 6} in index
+    assert stored_eis(log_dir) == [0, 1, 6, 7]
+
+
+def test_repair_copies_the_sessions_own_end_where_it_is_missing(config):
+    """A session that ended normally while the disk was full: its session.end reached one sink
+    only, and its lock stayed. The repair gives the other sink that same session.end, never a
+    second, incomplete one."""
+    events = session_events(4)
+    end = make_event(4, "session.end")
+    end.update(exit_status=0, unwritten_events={"session_files": 1})
+    crashed_session(config, SID, events)
+    audit = AuditLog(config.log_dir, SERVER)
+    audit.write([encode(end)])   # the store failed for it
+    audit.close()
+    report = recovery.repair(config)
+    assert report.errors == [] and report.copied == [SID] and report.repaired == []
+    for got in (daily_events(config, SID),
+                reader.session_events(reader.LogDir(config.log_dir), SID)):
+        assert [e["ei"] for e in got] == list(range(5))
+        assert got[-1] == end
+    assert not os.path.exists(layout.lock_path(config.log_dir, SERVER, SID))
+
+
+def test_repair_copies_the_stored_end_to_the_daily_file(config):
+    events = session_events(4) + [make_event(4, "session.end")]
+    writer = store.SessionStore.create(config.log_dir, SERVER, SID)
+    write(writer, events)
+    writer.close(ended=False)      # the daily log failed for session.end: the lock stays
+    audit = AuditLog(config.log_dir, SERVER)
+    audit.write([encode(e) for e in events[:4]])
+    audit.close()
+    report = recovery.repair(config)
+    assert report.copied == [SID]
+    assert daily_events(config, SID) == events
+
+
+def test_a_recorder_that_died_closing_after_its_end_gets_no_second_one(config, monkeypatch):
+    """Killed after session.end was in the daily log (the ledger says so) and before its store
+    had written it: the watchdog writes no second session.end; the next repair copies the one
+    there is into the session files."""
+    import contextlib
+    from enhrec_wrap.session import ledger, salvage
+    monkeypatch.setattr(salvage, "HostLock", contextlib.nullcontext)
+    monkeypatch.setattr(salvage.HostPrograms, "open", classmethod(lambda cls, version: None))
+    events = session_events(4)
+    end = make_event(4, "session.end")
+    crashed_session(config, SID, events)
+    audit = AuditLog(config.log_dir, SERVER)
+    audit.write([encode(end)])
+    audit.close()
+    lock_path = layout.lock_path(config.log_dir, SERVER, SID)
+    state = ledger.State()
+    state.next_ei, state.ended = 5, 1
+    session = {"sid": SID, "server_id": SERVER, "log_dir": config.log_dir, "lock_path": lock_path,
+               "cgroup_id": 0, "version": "none", "idle_unload_seconds": 0, "end_fields": {},
+               "envelope": {"cluster_name": "host", **{k: events[0][k] for k in (
+                   "sid", "namespace", "server_id", "server_hostname", "login", "user")}}}
+    salvage.finish(session, state, salvage.RECORDER_DIED, 0, os.open(lock_path, os.O_RDWR))
+    assert [e["ei"] for e in daily_events(config, SID)] == list(range(5))
+    assert os.path.exists(lock_path)
+    assert recovery.repair(config).copied == [SID]
+    stored = reader.session_events(reader.LogDir(config.log_dir), SID)
+    assert stored == events + [end]
+
+
+# --- files removed under the recorder (issue 11) ----------------------------------------------
+
+def test_session_files_removed_under_the_store_are_made_again_and_their_events_counted(log_dir):
+    events = session_events(12)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:1])
+    write(writer, events[1:5])
+    writer.flush()
+    import shutil
+    shutil.rmtree(os.path.join(log_dir, SERVER, "sessions"))   # a careless cleanup
+    write(writer, events[5:9])
+    write(writer, events[9:])
+    writer.flush()
+    assert writer.removed_events() == 5
+    writer.close(ended=True)
+    assert stored_eis(log_dir) == list(range(5, 12))
+    for kind in KINDS:
+        assert stored_eis(log_dir, kind) == [e["ei"] for e in events[5:] if e["event"] == kind]
+    names, directory = files_of(log_dir)
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert sorted(i["file_name"] for i in index) == sorted(n for n in names if n.endswith(".gz"))
+    assert {"file_name": f"{SID}-1.events.gz", "type": "events", "index": 5} in index
+
+
+def test_an_index_removed_alone_is_written_again_whole(log_dir):
+    events = session_events(6)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    write(writer, events[:3])
+    writer.flush()
+    _, directory = files_of(log_dir)
+    os.unlink(os.path.join(directory, f"{SID}.index"))
+    write(writer, events[3:])
+    writer.close(ended=True)
+    assert writer.removed_events() == 0
+    index = [orjson.loads(x) for x in open(os.path.join(directory, f"{SID}.index"), "rb")]
+    assert len(index) == 4 and {i["index"] for i in index} == {0}
+    assert stored_eis(log_dir) == list(range(6))
+
+
+def test_the_lock_removed_under_the_recorder_is_noticed_and_made_again(log_dir):
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    lock = writer.lock
+    assert not lock.gone()
+    import shutil
+    shutil.rmtree(layout.open_sessions_dir(log_dir, SERVER))
+    assert lock.gone()
+    old_fd = lock.fd
+    writer.renew_lock()
+    assert writer.lock.fd != old_fd and not writer.lock.gone()
+    assert store.is_live(log_dir, SERVER, SID)
+    writer.close(ended=True)
+    assert not os.path.exists(layout.lock_path(log_dir, SERVER, SID))
