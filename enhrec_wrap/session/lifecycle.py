@@ -327,8 +327,8 @@ class Session:
 
     def _renew_lock(self):
         """Someone removed the session's lock file (rm -rf of the log): without one, recovery
-        could not find the session if we died. A new one, handed to the watchdog too (a second
-        arm replaces what it holds)."""
+        could not find the session if we died. A new one, handed to a new watchdog too (a second
+        arm starts one holding it, then retires the old)."""
         try:
             self.store.renew_lock()
         except EnhrecError as e:
@@ -336,6 +336,7 @@ class Session:
             return
         if self.watchdog and self.watchdog.armed:
             self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
+            self.recording.wake_on(self.watchdog.pidfd)   # the new one's death wakes us too
 
     def _log_failed(self, sink, error, count):
         """`close` ends the session at the first failure (fail closed); `continue` keeps it and
