@@ -129,6 +129,7 @@ def render_header(head: dict) -> list[str]:
     status = f"exit {head['exit_status']}" if head["exit_status"] is not None else "exit status unknown"
     lines.append(f"  result {status}; {counted(head['commands'], 'command')}, "
                  f"{counted(head['files'], 'file open')}, {counted(head['connections'], 'connection')}")
+    lines.append("  screen " + screen_text(head.get("terminal_recording"), head["sid"][:8]))
     lost = head.get("lost_events") or {}
     lost_total = sum(v for v in lost.values() if isinstance(v, int)) + (head.get("lost_return_codes") or 0)
     if head["state"] == "complete" and head.get("enhanced_recording") is not False:
@@ -167,6 +168,17 @@ def special_call(e: dict) -> str:
         return click.style(f"refused {shown(e, 'syscall')} ({shown(e, 'arch')}): {outcome}",
                            fg="red")
     return click.style(f"io_uring {shown(e, 'opcode_name')}", fg="yellow")
+
+
+def screen_text(summary: dict | None, short_sid: str) -> str:
+    """The header's line on the session's terminal recording."""
+    if summary is None:
+        return "not recorded (no terminal, or tty_recording: off)"
+    text = (f"recorded, {duration_text(summary['duration_seconds'])}, "
+            f"{summary['output_bytes']:,} bytes of output at {summary['width']}x{summary['height']}")
+    if summary["truncated"]:
+        text += click.style(" (truncated at the size bound)", fg="red")
+    return text + f": `enhrec play {short_sid}`"
 
 
 def is_routine(e: dict) -> bool:
