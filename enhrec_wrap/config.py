@@ -221,6 +221,11 @@ def _byte_count(value) -> int:
     return value
 
 
+def _tty_recording(value) -> str:
+    # Unquoted, YAML reads `off` as false: it means what it says.
+    return "off" if value is False else _one_of("interactive", "off")(value)
+
+
 def _absolute_path(value) -> str:
     # Relative paths would depend on the directory the login shell happens to start in.
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
@@ -259,7 +264,7 @@ _ENHREC_KEYS = {
     "idle_unload_seconds": _seconds,
     "refuse_io_uring": _boolean,
     "refuse_32bit": _boolean,
-    "tty_recording": _one_of("interactive", "off"),
+    "tty_recording": _tty_recording,
     "record_input": _boolean,
     "tty_recording_max_bytes": _byte_count,
 }
