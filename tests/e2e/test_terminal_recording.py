@@ -1,0 +1,138 @@
+"""An interactive `ssh -tt` login through sshd's ForceCommand, its terminal recorded beside its
+kernel events and exported as asciicast v2; and a command without a terminal, which gets none."""
+
+import errno
+import fcntl
+import json
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
+import zlib
+
+import pytest
+
+ENHREC = "/usr/local/bin/enhrec"
+SECRET = "e2e-Sekr1t-passw0rd"
+
+
+class Client:
+    """The ssh client on a terminal whose master this test holds."""
+
+    def __init__(self, argv, rows=24, cols=80):
+        pid, fd = pty.fork()
+        if pid == 0:
+            try:
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                os.execvpe(argv[0], argv, dict(os.environ, TERM="xterm"))
+            finally:
+                os._exit(127)
+        self.pid, self.fd = pid, fd
+        self.seen, self.pos = b"", 0
+
+    def read(self, timeout=0.1):
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return b""
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            return None
+        self.seen += data
+        return data
+
+    def expect(self, needle: bytes, timeout=90.0):
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen[self.pos:]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {needle!r} on the screen: {self.seen[self.pos:][-600:]!r}")
+            if self.read() is None:
+                pytest.fail(f"the login ended before {needle!r}: {self.seen[-600:]!r}")
+        self.pos = self.seen.index(needle, self.pos) + len(needle)
+
+    def type(self, text: bytes):
+        os.write(self.fd, text)
+
+    def resize(self, rows, cols):
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.killpg(os.tcgetpgrp(self.fd), signal.SIGWINCH)
+
+    def wait(self, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            self.read(0.05)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                while self.read(0.05):
+                    pass
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                pytest.fail(f"ssh did not end: {self.seen[-600:]!r}")
+
+
+def stored_bytes(data_dir) -> bytes:
+    blobs = []
+    for root, _, files in os.walk(data_dir):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                data = f.read()
+            if name.endswith(".gz"):
+                data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+            blobs.append(data)
+    return b"\n".join(blobs)
+
+
+def test_an_interactive_login_is_recorded_and_exported(host, tmp_path):
+    mark = host.mark()
+    client = Client(host.ssh_argv(tty=True))
+    client.expect(b"$ ")
+    client.type(b"echo TTY-$((6 * 7))\r")
+    client.expect(b"TTY-42")
+    client.resize(30, 100)
+    client.type(b"stty size\r")
+    client.expect(b"30 100")
+    client.type(b"stty -echo; read -r s; stty echo; echo length ${#s}\r")
+    client.expect(b"stty echo")
+    time.sleep(0.5)
+    client.type(SECRET.encode() + b"\r")
+    client.expect(f"length {len(SECRET)}".encode())
+    client.type(b"uname -s\r")
+    client.expect(b"Linux")
+    client.type(b"exit 5\r")
+    assert client.wait() == 5
+
+    session = host.session_since(mark)
+    assert session.start["interactive"] is True
+    tty = session.end["terminal_recording"]
+    assert tty["truncated"] is False and tty["unwritten_bytes"] == 0 and tty["recorded_bytes"] > 0
+    exported = subprocess.run([ENHREC, "export", session.sid, "--format", "asciicast"],
+                              capture_output=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    lines = exported.stdout.decode().splitlines()
+    header, body = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
+    assert header["version"] == 2 and (header["width"], header["height"]) == (80, 24)
+    assert header["enhrec"]["login"] == host.user.pw_name
+    assert header["enhrec"]["remote"].startswith("127.0.0.1:")
+    assert any(e[1] == "o" and "TTY-42" in e[2] for e in body)
+    assert ["r", "100x30"] in [e[1:] for e in body]
+    assert any(e[1] == "m" and e[2].endswith("uname -s") for e in body)
+    assert [e[0] for e in body] == sorted(e[0] for e in body)
+    assert SECRET.encode() not in stored_bytes(host.data_dir)
+    cast = tmp_path / "login.cast"
+    cast.write_bytes(exported.stdout)
+    viewer = Client(["asciinema", "cat", str(cast)])
+    assert viewer.wait() == 0 and b"TTY-42" in viewer.seen
+
+
+def test_a_command_without_a_terminal_gets_no_pty(host):
+    mark = host.mark()
+    result = host.ssh("tty; echo no-pty")
+    assert result.stdout == "not a tty\nno-pty\n"
+    session = host.session_since(mark)
+    assert "terminal_recording" not in session.end
