@@ -351,3 +351,56 @@ def test_tty_recording_off(recorder):
     (session,) = recorder.sessions().values()
     assert "terminal_recording" not in session.end
     assert not glob.glob(os.path.join(session_dir(recorder), "*.tty.gz"))
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(recorder):
+    """The test's data_dir on a 1 MiB tmpfs: a burst of output fills it."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", recorder.data_dir],
+                   check=True)
+    try:
+        yield recorder.data_dir
+    finally:
+        subprocess.run(["umount", "-l", recorder.data_dir], check=False)
+
+
+def burst_then_go_on(data_dir, outside):
+    """Most of the disk filled, then ~2.7 MB of base64 of random bytes (it hardly compresses, so
+    the recording cannot fit), then room again (past the recording's 1 s retry)."""
+    return ["sh", "-c", f"sleep 0.3; dd if=/dev/zero of={data_dir}/fill bs=64k count=10 "
+                        "2>/dev/null; head -c 2000000 /dev/urandom | base64; echo BURST-END; "
+                        f"sleep 0.5; rm -f {data_dir}/fill; sleep 1.5; echo AFTER-ROOM; "
+                        f"echo survived > {outside}/marker"]
+
+
+def test_a_full_disk_ends_the_session_by_default(recorder, small_disk, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    t = session_terminal(recorder, burst_then_go_on(small_disk, outside))
+    t.wait_raw()
+    assert t.wait() == 128 + signal.SIGKILL
+    assert b"No space left on device" in t.seen
+    assert b"the session is ended (on_log_failure: close)" in t.seen
+    assert not (outside / "marker").exists(), "the session went on after the log failed"
+    assert termios.tcgetattr(t.fd) == t.initial_mode
+
+
+def test_a_full_disk_with_continue_counts_what_the_recording_lost(recorder, small_disk,
+                                                                   tmp_path):
+    recorder.configure("enhrec:\n  on_log_failure: continue\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    t = session_terminal(recorder, burst_then_go_on(small_disk, outside))
+    t.wait_raw()
+    assert t.wait() == 0
+    assert b"(on_log_failure: continue)" in t.seen
+    assert b"BURST-END" in t.seen, "the output stopped with the recording"
+    assert (outside / "marker").exists()
+    (session,) = recorder.sessions().values()
+    tty = session.end["terminal_recording"]
+    assert tty["unwritten_bytes"] > 0 and tty["truncated"] is False
+    _, body = export(recorder, session.sid)    # what was written stays readable ...
+    shown = "".join(e[2] for e in body if e[1] == "o")
+    assert "AFTER-ROOM" in shown               # ... and recording went on once there was room
