@@ -5,7 +5,6 @@ master this test holds (as a terminal emulator or sshd does), then read back wit
 import errno
 import fcntl
 import glob
-import gzip
 import json
 import os
 import pty
@@ -326,6 +325,29 @@ def test_the_hangup_of_the_real_terminal_hangs_up_the_session(recorder, tmp_path
     (session,) = recorder.sessions().values()
     assert session.end["terminal_recording"]["truncated"] is False
     assert any(e[1] == "o" and "trapped" in e[2] for e in export(recorder, session.sid)[1])
+
+
+def test_a_killed_recorder_leaves_the_terminal_restored_and_the_recording_ended(recorder):
+    t = bash(recorder)
+    t.type(b"echo BEFORE-''KILL\r")
+    t.expect(b"BEFORE-KILL")
+    os.kill(t.pid, signal.SIGKILL)        # the wrapper; its watchdog kills the session
+    deadline = time.monotonic() + 30
+    while termios.tcgetattr(t.fd) != t.initial_mode:
+        assert time.monotonic() < deadline, "the terminal stayed in raw mode"
+        t.read(0.05)
+    t.expect(b"the recorder stopped, so the session was ended")
+    sid = next(iter(recorder.sessions()))
+    paths = glob.glob(os.path.join(session_dir(recorder), f"{sid}-*.tty.gz"))
+
+    def recorded():   # as far as it goes: it may not have its trailer yet
+        with open(paths[0], "rb") as f:
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(f.read())
+    deadline = time.monotonic() + 10
+    while b'"recorded_bytes"' not in recorded():   # the relay's end frame
+        assert time.monotonic() < deadline, "the recording has no end"
+        time.sleep(0.05)
+    assert b"BEFORE-KILL" in recorded()
 
 
 def test_no_pty_without_a_terminal(recorder):
