@@ -12,12 +12,14 @@ import codecs
 import datetime
 import json
 import os
+import re
 import time
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import layout, terminal_recording as rec
 
 MARKER_WIDTH = 60
+EVENT_TIME_STEP = 0.001      # the events' `time` is cut to the millisecond
 EVENT_WIDTH = 100
 # Writes the replay does not show: terminals and the bit bucket.
 QUIET_WRITES = ("/dev/null", "/dev/tty", "/dev/pts/", "/dev/ptmx")
@@ -25,6 +27,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # A full-screen program switches to the alternate screen and back (xterm's 1049, 1047, 47).
 _ALT_ON = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
 _ALT_OFF = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
+_TRAILING_CONTROLS = re.compile(rb"(?:\x1b\[[0-9;?]*[A-Za-z]|\r)+$")
 
 
 def epoch_seconds(stamp) -> float | None:
@@ -36,8 +39,11 @@ def epoch_seconds(stamp) -> float | None:
 
 
 def _offset(e: dict, origin: float) -> float | None:
+    """An event's place in the recording: the end of the millisecond its `time` names (it is
+    cut to the millisecond), so never before it happened and at most 1 ms after. Output read
+    in that millisecond comes before it: the echo of a command line before the command."""
     t = epoch_seconds(e.get("time"))
-    return None if t is None else max(0.0, t - origin)
+    return None if t is None else max(0.0, t + EVENT_TIME_STEP - origin)
 
 
 def shorten(text: str, width: int) -> str:
@@ -199,7 +205,9 @@ class _Screen:
 
     def output(self, data: bytes) -> None:
         _write_all(self.fd, data)
-        self.at_line_start = data.endswith(b"\n")
+        # at the start of a line even when a carriage return or a mode switch followed the
+        # newline (bash ends a command line with both)
+        self.at_line_start = _TRAILING_CONTROLS.sub(b"", data[-64:]).endswith(b"\n")
         if any(seq in data for seq in _ALT_ON + _ALT_OFF):
             self.full_screen = _last_switch(data)
             if not self.full_screen:

@@ -182,11 +182,11 @@ def test_resizes_markers_and_truncation():
               exec_event(9.0, "/usr/bin/" + "x" * 80, [])]
     _, body = cast([HEADER, frame(b"o", 1, b"a"), frame(b"r", 1.2, b"100x30"),
                     frame(b"o", 2, b"b"), frame(b"t", 2.5, b'{"limit": 2}')], events)
-    assert body[0] == [0.5, "m", "/usr/bin/ls -la /tmp"]
+    assert body[0] == [0.501, "m", "/usr/bin/ls -la /tmp"]
     assert [1.2, "r", "100x30"] in body
-    assert [1.5, "m", "/usr/bin/nope (failed: No such file or directory)"] in body
+    assert [1.501, "m", "/usr/bin/nope (failed: No such file or directory)"] in body
     assert [2.5, "m", "recording truncated at 2 bytes"] in body
-    assert body[-1][1] == "m" and body[-1][0] == 9.0 and len(body[-1][2]) == replay.MARKER_WIDTH
+    assert body[-1][1] == "m" and body[-1][0] == 9.001 and len(body[-1][2]) == replay.MARKER_WIDTH
     assert [e[0] for e in body] == sorted(e[0] for e in body)
 
 
@@ -234,11 +234,11 @@ def test_play_shows_events_between_the_output_and_after_a_full_screen_program():
                frame(b"o", 3, b"done\r\n")]
     out, _ = play(frames_, events, show_events=True)
     text = out.decode()
-    assert text.index("+0.500s exec /usr/bin/vim f") < text.index("screen")
+    assert text.index("+0.501s exec /usr/bin/vim f") < text.index("screen")
     # the write came while vim had the screen: shown when it gave the screen back
-    assert text.index("\x1b[?1049l") < text.index("+1.500s write /root/f (vim)")
+    assert text.index("\x1b[?1049l") < text.index("+1.501s write /root/f (vim)")
     assert "/etc/passwd" not in text
-    assert text.index("done") < text.index("+3.500s connect 10.0.0.1:443 tcp (curl)")
+    assert text.index("done") < text.index("+3.501s connect 10.0.0.1:443 tcp (curl)")
 
 
 def test_event_lines_cannot_send_escapes():
