@@ -308,13 +308,12 @@ def test_the_size_bound(recorder):
 
 
 def test_the_hangup_of_the_real_terminal_hangs_up_the_session(recorder, tmp_path):
-    """The client vanishing: the session's foreground job gets SIGHUP, as from a real hangup."""
+    """The client vanishing: the session gets its SIGHUP, runs its trap and ends (`wait` is
+    where bash runs a trap at once), as from a real terminal's hangup."""
     flag = tmp_path / "hup"
-    os.chmod(tmp_path, 0o777)
-    t = bash(recorder)
-    # `wait` is where bash runs a trap at once (not after a foreground child).
-    t.type(f"bash -c 'trap \"echo hup > {flag}; exit 7\" HUP; echo tra''pped; "
-           f"sleep 100 & wait'\r".encode())
+    t = session_terminal(recorder, ["bash", "-c", f"trap 'echo hup > {flag}; exit 7' HUP; "
+                                                  "echo tra''pped; sleep 100 & wait"])
+    t.wait_raw()
     t.expect(b"trapped")
     os.close(t.fd)
     deadline = time.monotonic() + 30
@@ -323,6 +322,7 @@ def test_the_hangup_of_the_real_terminal_hangs_up_the_session(recorder, tmp_path
         time.sleep(0.05)
     assert flag.read_text() == "hup\n"
     (session,) = recorder.sessions().values()
+    assert session.end["exit_status"] == 7 and session.end["end_reason"] == "hangup"
     assert session.end["terminal_recording"]["truncated"] is False
     assert any(e[1] == "o" and "trapped" in e[2] for e in export(recorder, session.sid)[1])
 
