@@ -431,8 +431,10 @@ class Suite:
                  f"terminal, ratio to the same `cat` on an unrecorded pty (medians of {rounds} "
                  "interleaved rounds)",
                  f"{ratio:.2f}× ({sec['recorded']:.2f} s vs {sec['bare']:.2f} s; with "
-                 f"`tty_recording: off` {sec['off']:.2f} s = {sec['off'] / sec['bare']:.2f}×); "
-                 f"arrived intact: {'yes' if cat['intact'] else 'NO'}",
+                 f"`tty_recording: off` {sec['off']:.2f} s = {sec['off'] / sec['bare']:.2f}×; "
+                 f"util-linux `script` (a relay in C) {sec['script']:.2f} s = "
+                 f"{sec['script'] / sec['bare']:.2f}×); arrived intact: "
+                 f"{'yes' if cat['intact'] else 'NO'}",
                  "≤ 1.5×, intact", ratio <= 1.5 and cat["intact"])
         self.row("8. terminal: the relay's CPU time per MB of output (the same `cat`)",
                  f"{cat['relay_cpu_ms_per_mb']:.1f} ms/MB")

@@ -12,6 +12,7 @@ import hashlib
 import os
 import pty
 import select
+import shlex
 import signal
 import statistics
 import struct
@@ -113,17 +114,20 @@ def make_text_file(path, megabytes):
 
 
 def relay_of(wrapper_pid):
-    """The relay: the wrapper's child that is a fork of it (the same command line)."""
-    with open(f"/proc/{wrapper_pid}/cmdline", "rb") as f:
-        own = f.read()
+    """The relay: the wrapper's child that holds the session pty's master (the watchdog, the
+    wrapper's other fork, holds none)."""
     for child in h.children(wrapper_pid):
         try:
-            with open(f"/proc/{child}/cmdline", "rb") as f:
-                if f.read() == own:
-                    return child
+            fds = os.listdir(f"/proc/{child}/fd")
         except OSError:
             continue
-    return None
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{child}/fd/{fd}") == "/dev/ptmx":
+                    return child
+            except OSError:
+                continue
+    raise RuntimeError(f"no relay among the children of the wrapper {wrapper_pid}")
 
 
 def cpu_seconds(pid):
@@ -132,15 +136,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cat_once(wrap, path):
+def cat_once(wrap, path, relayed=True):
     """(seconds, intact, relay CPU seconds or None) for `cat path` on the terminal, from the go
-    (a newline typed) to the marker echoed after it."""
-    p = Pty(wrap + ["sh", "-c", f"echo READY; read x; cat {path}; "
-                                f"echo {DONE[:4]}''{DONE[4:]}; sleep 0.5"])
+    (a newline typed) to the marker echoed after it. `relayed`: the session has a relay."""
+    command = ["sh", "-c", f"echo READY; read x; cat {path}; echo {DONE[:4]}''{DONE[4:]}; sleep 0.5"]
+    p = Pty(wrap(command) if callable(wrap) else wrap + command)
     relay = None
     try:
         p.read_until(b"READY")
-        relay = relay_of(p.pid) if wrap else None
+        relay = relay_of(p.pid) if wrap and relayed else None
         time.sleep(0.2)
         relay_before = cpu_seconds(relay) if relay else None
         begin = time.perf_counter()
@@ -165,12 +169,16 @@ def cat_figures(ws, megabytes, rounds):
     recorded = write_config(ws, "tty-cat")
     unrelayed = write_config(ws, "tty-cat-off", "  tty_recording: off\n")
     h.run(recorded.argv(["/bin/true"]))   # the compiled-program cache, as for every session
-    runs = {"bare": [], "recorded": [], "off": []}
+    typescript = os.path.join(ws.dir, "typescript")
+
+    def script(command):   # util-linux script(1): a relay in C, writing an uncompressed file
+        return ["script", "-qf", "-c", shlex.join(command), typescript]
+    runs = {"bare": [], "recorded": [], "off": [], "script": []}
     cpu, intact = [], []
     for _ in range(rounds):   # interleaved, so that other load hits each alike
         for name, wrap in (("bare", []), ("recorded", recorded.argv([])),
-                           ("off", unrelayed.argv([]))):
-            seconds, ok, relay_cpu = cat_once(wrap, path)
+                           ("off", unrelayed.argv([])), ("script", script)):
+            seconds, ok, relay_cpu = cat_once(wrap, path, relayed=name == "recorded")
             runs[name].append(seconds)
             intact.append(ok)
             if name == "recorded":
