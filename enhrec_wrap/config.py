@@ -223,7 +223,7 @@ def _byte_count(value) -> int:
 
 def _tty_recording(value) -> str:
     # Unquoted, YAML reads `off` as false: it means what it says.
-    return "off" if value is False else _one_of("interactive", "off")(value)
+    return "off" if value is False else _one_of("interactive", "all", "off")(value)
 
 
 def _absolute_path(value) -> str:

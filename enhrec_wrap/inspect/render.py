@@ -174,8 +174,10 @@ def screen_text(summary: dict | None, short_sid: str) -> str:
     """The header's line on the session's terminal recording."""
     if summary is None:
         return "not recorded (no terminal, or tty_recording: off)"
+    where = (f"at {summary['width']}x{summary['height']}" if summary["width"]
+             else "without a terminal (tty_recording: all)")
     text = (f"recorded, {duration_text(summary['duration_seconds'])}, "
-            f"{summary['output_bytes']:,} bytes of output at {summary['width']}x{summary['height']}")
+            f"{summary['output_bytes']:,} bytes of output {where}")
     if summary["truncated"]:
         text += click.style(" (truncated at the size bound)", fg="red")
     return text + f": `enhrec play {short_sid}`"

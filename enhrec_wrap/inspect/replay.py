@@ -72,7 +72,8 @@ def asciicast_lines(frames, start: dict | None, events: list[dict]):
     head = header_frame.json()
     origin = head["time_ns"] / 1e9
     start = start or {}
-    header = {"version": 2, "width": head["width"], "height": head["height"],
+    # A session without a terminal (tty_recording: all) had no size: asciicast needs one.
+    header = {"version": 2, "width": head.get("width") or 80, "height": head.get("height") or 24,
               "timestamp": int(origin),
               "title": _title(start),
               "env": {"TERM": head.get("term", "")},

@@ -20,6 +20,9 @@ closes the pty's master, which hangs up the pty, so the kernel sends SIGHUP to t
 controlling process and foreground group as the real terminal's hangup did before; the wrapper
 still gets its own SIGHUP and forwards it as always. When the relay dies, the same happens: its
 master is the only one.
+
+With `tty_recording: all`, a session without a terminal gets no pty but pipes for its standard
+output and error, relayed (and recorded) the same way; its standard input stays what it was.
 """
 
 import errno
@@ -86,47 +89,47 @@ def has_terminal(in_fd: int = 0, out_fd: int = 1) -> bool:
 
 
 def open_for_session(config, log_dir: str, server_id: str, sid: str, term: str):
-    """The session's Terminal, its relay running; None when the session gets no pty (it has no
-    terminal, or `tty_recording: off`)."""
-    if config.tty_recording == "off" or not has_terminal():
+    """The session's Terminal (or, with `tty_recording: all` and no terminal, its Pipes), its
+    relay running; None when nothing of its I/O is relayed."""
+    if config.tty_recording == "off":
         return None
-    try:
-        terminal = Terminal(0, 1)
-    except (OSError, termios.error) as e:
-        raise EnhrecError(f"cannot open a terminal for the session: {e}: run `enhrec doctor`") from None
-    header = {"sid": sid, "width": terminal.size[0], "height": terminal.size[1], "term": term,
-              "input_recorded": config.record_input}
+    if has_terminal():
+        try:
+            relayed = Terminal(0, 1)
+        except (OSError, termios.error) as e:
+            raise EnhrecError(f"cannot open a terminal for the session: {e}: "
+                              "run `enhrec doctor`") from None
+        header = {"sid": sid, "width": relayed.size[0], "height": relayed.size[1], "term": term,
+                  "terminal": True, "input_recorded": config.record_input}
+    elif config.tty_recording == "all":
+        relayed = Pipes()
+        header = {"sid": sid, "term": term, "terminal": False, "input_recorded": False}
+    else:
+        return None
     directory = layout.session_files_dir(log_dir, server_id)
 
     def make_writer():
         return terminal_recording.Writer(directory, sid, header, config.tty_recording_max_bytes)
     try:
-        terminal.start_relay(make_writer, config.record_input, config.on_log_failure)
+        relayed.start_relay(make_writer, config.record_input, config.on_log_failure)
     except BaseException:
-        terminal.close()
+        relayed.close()
         raise
-    return terminal
+    return relayed
 
 
-class Terminal:
-    """The wrapper's side of the session's pty."""
+class _RelayProcess:
+    """The wrapper's side of a relay process: forking it, its status messages, its end. The
+    relay says `ready` (its recording's first part is on disk), each write failure, and at the
+    end its recording's summary, one JSON line each."""
 
-    def __init__(self, in_fd: int, out_fd: int):
-        self.in_fd, self.out_fd = in_fd, out_fd
-        self.saved = termios.tcgetattr(in_fd)
-        self.size = window_size(out_fd) or (80, 24)
-        self.master, self.slave = os.openpty()   # both close-on-exec
-        termios.tcsetattr(self.slave, termios.TCSANOW, self.saved)
-        set_window_size(self.master, self.size)
+    def __init__(self):
         self.relay_pid = None
         self.status_fd = -1
         self.go_fd = -1
         self.status = b""
         self.failed = []            # write failures the wrapper has not heard of yet
         self.summary = {}           # the recording's, from the relay's last message
-        self.raw = False
-
-    # -- the relay ---------------------------------------------------------------------------
 
     def start_relay(self, make_writer, record_input: bool, on_failure: str) -> None:
         """Forks the relay; returns once it has its recording's first part on disk.
@@ -139,15 +142,13 @@ class Terminal:
             try:
                 os.close(status_r)
                 os.close(go_w)
-                os.close(self.slave)
                 code = _relay_main(self, make_writer, record_input, on_failure, status_w, go_r)
             finally:
                 os._exit(code)
         os.close(status_w)
         os.close(go_r)
         self.go_fd = go_w
-        os.close(self.master)   # the relay's is the only one: if it dies, the pty hangs up
-        self.master = -1
+        self._forked()
         self.relay_pid, self.status_fd = pid, status_r
         message = self._next_message(END_TIMEOUT_SECONDS)
         if not message or "ready" not in message:
@@ -155,40 +156,6 @@ class Terminal:
             raise EnhrecError((message or {}).get("failure")
                               or "the terminal relay did not start: run `enhrec doctor`")
         os.set_blocking(self.status_fd, False)
-
-    def hand_over(self) -> None:
-        """As the session's child starts: the real terminal goes raw, passing every byte on
-        (the pty's line discipline does the work), and the relay starts reading it (in the
-        terminal's own mode a ^D would read as its end). A resize the wrapper is told of (sudo
-        passes SIGWINCH on to its command) goes to the relay too; it ignores repeats."""
-        termios.tcsetattr(self.in_fd, termios.TCSADRAIN, raw_mode(self.saved))
-        self.raw = True
-        os.write(self.go_fd, b"g")
-        relay = self.relay_pid
-        signal.signal(signal.SIGWINCH, lambda *_: _signal_quietly(relay, signal.SIGWINCH))
-
-    def restore(self) -> None:
-        if self.raw:
-            try:
-                termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self.saved)
-            except termios.error:
-                pass   # hung up: nothing left to restore
-            self.raw = False
-
-    def child_side(self) -> None:
-        """In the session's child, before it execs: the slave is its controlling terminal."""
-        os.setsid()
-        fcntl.ioctl(self.slave, termios.TIOCSCTTY, 0)
-        for fd in (0, 1, 2):
-            os.dup2(self.slave, fd)
-        if self.slave > 2:
-            os.close(self.slave)
-
-    def after_spawn(self) -> None:
-        """The wrapper keeps no end of the pty: only the session's processes hold the slave."""
-        if self.slave >= 0:
-            os.close(self.slave)
-            self.slave = -1
 
     def failures(self) -> list[str]:
         """The relay's write failures since the last call, without waiting."""
@@ -198,8 +165,8 @@ class Terminal:
         return found
 
     def finish(self) -> dict:
-        """Waits for the relay's end (the session's processes are gone, so the pty is) and
-        returns its recording's summary; the real terminal is as it was."""
+        """Waits for the relay's end (the session's processes are gone, so its ends of the pty
+        or the pipes are) and returns its recording's summary; the real terminal is as it was."""
         try:
             while self._take_message(END_TIMEOUT_SECONDS):
                 pass
@@ -212,6 +179,12 @@ class Terminal:
         self.after_spawn()
         self._stop_relay()
         self.restore()
+
+    def restore(self) -> None:
+        """The real terminal as it was (Terminal)."""
+
+    def restore_after_relay(self) -> None:
+        """In the relay, at its end: the same, for when the wrapper is gone (Terminal)."""
 
     def _stop_relay(self) -> None:
         if self.relay_pid is None:
@@ -254,6 +227,119 @@ class Terminal:
         return json.loads(line)
 
 
+class Terminal(_RelayProcess):
+    """The wrapper's side of the session's pty."""
+
+    def __init__(self, in_fd: int, out_fd: int):
+        super().__init__()
+        self.in_fd, self.out_fd = in_fd, out_fd
+        self.saved = termios.tcgetattr(in_fd)
+        self.size = window_size(out_fd) or (80, 24)
+        self.master, self.slave = os.openpty()   # both close-on-exec
+        termios.tcsetattr(self.slave, termios.TCSANOW, self.saved)
+        set_window_size(self.master, self.size)
+        self.raw = False
+
+    def _relay_fds(self) -> set:
+        """What the relay keeps: everything else of the wrapper's (the slave too) is closed."""
+        return {self.master, self.in_fd}
+
+    def _in_relay(self, record_input, on_failure, status_fd, go_fd):
+        return PtyRelay(self.master, self.in_fd, record_input, on_failure, status_fd, go_fd)
+
+    def _forked(self) -> None:
+        os.close(self.master)   # the relay's is the only one: if it dies, the pty hangs up
+        self.master = -1
+
+    def hand_over(self) -> None:
+        """As the session's child starts: the real terminal goes raw, passing every byte on
+        (the pty's line discipline does the work), and the relay starts reading it (in the
+        terminal's own mode a ^D would read as its end). A resize the wrapper is told of (sudo
+        passes SIGWINCH on to its command) goes to the relay too; it ignores repeats."""
+        termios.tcsetattr(self.in_fd, termios.TCSADRAIN, raw_mode(self.saved))
+        self.raw = True
+        os.write(self.go_fd, b"g")
+        relay = self.relay_pid
+        signal.signal(signal.SIGWINCH, lambda *_: _signal_quietly(relay, signal.SIGWINCH))
+
+    def restore(self) -> None:
+        if self.raw:
+            try:
+                termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self.saved)
+            except termios.error:
+                pass   # hung up: nothing left to restore
+            self.raw = False
+
+    def restore_after_relay(self) -> None:
+        try:
+            termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self.saved)
+        except termios.error:
+            pass   # hung up
+
+    def child_side(self) -> None:
+        """In the session's child, before it execs: the slave is its controlling terminal."""
+        os.setsid()
+        fcntl.ioctl(self.slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(self.slave, fd)
+        if self.slave > 2:
+            os.close(self.slave)
+
+    def after_spawn(self) -> None:
+        """The wrapper keeps no end of the pty: only the session's processes hold the slave."""
+        if self.slave >= 0:
+            os.close(self.slave)
+            self.slave = -1
+
+
+class Pipes(_RelayProcess):
+    """The wrapper's side of a session without a terminal under `tty_recording: all`: a pipe
+    for its standard output and one for its standard error (one for both when the wrapper's are
+    one file, so that their order stays), whose read ends the relay holds."""
+
+    def __init__(self):
+        super().__init__()
+        same = _same_file(1, 2)
+        out = os.pipe2(os.O_CLOEXEC)
+        err = out if same else os.pipe2(os.O_CLOEXEC)
+        self.reads = {out[0]: 1} if same else {out[0]: 1, err[0]: 2}   # read end -> our fd
+        self.out_w, self.err_w = out[1], err[1]
+
+    def _relay_fds(self) -> set:
+        return set(self.reads) | {1, 2}
+
+    def _in_relay(self, record_input, on_failure, status_fd, go_fd):
+        os.close(go_fd)   # nothing to wait for: output comes only once the session runs
+        return PipeRelay(self.reads, on_failure, status_fd)
+
+    def _forked(self) -> None:
+        for fd in self.reads:
+            os.close(fd)   # the relay's: if it dies, the session's next write gets EPIPE
+        self.reads = {}
+
+    def hand_over(self) -> None:
+        pass
+
+    def child_side(self) -> None:
+        os.dup2(self.out_w, 1)
+        os.dup2(self.err_w, 2)
+        for fd in {self.out_w, self.err_w}:
+            if fd > 2:
+                os.close(fd)
+
+    def after_spawn(self) -> None:
+        for fd in {self.out_w, self.err_w} - {-1}:
+            os.close(fd)
+        self.out_w = self.err_w = -1
+
+
+def _same_file(a: int, b: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(a), os.fstat(b))
+    except OSError:
+        return False
+
+
 def _signal_quietly(pid, sig):
     try:
         os.kill(pid, sig)
@@ -263,11 +349,11 @@ def _signal_quietly(pid, sig):
 
 # -- the relay process ---------------------------------------------------------------------------
 
-def _relay_main(terminal, make_writer, record_input, on_failure, status_fd, go_fd) -> int:
+def _relay_main(relayed, make_writer, record_input, on_failure, status_fd, go_fd) -> int:
     for sig in RELAY_IGNORED:
         signal.signal(sig, signal.SIG_IGN)
-    _close_all_but({terminal.master, terminal.in_fd, status_fd, go_fd})
-    relay = Relay(terminal.master, terminal.in_fd, record_input, on_failure, status_fd, go_fd)
+    _close_all_but(relayed._relay_fds() | {status_fd, go_fd})
+    relay = relayed._in_relay(record_input, on_failure, status_fd, go_fd)
     try:
         relay.writer = make_writer()
         relay.writer.start()
@@ -276,10 +362,7 @@ def _relay_main(terminal, make_writer, record_input, on_failure, status_fd, go_f
         return 1
     relay.tell({"ready": True})
     relay.run()
-    try:
-        termios.tcsetattr(terminal.in_fd, termios.TCSADRAIN, terminal.saved)
-    except termios.error:
-        pass   # hung up
+    relayed.restore_after_relay()
     return 0
 
 
@@ -293,22 +376,100 @@ def _close_all_but(keep) -> None:
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
-class Relay:
+class _Relay:
+    """What both relays share: the recording, and the status messages to the wrapper."""
+
+    def __init__(self, on_failure, status_fd):
+        self.writer = None
+        self.on_failure = on_failure
+        self.status_fd = status_fd
+        self.told_failure = False
+
+    def tell(self, message: dict) -> None:
+        try:
+            os.write(self.status_fd, json.dumps(message).encode() + b"\n")
+        except OSError:
+            pass   # the wrapper is gone; the session ends with the pty
+
+    def _record(self, write) -> None:
+        try:
+            write()
+        except EnhrecError as e:
+            self._failed(e)
+
+    def _failed(self, error) -> None:
+        """on_log_failure `close`: nothing more is recorded and the wrapper ends the session;
+        `continue`: recording goes on (Writer). The wrapper hears of the first failure."""
+        if self.on_failure == "close":
+            self.writer.stop()
+        if not self.told_failure:
+            self.tell({"failure": str(error)})
+            self.told_failure = True
+
+
+class PipeRelay(_Relay):
+    """Copies the session's standard output and error from their pipes to the wrapper's, as
+    they come, recording both (in the order read) as output. Writes block: a slow reader holds
+    the session up, as the pipes it had before would have."""
+
+    def __init__(self, reads: dict, on_failure, status_fd):
+        super().__init__(on_failure, status_fd)
+        self.reads = dict(reads)    # read end -> the wrapper's fd it goes to
+
+    def run(self) -> None:
+        poller = select.poll()
+        for fd in self.reads:
+            poller.register(fd, select.POLLIN)
+        while self.reads:
+            timeout = -1
+            if self.writer.flush_at is not None:
+                timeout = max(0, int((self.writer.flush_at - time.monotonic()) * 1000 + 0.999))
+            try:
+                ready = poller.poll(timeout)
+            except InterruptedError:
+                ready = ()
+            for fd, _ in ready:
+                if not self._copy(fd):
+                    poller.unregister(fd)
+                    os.close(fd)
+                    del self.reads[fd]
+            if self.writer.flush_due():
+                self._record(self.writer.flush)
+        self._record(self.writer.close)
+        self.tell({"end": self.writer.summary()})
+
+    def _copy(self, fd) -> bool:
+        """One read of fd passed on; False at its end, or when its reader is gone (closing
+        the pipe then gives the session the EPIPE it got before)."""
+        try:
+            data = os.read(fd, READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self._record(lambda: self.writer.output(data))
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.reads[fd], view):]
+        except OSError:
+            return False
+        return True
+
+
+class PtyRelay(_Relay):
     """Copies the real terminal's input to the pty and the pty's output to the real terminal,
     recording the output (and, with record_input, the input except at no-echo prompts)."""
 
     def __init__(self, master, term_fd, record_input, on_failure, status_fd, go_fd):
+        super().__init__(on_failure, status_fd)
         self.master = master
-        self.writer = None
         self.record_input = record_input
-        self.on_failure = on_failure
-        self.status_fd = status_fd
         self.go_fd = go_fd          # the real terminal is read once this says b"g"
         self.to_pty = bytearray()
         self.to_term = bytearray()
         self.term_gone = True       # until the go
         self.pty_gone = False
-        self.told_failure = False
         self.size = window_size(term_fd)
         # Its own open file of the real terminal, so that O_NONBLOCK is not forced on the one
         # the wrapper, sudo and the watchdog share.
@@ -320,12 +481,6 @@ class Relay:
         signal.signal(signal.SIGWINCH, lambda *_: None)   # seen through the wake-up pipe
         self.poller = select.poll()
         self.masks = {}
-
-    def tell(self, message: dict) -> None:
-        try:
-            os.write(self.status_fd, json.dumps(message).encode() + b"\n")
-        except OSError:
-            pass   # the wrapper is gone; the session ends with the pty
 
     def run(self) -> None:
         while not self.pty_gone:
@@ -482,22 +637,6 @@ class Relay:
             self.size = size
             set_window_size(self.master, size)   # the kernel sends the session its SIGWINCH
             self._record(lambda: self.writer.resize(*size))
-
-    def _record(self, write) -> None:
-        try:
-            write()
-        except EnhrecError as e:
-            self._failed(e)
-
-    def _failed(self, error) -> None:
-        """on_log_failure `close`: nothing more is recorded and the wrapper ends the session;
-        `continue`: recording goes on (Writer). The wrapper hears of the first failure."""
-        if self.on_failure == "close":
-            self.writer.stop()
-        if not self.told_failure:
-            self.tell({"failure": str(error)})
-            self.told_failure = True
-
 
 def _no_echo_prompt(master: int) -> bool:
     """Whether the pty reads a line without echoing it: how password prompts read (sudo, ssh,

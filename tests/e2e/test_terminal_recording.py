@@ -3,6 +3,7 @@ kernel events and exported as asciicast v2; and a command without a terminal, wh
 
 import errno
 import fcntl
+import filecmp
 import json
 import os
 import pty
@@ -17,6 +18,7 @@ import zlib
 import pytest
 
 ENHREC = "/usr/local/bin/enhrec"
+CONFIG_PATH = "/etc/enhrec-wrap/enhrec.yaml"   # the run's config (conftest.py's data_dir)
 SECRET = "e2e-Sekr1t-passw0rd"
 
 
@@ -114,7 +116,7 @@ def test_an_interactive_login_is_recorded_and_exported(host, tmp_path):
     exported = subprocess.run([ENHREC, "export", session.sid, "--format", "asciicast"],
                               capture_output=True, timeout=60)
     assert exported.returncode == 0, exported.stderr
-    lines = exported.stdout.decode().splitlines()
+    lines = exported.stdout.decode().split("\n")[:-1]
     header, body = json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
     assert header["version"] == 2 and (header["width"], header["height"]) == (80, 24)
     assert header["enhrec"]["login"] == host.user.pw_name
@@ -136,3 +138,44 @@ def test_a_command_without_a_terminal_gets_no_pty(host):
     assert result.stdout == "not a tty\nno-pty\n"
     session = host.session_since(mark)
     assert "terminal_recording" not in session.end
+
+
+@pytest.fixture
+def record_all(host):
+    """`tty_recording: all` in the run's config for one test, then the config as it was."""
+    with open(CONFIG_PATH) as f:
+        before = f.read()
+    with open(CONFIG_PATH, "w") as f:
+        f.write(before + "enhrec:\n  tty_recording: all\n")
+    try:
+        yield
+    finally:
+        with open(CONFIG_PATH, "w") as f:
+            f.write(before)
+
+
+def test_with_all_scp_sftp_and_rsync_stay_byte_exact_and_are_recorded(host, record_all,
+                                                                      tmp_path):
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(os.urandom(300_000))
+    mark = host.mark()
+    assert host.scp(str(payload), host.remote("all-scp.bin"), legacy=True).returncode == 0
+    back = tmp_path / "back.bin"
+    assert host.scp(host.remote("all-scp.bin"), str(back)).returncode == 0
+    assert filecmp.cmp(payload, back, shallow=False)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "payload.bin").write_bytes(payload.read_bytes())
+    assert host.rsync("-a", f"{tree}/", host.remote("all-rsync/")).returncode == 0
+    rback = tmp_path / "rback"
+    assert host.rsync("-a", host.remote("all-rsync/"), f"{rback}/").returncode == 0
+    assert filecmp.cmp(payload, rback / "payload.bin", shallow=False)
+    result = host.ssh("printf 'all-%s\\n' out; printf 'all-err\\n' >&2; tty")
+    assert result.stdout == "all-out\nnot a tty\n" and result.stderr == "all-err\n"
+    sessions = host.sessions_since(mark, 5)
+    for session in sessions:
+        assert session.end["terminal_recording"]["unwritten_bytes"] == 0, session.summary()
+        assert session.end["exit_status"] in (0, 1)
+    exported = subprocess.run([ENHREC, "export", sessions[-1].sid], capture_output=True, timeout=60)
+    assert exported.returncode == 0 and b"all-out" in exported.stdout and b"all-err" in exported.stdout
+

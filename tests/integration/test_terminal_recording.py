@@ -126,7 +126,8 @@ def enhrec(recorder, *args, check=True, timeout=60, **kwargs):
 
 
 def export(recorder, sid):
-    lines = enhrec(recorder, "export", sid, "--format", "asciicast").stdout.decode().splitlines()
+    # lines end in \n only: output may hold U+2028 and other characters splitlines() splits at
+    lines = enhrec(recorder, "export", sid, "--format", "asciicast").stdout.decode().split("\n")[:-1]
     return json.loads(lines[0]), [json.loads(x) for x in lines[1:]]
 
 
@@ -218,7 +219,7 @@ def test_asciinema_reads_the_export(recorder, tmp_path):
     (session,) = recorder.sessions().values()
     cast = tmp_path / "session.cast"
     cast.write_bytes(enhrec(recorder, "export", session.sid).stdout)
-    body = [json.loads(x) for x in cast.read_text().splitlines()[1:]]
+    body = [json.loads(x) for x in cast.read_text().split("\n")[1:-1]]
     # invalid UTF-8 becomes U+FFFD, as asciinema records it
     assert any(e[1] == "o" and "café \ufffd ok" in e[2] for e in body)
     for command in (["asciinema", "cat", str(cast)], ["asciinema", "play", "-s", "20", str(cast)]):
@@ -363,6 +364,49 @@ def test_no_pty_without_a_terminal(recorder):
     assert "screen not recorded" in shown
     played = enhrec(recorder, "play", session.sid, check=False)
     assert played.returncode == 2 and b"no terminal recording" in played.stderr
+
+
+def test_all_relays_and_records_a_session_without_a_terminal(recorder, tmp_path):
+    """`tty_recording: all`: standard output and error through pipes of the wrapper's, byte for
+    byte, each to where it went before, and recorded; standard input stays what it was."""
+    recorder.configure("enhrec:\n  tty_recording: all\n")
+    blob = os.urandom(300_000)
+    source = tmp_path / "input"
+    source.write_bytes(blob)
+    with open(source, "rb") as stdin:
+        proc = recorder.popen(["sh", "-c", "test -f /dev/stdin && echo stdin-is-the-file >&2; "
+                                           "cat; echo to-err >&2; tty"], stdin=stdin, text=False)
+        out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1            # `tty`: not a tty
+    assert out == blob + b"not a tty\n"
+    assert err == b"stdin-is-the-file\nto-err\n"
+    (session,) = recorder.sessions().values()
+    tty = session.end["terminal_recording"]
+    assert tty["recorded_bytes"] == len(blob) + len(b"not a tty\nstdin-is-the-file\nto-err\n")
+    assert tty["input_recorded"] is False
+    header, body = export(recorder, session.sid)
+    assert (header["width"], header["height"]) == (80, 24)
+    shown = "".join(e[2] for e in body if e[1] == "o")
+    assert "to-err" in shown and "not a tty" in shown
+    assert "without a terminal" in enhrec(recorder, "show", session.sid).stdout.decode()
+
+
+def test_all_keeps_the_order_of_output_and_errors_sent_to_one_file(recorder, tmp_path):
+    recorder.configure("enhrec:\n  tty_recording: all\n")
+    out = tmp_path / "both"
+    with open(out, "wb") as f:
+        result = recorder.run(["sh", "-c", "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done"],
+                              stdout=f, stderr=subprocess.STDOUT)
+    assert result.returncode == 0
+    assert out.read_text() == "".join(f"out{i}\nerr{i}\n" for i in range(1, 6))
+
+
+def test_all_passes_a_vanished_reader_on_as_sigpipe(recorder):
+    recorder.configure("enhrec:\n  tty_recording: all\n")
+    proc = recorder.popen(["yes"], stdin=subprocess.DEVNULL, text=False)
+    assert proc.stdout.read(10) == b"y\ny\ny\ny\ny\n"
+    proc.stdout.close()                    # as `| head` does
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
 
 
 def test_tty_recording_off(recorder):

@@ -399,11 +399,13 @@ def test_terminal_recording_settings(write):
         """))
     assert (cfg.tty_recording, cfg.record_input, cfg.tty_recording_max_bytes) == ("off", True, 0)
     assert load_config(write('enhrec:\n  tty_recording: "off"\n')).tty_recording == "off"
+    assert load_config(write("enhrec:\n  tty_recording: all\n")).tty_recording == "all"
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("tty_recording: all", 'enhrec.tty_recording: must be one of interactive, off, got "all"'),
-    ("tty_recording: true", "enhrec.tty_recording: must be one of interactive, off, got true"),
+    ("tty_recording: everything",
+     'enhrec.tty_recording: must be one of interactive, all, off, got "everything"'),
+    ("tty_recording: true", "enhrec.tty_recording: must be one of interactive, all, off, got true"),
     ("record_input: maybe", 'enhrec.record_input: must be true or false, got "maybe"'),
     ("tty_recording_max_bytes: -1", "enhrec.tty_recording_max_bytes: must be an integer from 0 to"),
     ("tty_recording_max_bytes: 1.5", "enhrec.tty_recording_max_bytes: must be an integer"),
