@@ -79,11 +79,14 @@ def set_window_size(fd: int, size: tuple[int, int]) -> None:
 
 
 def has_terminal(in_fd: int = 0, out_fd: int = 1) -> bool:
-    """The session has a terminal when what it reads and what it writes are one: output sent
-    to a file or a pipe (`enhrec-wrap -- cmd > file`) stays the exact bytes, with no pty."""
+    """The session has a terminal when what it reads and what it writes are one, and we are
+    its foreground: output sent to a file or a pipe (`enhrec-wrap -- cmd > file`) stays the
+    exact bytes, with no pty; and a wrapper started in the background (`&`) may not read the
+    terminal (it would read EIO as a hangup), so its session uses the terminal as before."""
     try:
         return os.isatty(in_fd) and os.isatty(out_fd) and \
-            os.path.samestat(os.fstat(in_fd), os.fstat(out_fd))
+            os.path.samestat(os.fstat(in_fd), os.fstat(out_fd)) and \
+            os.tcgetpgrp(in_fd) == os.getpgrp()
     except OSError:
         return False
 

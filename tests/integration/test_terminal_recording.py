@@ -409,6 +409,22 @@ def test_all_passes_a_vanished_reader_on_as_sigpipe(recorder):
     assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
 
 
+def test_a_wrapper_started_in_the_background_gives_no_pty(recorder):
+    """`enhrec-wrap -- cmd &` at a shell: the wrapper may not read the terminal from the
+    background, so its session uses the terminal as it did before."""
+    t = Terminal(["bash", "--norc", "--noprofile", "-i"],
+                 recorder.environment({"TERM": "xterm", "PS1": "$ "}))
+    t.expect(b"$ ")
+    line = shlex.join(recorder.argv(["sh", "-c", "echo bg-$(tty)"]))
+    t.type(f"{line} & wait; echo waited-''done\r".encode())
+    t.expect(b"waited-done")
+    t.type(b"exit\r")
+    t.wait()
+    (session,) = recorder.sessions().values()
+    assert "terminal_recording" not in session.end
+    assert b"bg-/dev/pts/" in t.seen
+
+
 def test_tty_recording_off(recorder):
     recorder.configure("enhrec:\n  tty_recording: off\n")
     t = session_terminal(recorder, ["sh", "-c", "tty; echo OFF-MARK"])
