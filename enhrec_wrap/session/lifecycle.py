@@ -35,6 +35,7 @@ NOT_STARTED_STATUS = {
     Failure.FAILED: 125,
 }
 POLL_SECONDS = 0.05
+RECORDED_AT_NODE = "node"
 # After SIGHUP/SIGTERM the session gets this long to exit on its own before cgroup.kill.
 HANGUP_GRACE_SECONDS = 2.0
 # session.end's end_reason: why the session ended.
@@ -156,7 +157,7 @@ class Session:
     def write_start(self):
         fields = {"interactive": self.request.interactive,
                   "enhanced_recording": self.config.enabled,
-                  "session_recording": events.SESSION_RECORDING,
+                  "session_recording": self._session_recording(),
                   "initial_command": list(self.request.command or []),
                   "schema_version": events.SCHEMA_VERSION}
         size = _terminal_size()
@@ -365,10 +366,15 @@ class Session:
 
     # -- the end -----------------------------------------------------------------------------
 
+    def _session_recording(self) -> str:
+        """Teleport's recording mode: `node` (recorded at this host) when the session's output
+        is recorded (session/terminal.py), else `off`."""
+        return RECORDED_AT_NODE if self.terminal else events.SESSION_RECORDING
+
     def _end_fields(self) -> dict:
         """session.end's fields known from the start (the watchdog's copy ends with these too)."""
         return {"enhanced_recording": self.config.enabled,
-                "session_recording": events.SESSION_RECORDING,
+                "session_recording": self._session_recording(),
                 "interactive": self.request.interactive,
                 "participants": [self.request.user],
                 "session_start": events.rfc3339(self.start_ns),

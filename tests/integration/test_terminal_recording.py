@@ -167,6 +167,7 @@ def test_a_session_with_a_marker_a_resize_and_a_secret(recorder):
     assert t.wait() == 3
     assert termios.tcgetattr(t.fd) == t.initial_mode, "the terminal's mode was not restored"
     (session,) = recorder.sessions().values()
+    assert session.start["session_recording"] == session.end["session_recording"] == "node"
     assert session.end["terminal_recording"] == {
         "recorded_bytes": session.end["terminal_recording"]["recorded_bytes"],
         "truncated": False, "bytes_not_kept": 0, "unwritten_bytes": 0, "input_recorded": False}
@@ -359,6 +360,7 @@ def test_no_pty_without_a_terminal(recorder):
     assert result.stdout == blob + b"not a tty\n"
     (session,) = recorder.sessions().values()
     assert "terminal_recording" not in session.end
+    assert session.start["session_recording"] == session.end["session_recording"] == "off"
     assert not glob.glob(os.path.join(session_dir(recorder), "*.tty.gz"))
     shown = enhrec(recorder, "show", session.sid).stdout.decode()
     assert "screen not recorded" in shown
@@ -382,6 +384,7 @@ def test_all_relays_and_records_a_session_without_a_terminal(recorder, tmp_path)
     assert err == b"stdin-is-the-file\nto-err\n"
     (session,) = recorder.sessions().values()
     tty = session.end["terminal_recording"]
+    assert session.end["session_recording"] == "node"
     assert tty["recorded_bytes"] == len(blob) + len(b"not a tty\nstdin-is-the-file\nto-err\n")
     assert tty["input_recorded"] is False
     header, body = export(recorder, session.sid)
