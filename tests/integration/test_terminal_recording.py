@@ -252,6 +252,31 @@ def test_play_at_twenty_times_with_events(recorder, tmp_path):
     assert with_events.index(b"exec /bin/echo played") > with_events.index(b"PLAY-MARK")
 
 
+def test_job_control_through_the_relay(recorder):
+    """Ctrl-C, Ctrl-Z and fg reach the session's jobs through its own pty, as on a terminal."""
+    t = bash(recorder)
+    t.type(b"sleep 100\r")
+    time.sleep(0.5)
+    t.type(b"\x03")                       # Ctrl-C
+    t.expect(PROMPT)
+    t.type(b"echo st=$?\r")
+    t.expect(b"st=130")
+    t.type(b"sleep 101\r")
+    time.sleep(0.5)
+    t.type(b"\x1a")                       # Ctrl-Z
+    t.expect(b"Stopped")
+    t.type(b"jobs -l; fg\r")
+    t.expect(b"sleep 101")
+    time.sleep(0.3)
+    t.type(b"\x03")
+    t.type(b"echo after-''fg\r")
+    t.expect(b"after-fg")
+    t.type(b"exit\r")
+    assert t.wait() == 0
+    (session,) = recorder.sessions().values()
+    assert [e["argv"] for e in session.commands_with(name="sleep")] == [["100"], ["101"]]
+
+
 @pytest.mark.parametrize("program", ["vim", "top"])
 def test_a_full_screen_program(recorder, tmp_path, program):
     text = tmp_path / "text.txt"
