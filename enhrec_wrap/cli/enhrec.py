@@ -239,8 +239,9 @@ def play(obj, config_path, speed, idle_limit, show_events, sid):
     """Replays the session's terminal in this terminal, with its real timing."""
     events, paths = _recorded_session(obj, config_path, sid)
     sys.stdout.flush()
-    replay.play(replay.frames_of(paths), events, sys.stdout.fileno(), speed=speed,
-                idle_limit=idle_limit, show_events=show_events)
+    with replay.answerbacks_discarded(sys.stdin.fileno()):
+        replay.play(replay.frames_of(paths), events, sys.stdout.fileno(), speed=speed,
+                    idle_limit=idle_limit, show_events=show_events)
 
 
 def _recorded_session(obj, config_path, sid):

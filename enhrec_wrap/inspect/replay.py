@@ -9,10 +9,12 @@ and `enhrec play` replays them as they were).
 """
 
 import codecs
+import contextlib
 import datetime
 import json
 import os
 import re
+import termios
 import time
 
 from enhrec_wrap.errors import EnhrecError
@@ -193,6 +195,31 @@ def play(frames, events, out_fd: int, speed=1.0, idle_limit=None, show_events=Fa
         wait_until(when)
         screen.event(line)
     screen.flush_events()
+
+
+ANSWERBACK_SECONDS = 0.05
+
+
+@contextlib.contextmanager
+def answerbacks_discarded(fd: int):
+    """While a recording replays on the terminal `fd`: what the terminal answers to the
+    session's output (a recorded session can ask it to report its title, its colours ...) is
+    neither echoed nor left behind to be read by the shell after `enhrec play` as if typed, the
+    way a hostile session's output could type commands for the one replaying it. Echo and line
+    editing are off meanwhile (Ctrl-C still stops), and at the end, after a moment for late
+    answers, pending input is dropped, as asciinema does."""
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~(termios.ECHO | termios.ICANON)
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        time.sleep(ANSWERBACK_SECONDS)
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
 
 class _Screen:

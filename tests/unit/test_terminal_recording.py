@@ -245,3 +245,20 @@ def test_event_lines_cannot_send_escapes():
     events = [exec_event(0.5, "/tmp/\x1b]0;evil\x07", [])]
     out, _ = play([HEADER, frame(b"o", 1, b"x")], events, show_events=True)
     assert b"\x1b]0;evil" not in out and b"\\x1b]0;evil\\x07" in out
+
+
+def test_what_the_terminal_answers_during_a_replay_is_not_left_to_be_typed():
+    master, slave = os.openpty()
+    try:
+        before = replay.termios.tcgetattr(slave)
+        with replay.answerbacks_discarded(slave):
+            assert not replay.termios.tcgetattr(slave)[3] & replay.termios.ECHO
+            os.write(master, b"\x1b]l rm -rf ~ \x1b\\\n")   # a title report, as a terminal answers
+        assert replay.termios.tcgetattr(slave) == before
+        os.set_blocking(slave, False)
+        with pytest.raises(BlockingIOError):
+            os.read(slave, 100)                              # nothing left for the shell
+    finally:
+        os.close(master)
+        os.close(slave)
+
