@@ -16,6 +16,7 @@ import time
 import traceback
 
 import harness as h
+import terminal
 
 REPO = os.path.dirname(h.HERE)
 DOC = os.path.join(REPO, "docs", "PERFORMANCE.md")
@@ -29,6 +30,8 @@ BUILD_FILES = 240
 BUILD_HEADERS = 24
 CONSUMER_EVENTS = 100_000
 IDLE_SESSIONS = 10
+TTY_CAT_MB = 20
+TTY_KEYS = 200
 
 
 class Suite:
@@ -416,6 +419,45 @@ class Suite:
         self.row("`while sleep .05; do ls; done` × 30", f"{len(ls)}/30 ls recorded",
                  "30/30", len(ls) == 30)
 
+    # -- 8. the terminal recording ----------------------------------------------------------
+
+    def terminal(self):
+        rounds = self.reps(5, 2)
+        cat = terminal.cat_figures(self.ws, TTY_CAT_MB, rounds)
+        sec = cat["seconds"]
+        ratio = sec["recorded"] / sec["bare"]
+        self.details["terminal_cat"] = cat
+        self.row(f"8. terminal: `cat` of a {TTY_CAT_MB} MB text file through the recorded "
+                 f"terminal, ratio to the same `cat` on an unrecorded pty (medians of {rounds} "
+                 "interleaved rounds)",
+                 f"{ratio:.2f}× ({sec['recorded']:.2f} s vs {sec['bare']:.2f} s; with "
+                 f"`tty_recording: off` {sec['off']:.2f} s = {sec['off'] / sec['bare']:.2f}×; "
+                 f"util-linux `script` (a relay in C) {sec['script']:.2f} s = "
+                 f"{sec['script'] / sec['bare']:.2f}×); arrived intact: "
+                 f"{'yes' if cat['intact'] else 'NO'}",
+                 "≤ 1.5×, intact", ratio <= 1.5 and cat["intact"])
+        self.row("8. terminal: the relay's CPU time per MB of output (the same `cat`)",
+                 f"{cat['relay_cpu_ms_per_mb']:.1f} ms/MB")
+        busy = (f"while :; do {self.ws.openloop} 2000 {self.ws.target}; sleep 0.05; done")
+        echo = terminal.echo_figures(self.ws, TTY_KEYS, self.reps(2, 1), busy)
+        self.details["terminal_echo"] = echo
+        idle, loaded = echo["idle"], echo["busy"]
+        added = idle["recorded_p50"] - idle["bare_p50"]
+        self.row(f"8. terminal: keystroke to echo, added by the relay (median, p99 of "
+                 f"{TTY_KEYS * self.reps(2, 1)} keys to `cat` in raw mode)",
+                 f"idle session: +{added:.2f} ms (p99 +{idle['recorded_p99'] - idle['bare_p99']:.2f}"
+                 f" ms; bare median {idle['bare_p50']:.2f} ms); busy session (2,000 opens every "
+                 f"50 ms in its background): +{loaded['recorded_p50'] - loaded['bare_p50']:.2f} ms "
+                 f"(p99 +{loaded['recorded_p99'] - loaded['bare_p99']:.2f} ms)",
+                 "≤ 1 ms added", added <= 1.0)
+        memory = terminal.relay_memory(self.ws)
+        self.details["terminal_memory"] = memory
+        self.row("8. terminal: the relay process's memory, one idle session on a terminal",
+                 f"RSS {memory['rss_kb'] / 1024:.1f} MB, PSS {memory['pss_kb'] / 1024:.1f} MB, "
+                 f"its own pages {memory['private_kb'] / 1024:.1f} MB (the rest shared with "
+                 f"its wrapper, of which it is a fork; the wrapper's PSS "
+                 f"{memory['wrapper_pss_kb'] / 1024:.1f} MB)")
+
     # -- what a shared, already-loaded recorder would change --------------------------------
 
     def shared_estimate(self):
@@ -488,7 +530,7 @@ def main():
           flush=True)
     suite = Suite(args.quick)
     figures = ["start_latency", "host_overhead", "in_session", "consumer", "exec_storm",
-               "open_storm", "build", "memory", "ls_loop", "shared_estimate"]
+               "open_storm", "build", "memory", "ls_loop", "terminal", "shared_estimate"]
     if args.only:
         figures = [f for f in figures if f in args.only.split(",")]
     started = time.monotonic()

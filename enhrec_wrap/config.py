@@ -29,6 +29,8 @@ MAX_NAME_BYTES = 253
 # The files below data_dir and cgroup_path add up to ~150 bytes to them; this leaves them all
 # within PATH_MAX (4096).
 MAX_PATH_BYTES = 3840
+DEFAULT_TTY_RECORDING_MAX_BYTES = 256 << 20
+MAX_TTY_RECORDING_BYTES = 1 << 40
 
 # Every setting here can weaken recording (enabled: false is one line), so, as tlog does for
 # its security settings, only a file that root alone can write is believed.
@@ -53,6 +55,10 @@ class Config:
     idle_unload_seconds: int = 300   # kernel/idle.py
     refuse_io_uring: bool = True     # session/seccomp.py
     refuse_32bit: bool = True
+    tty_recording: str = "interactive"
+    record_input: bool = False
+    # Output kept per session; a `cat` of a large log is the usual way past it.
+    tty_recording_max_bytes: int = DEFAULT_TTY_RECORDING_MAX_BYTES
 
     @property
     def log_dir(self) -> str:
@@ -227,6 +233,18 @@ def _seconds(value) -> int:
     return value
 
 
+def _byte_count(value) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_TTY_RECORDING_BYTES:
+        raise _BadValue(f"must be an integer from 0 to {MAX_TTY_RECORDING_BYTES} (bytes), "
+                        f"got {_show(value)}")
+    return value
+
+
+def _tty_recording(value) -> str:
+    # Unquoted, YAML reads `off` as false: it means what it says.
+    return "off" if value is False else _one_of("interactive", "all", "off")(value)
+
+
 def _absolute_path(value) -> str:
     # Relative paths would depend on the directory the login shell happens to start in.
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
@@ -274,6 +292,9 @@ _ENHREC_KEYS = {
     "idle_unload_seconds": _seconds,
     "refuse_io_uring": _boolean,
     "refuse_32bit": _boolean,
+    "tty_recording": _tty_recording,
+    "record_input": _boolean,
+    "tty_recording_max_bytes": _byte_count,
 }
 
 # Teleport's own keys in the sections we own: accepted so that a real teleport.yaml loads,

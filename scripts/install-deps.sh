@@ -38,6 +38,8 @@ test_packages=(
     bpftool          # tests/integration: counts the programs the host's sessions share
     gcc              # tests/adversarial: builds the technique programs
     gcc-multilib     # tests/adversarial: the -m32 -static ones
+    asciinema        # tests: reads `enhrec export`'s asciicast
+    vim              # tests: a full-screen program through the session's terminal
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

@@ -4,6 +4,8 @@
     enhrec show SID                 one session as a process tree, with its files and connections
     enhrec search [filters]         matching events across all sessions
     enhrec tail [-f] [filters]      the newest events, and then the new ones as they come
+    enhrec play SID                 the session's terminal replayed, with its events (--events)
+    enhrec export SID               the session's terminal as asciicast v2
     enhrec doctor [--repair]        can this host record? (and end sessions left open)
 
 The commands and their errors live here; what they find and how it is shown, in enhrec_wrap.inspect
@@ -22,7 +24,7 @@ from enhrec_wrap import __version__
 from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.events.timestamps import epoch_of
-from enhrec_wrap.inspect import lookup, query, render, sessions as summaries, tree
+from enhrec_wrap.inspect import lookup, query, render, replay, sessions as summaries, tree
 from enhrec_wrap.inspect.output import (PROG, MissingReport, Progress, SkipReport, json_line, note,
                                         report_skipped, write_json_line)
 from enhrec_wrap.log import reader
@@ -126,6 +128,7 @@ def show(obj, config_path, as_json, all_files, sid):
     stats = reader.Stats()
     events = lookup.session(log, sid, stats)
     head = summaries.session_header(events, config.log_dir)
+    head["terminal_recording"] = replay.summary_of(config.log_dir, events)
     t0 = epoch_of(head["start"])
     roots = tree.build_tree(events)
     if as_json:
@@ -213,6 +216,55 @@ def tail(obj, config_path, as_json, follow, count, login, program, path, dst, ev
         sys.stdout.flush()
         skipped(stats)
         holes(missing)
+
+
+@enhrec.command()
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["asciicast"]), default="asciicast",
+              show_default=True, help="asciicast v2, as asciinema reads it.")
+@click.argument("sid")
+@click.pass_obj
+def export(obj, config_path, fmt, sid):
+    """The session's terminal recording on stdout, with a marker for each exec (asciicast v2:
+    `asciinema play FILE`)."""
+    events, paths = _recorded_session(obj, config_path, sid)
+    start = next((e for e in events if e.get("event") == "session.start"), None)
+    out = sys.stdout
+    for line in replay.asciicast_lines(replay.frames_of(paths), start, events):
+        out.write(line + "\n")
+    out.flush()
+
+
+@enhrec.command()
+@config_option
+@click.option("--speed", type=click.FloatRange(min=0.01, max=1000), default=1.0,
+              show_default=True, help="Replay N times as fast.")
+@click.option("--idle-limit", type=click.FloatRange(min=0), metavar="S",
+              help="No pause longer than S seconds (asciinema's -i).")
+@click.option("--events", "show_events", is_flag=True,
+              help="Show the session's execs, connects and file writes as they happen.")
+@click.argument("sid")
+@click.pass_obj
+def play(obj, config_path, speed, idle_limit, show_events, sid):
+    """Replays the session's terminal in this terminal, with its real timing."""
+    events, paths = _recorded_session(obj, config_path, sid)
+    sys.stdout.flush()
+    with replay.answerbacks_discarded(sys.stdin.fileno()):
+        replay.play(replay.frames_of(paths), events, sys.stdout.fileno(), speed=speed,
+                    idle_limit=idle_limit, show_events=show_events)
+
+
+def _recorded_session(obj, config_path, sid):
+    """(events, recording parts) of a session that has a terminal recording."""
+    log, config = obj.log(config_path)
+    stats = reader.Stats()
+    events = lookup.session(log, sid, stats)
+    paths = replay.recording_paths(config.log_dir, events)
+    if not paths:
+        raise EnhrecError(f"session {events[0].get('sid')} has no terminal recording (it had no "
+                          "terminal, or tty_recording was off): `enhrec show` has its events")
+    report_skipped(stats)
+    return events, paths
 
 
 @enhrec.command()

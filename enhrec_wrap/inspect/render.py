@@ -134,6 +134,7 @@ def render_header(head: dict) -> list[str]:
     status = f"exit {head['exit_status']}" if head["exit_status"] is not None else "exit status unknown"
     lines.append(f"  result {status}; {counted(head['commands'], 'command')}, "
                  f"{counted(head['files'], 'file open')}, {counted(head['connections'], 'connection')}")
+    lines.append("  screen " + screen_text(head.get("terminal_recording"), head["sid"][:8]))
     lines.append("  lost   " + _lost_text(head))
     problems = []
     if head.get("unwritten_events"):
@@ -191,6 +192,19 @@ def _lost_text(head: dict) -> str:
 
 def _per_sink(counts: dict) -> str:
     return ", ".join(f"{safe(str(k))} {v}" for k, v in counts.items())
+
+
+def screen_text(summary: dict | None, short_sid: str) -> str:
+    """The header's line on the session's terminal recording."""
+    if summary is None:
+        return "not recorded (no terminal, or tty_recording: off)"
+    where = (f"at {summary['width']}x{summary['height']}" if summary["width"]
+             else "without a terminal (tty_recording: all)")
+    text = (f"recorded, {duration_text(summary['duration_seconds'])}, "
+            f"{summary['output_bytes']:,} bytes of output {where}")
+    if summary["truncated"]:
+        text += click.style(" (truncated at the size bound)", fg="red")
+    return text + f": `enhrec play {short_sid}`"
 
 
 def is_routine(e: dict) -> bool:

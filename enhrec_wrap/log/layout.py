@@ -8,6 +8,7 @@
         sessions/default/<sid>.index                             the session's files, one JSON line each
         sessions/default/<sid>-<part>.events.gz                  every event of the session
         sessions/default/<sid>-<part>.<kind>-events.gz           its events of one kernel kind
+        sessions/default/<sid>-<part>.tty.gz                     what its terminal showed (ours)
         open-sessions/<sid>.lock                                 a session not (yet) properly ended
 
 The layout is Teleport's file backend's (docs/log-layout.md), so that its tools read our log; the
@@ -36,6 +37,7 @@ _DAY_FORMAT = "%Y-%m-%d"
 _DAY_FILE_SUFFIX = ".00:00:00.log"
 _DAY_FILE_RE = re.compile(r"(\d{4}-\d{2}-\d{2})\.00:00:00\.log")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_TERMINAL_RECORDING_RE = re.compile(r"(?P<sid>[0-9a-fA-F-]{36})-(?P<part>\d+)\.tty\.gz")
 _STREAM_FILE_RE = re.compile(
     r"(?P<sid>[0-9a-fA-F-]{36})-(?P<part>\d+)\.(?:(?P<kind>session\.[a-z]+)-)?events\.gz")
 
@@ -117,6 +119,20 @@ def parse_stream_file(name: str) -> StreamFile | None:
     if m is None:
         return None
     return StreamFile(m.group("sid"), int(m.group("part")), m.group("kind") or ALL_EVENTS)
+
+
+def terminal_recording_file_name(sid: str, part: int) -> str:
+    """A part of the session's terminal recording (log/terminal_recording.py); not in the
+    index, which lists the event streams as the reference does."""
+    return f"{sid}-{part}.tty.gz"
+
+
+RecordingFile = collections.namedtuple("RecordingFile", "sid part")
+
+
+def parse_terminal_recording_file(name: str) -> RecordingFile | None:
+    m = _TERMINAL_RECORDING_RE.fullmatch(name)
+    return RecordingFile(m.group("sid"), int(m.group("part"))) if m else None
 
 
 def index_file_name(sid: str) -> str:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from enhrec_wrap.events import teleport as events
-from enhrec_wrap.session import recovery
+from enhrec_wrap.session import recovery, terminal
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import load_or_create_server_id
 from enhrec_wrap.host.cgroup import SessionCgroup
@@ -33,6 +33,7 @@ NOT_STARTED_STATUS = {
     Failure.FAILED: 125,
 }
 POLL_SECONDS = 0.05
+RECORDED_AT_NODE = "node"
 # After SIGHUP/SIGTERM the session gets this long to exit on its own before cgroup.kill.
 HANGUP_GRACE_SECONDS = 2.0
 # session.end's end_reason: why the session ended.
@@ -122,8 +123,17 @@ class Session:
         self.child_pidfd = -1
         self.hangup_deadline = None
         self.start_ns = time.time_ns()
+        self.terminal = None         # the session's own pty and its relay, when it has a terminal
+        self.terminal_summary = None
 
     # -- set up ------------------------------------------------------------------------------
+
+    def open_terminal(self):
+        """Before the kernel side and its imports: the relay is a fork of this process, and
+        the fewer pages it has by then, the fewer it holds (docs/PERFORMANCE.md)."""
+        env_term = login_environment(self.request, self.sid).get("TERM", "")
+        self.terminal = terminal.open_for_session(self.config, self.config.log_dir,
+                                                  self.server_id, self.sid, env_term)
 
     def start_recording(self):
         """cgroup, then the session's rings registered with the programs, then the watchdog
@@ -150,7 +160,7 @@ class Session:
     def write_start(self):
         fields = {"interactive": self.request.interactive,
                   "enhanced_recording": self.config.enabled,
-                  "session_recording": events.SESSION_RECORDING,
+                  "session_recording": self._session_recording(),
                   "initial_command": list(self.request.command or []),
                   "schema_version": events.SCHEMA_VERSION}
         size = _terminal_size()
@@ -181,10 +191,14 @@ class Session:
         if pid == 0:
             os.close(go_w)
             os.close(err_r)
-            _child(self.request.account, path, argv, env, cwd, go_r, err_w, self._refusals())
+            _child(self.request.account, path, argv, env, cwd, go_r, err_w, self._refusals(),
+                   self.terminal)
         os.close(go_r)
         os.close(err_w)
         self.child = pid
+        if self.terminal:
+            self.terminal.after_spawn()
+            self.terminal.hand_over()
         try:
             if self.cgroup:
                 self.cgroup.add(pid)
@@ -240,6 +254,7 @@ class Session:
         while True:
             self.poll()
             self._check_client()
+            self._check_terminal()
             pid, status = os.waitpid(self.child, os.WNOHANG)
             if pid:
                 self.child = None
@@ -256,6 +271,7 @@ class Session:
             while self.cgroup.populated():
                 self.poll()
                 self._check_client()
+                self._check_terminal()
                 if self.hangup_deadline and time.monotonic() > self.hangup_deadline:
                     break
             if not self.cgroup.populated():
@@ -263,6 +279,17 @@ class Session:
         lingering = len(self.cgroup.pids())
         self.cgroup.kill_and_wait()
         return lingering
+
+    def _check_terminal(self):
+        """A failed write of the terminal recording is a failed write of the log."""
+        if self.terminal:
+            for message in self.terminal.failures():
+                self._failed(EnhrecError(message))
+
+    def finish_terminal(self):
+        """Once nothing of the session runs: the relay's last output, and its summary."""
+        if self.terminal:
+            self.terminal_summary = self.terminal.finish()
 
     def poll(self):
         """Waits for records (woken at once by the child's exit or the watchdog's) and writes
@@ -343,6 +370,9 @@ class Session:
         counts what could not be written. Either way the user is told, once."""
         self.write_failures += 1
         self.unwritten[sink] = self.unwritten.get(sink, 0) + count
+        self._failed(error)
+
+    def _failed(self, error):
         if self.log_failure is not None:
             return
         self.log_failure = error
@@ -359,10 +389,15 @@ class Session:
 
     # -- the end -----------------------------------------------------------------------------
 
+    def _session_recording(self) -> str:
+        """Teleport's recording mode: `node` (recorded at this host) when the session's output
+        is recorded (session/terminal.py), else `off`."""
+        return RECORDED_AT_NODE if self.terminal else events.SESSION_RECORDING
+
     def _end_fields(self) -> dict:
         """session.end's fields known from the start (the watchdog's copy ends with these too)."""
         return {"enhanced_recording": self.config.enabled,
-                "session_recording": events.SESSION_RECORDING,
+                "session_recording": self._session_recording(),
                 "interactive": self.request.interactive,
                 "participants": [self.request.user],
                 "session_start": events.rfc3339(self.start_ns),
@@ -387,6 +422,8 @@ class Session:
         removed = {"audit_log": self.log.removed(), "session_files": self.store.removed_events()}
         if any(removed.values()):
             fields["removed_events"] = {k: v for k, v in removed.items() if v}
+        if self.terminal_summary is not None:
+            fields["terminal_recording"] = self.terminal_summary
         failures = self.write_failures
         self._write([self.factory.make(events.SESSION_END, **fields)])
         self.ended = self.write_failures == failures
@@ -415,6 +452,8 @@ class Session:
             if self.cgroup.populated():
                 self.cgroup.kill_and_wait()
             self.cgroup.remove()
+        if self.terminal:
+            self.terminal.close()   # the real terminal as it was, before any message
         release = None
         if self.recording:
             # The watchdog takes the rings out while we exit (idle.release_session), unless it
@@ -441,6 +480,7 @@ def run(config, request: Request, watchdog) -> int:
     recovery.repair_at_start(config)   # sessions whose recorder died: end them, free their cgroups
     session = Session(config, request, watchdog)
     try:
+        session.open_terminal()
         session.start_recording()
         session.write_start()
         session.install_signal_handlers()
@@ -448,6 +488,7 @@ def run(config, request: Request, watchdog) -> int:
         status = session.wait_child()
         exit_status = exit_status_of(status)
         killed = session.finish_lingering()
+        session.finish_terminal()
         session.write_end(exit_status, killed)
     finally:
         session.close()
@@ -516,13 +557,15 @@ def _read_all(fd) -> bytes:
         chunks.append(chunk)
 
 
-def _child(account, path, argv, env, cwd, go_fd, err_fd, refusals):
+def _child(account, path, argv, env, cwd, go_fd, err_fd, refusals, session_terminal=None):
     """In the forked child: never returns. Reports a failure as b"<Failure name>:<message>" on
     err_fd (close-on-exec, so a successful exec reports nothing).
 
     All set-up happens before the go signal, outside the session's cgroup, so that the recording
     starts with the user's own program and not with the wrapper's preparations."""
     try:
+        if session_terminal:
+            session_terminal.child_side()
         _prepare_child(account, cwd, (go_fd, err_fd), refusals)
         program = _find_program(path, env["PATH"])
         if os.read(go_fd, 1) != b"g":

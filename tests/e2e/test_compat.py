@@ -11,12 +11,13 @@ CONNECTS = ("/usr/bin/python3 -c 'import socket\n"
             "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect((\"127.0.0.1\", 9))'")
 
 
-def assert_ssh_connection(host, session):
+def assert_ssh_connection(host, session, recording):
+    """`recording`: session_recording as it must be (`node` when the terminal was recorded)."""
     start, end = session.start, session.end
     for e in (start, end):
         assert e["addr.local"] == e["server_addr"] == f"127.0.0.1:{host.port}", e
         assert e["addr.remote"].startswith("127.0.0.1:") and e["proto"] == "ssh", e
-        assert e["session_recording"] == "off" and e["cluster_name"] == socket.gethostname(), e
+        assert e["session_recording"] == recording and e["cluster_name"] == socket.gethostname(), e
     assert end["addr.remote"] == start["addr.remote"]
 
 
@@ -29,7 +30,7 @@ def test_ssh_command_session_is_compatible(host, teleport_compat):
     assert {e["event"] for e in session.events} == set(teleport_compat.TELEPORT_KINDS), \
         session.summary()
     teleport_compat.assert_compatible(session.events, ssh=True, terminal=False)
-    assert_ssh_connection(host, session)
+    assert_ssh_connection(host, session, "off")
     assert "size" not in session.start
     assert any(e["return_code"] == -2 for e in session.commands_named("prog"))
     networks = session.of("session.network")
@@ -48,5 +49,5 @@ def test_ssh_interactive_session_is_compatible(host, teleport_compat, pty_driver
     session = host.session_since(mark)
     assert session.start["interactive"] is True
     teleport_compat.assert_compatible(session.events, ssh=True, terminal=True)
-    assert_ssh_connection(host, session)
+    assert_ssh_connection(host, session, "node")
     assert session.start["ssh_key_fingerprint"] == host.fingerprint

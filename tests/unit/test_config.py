@@ -84,7 +84,8 @@ def test_config_fields_match_the_architecture():
     assert names == ["source", "nodename", "cluster_name", "data_dir", "enabled",
                      "command_buffer_size", "disk_buffer_size", "network_buffer_size",
                      "cgroup_path", "background_processes", "on_log_failure",
-                     "idle_unload_seconds", "refuse_io_uring", "refuse_32bit"]
+                     "idle_unload_seconds", "refuse_io_uring", "refuse_32bit",
+                     "tty_recording", "record_input", "tty_recording_max_bytes"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().enabled = False
 
@@ -217,7 +218,8 @@ def test_unknown_key_without_suggestion_lists_the_allowed_keys(write):
     path = write("enhrec: {zzz: 1}\n")
     assert error_of(path) == (f"{path}: enhrec.zzz: unknown key "
                               "(allowed: background_processes, idle_unload_seconds, on_log_failure, "
-                              "refuse_32bit, refuse_io_uring)")
+                              "record_input, refuse_32bit, refuse_io_uring, tty_recording, "
+                              "tty_recording_max_bytes)")
 
 
 def test_unknown_key_in_teleport_section(write):
@@ -420,3 +422,37 @@ def test_paths_longer_than_the_limit_are_refused(write, section, key):
     message = error_of(write(text))
     assert f"{section}.{key}: must be an absolute path of at most {config.MAX_PATH_BYTES} bytes" in message
     assert len(message) < 400
+
+
+# --- the terminal recording's settings ------------------------------------------------------
+
+def test_terminal_recording_defaults():
+    cfg = Config()
+    assert (cfg.tty_recording, cfg.record_input, cfg.tty_recording_max_bytes) == \
+        ("interactive", False, 256 << 20)
+
+
+def test_terminal_recording_settings(write):
+    cfg = load_config(write("""\
+        enhrec:
+          tty_recording: off
+          record_input: true
+          tty_recording_max_bytes: 0
+        """))
+    assert (cfg.tty_recording, cfg.record_input, cfg.tty_recording_max_bytes) == ("off", True, 0)
+    assert load_config(write('enhrec:\n  tty_recording: "off"\n')).tty_recording == "off"
+    assert load_config(write("enhrec:\n  tty_recording: all\n")).tty_recording == "all"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tty_recording: everything",
+     'enhrec.tty_recording: must be one of interactive, all, off, got "everything"'),
+    ("tty_recording: true", "enhrec.tty_recording: must be one of interactive, all, off, got true"),
+    ("record_input: maybe", 'enhrec.record_input: must be true or false, got "maybe"'),
+    ("tty_recording_max_bytes: -1", "enhrec.tty_recording_max_bytes: must be an integer from 0 to"),
+    ("tty_recording_max_bytes: 1.5", "enhrec.tty_recording_max_bytes: must be an integer"),
+    ("tty_recording_max_bytes: true", "enhrec.tty_recording_max_bytes: must be an integer"),
+])
+def test_terminal_recording_refusals(write, text, expected):
+    assert expected in error_of(write(f"enhrec:\n  {text}\n"))
+
