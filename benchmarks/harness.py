@@ -141,12 +141,15 @@ class Config:
         return [WRAPPER, "--config", self.path, "--", *command]
 
     def sessions(self) -> dict:
-        """{sid: [events in ei order]} of everything logged with this config."""
+        """{sid: [events in ei order]} of everything logged with this config. A last line
+        without its newline is one being appended while a session runs: left for later."""
         log = os.path.join(self.data_dir, "log", "events.log")
         grouped = {}
         if os.path.exists(log):
             with open(log, "rb") as f:
                 for line in f:
+                    if not line.endswith(b"\n"):
+                        break
                     event = json.loads(line)
                     grouped.setdefault(event["sid"], []).append(event)
         for events in grouped.values():
@@ -297,7 +300,7 @@ class SetWatch(threading.Thread):
         super().__init__(name="set-watch", daemon=True)
         self.pin_dir = os.path.join(PIN_ROOT, version)
         self.external = []   # time.time() of each unload that was not the benchmark's
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     @classmethod
     def expect_unload(cls, n: int = 1):
@@ -306,7 +309,7 @@ class SetWatch(threading.Thread):
 
     def run(self):
         seen = self._inode()
-        while not self._stop.wait(0.05):
+        while not self._stopping.wait(0.05):
             now = self._inode()
             if seen is not None and now != seen:
                 with SetWatch._lock:
@@ -323,7 +326,7 @@ class SetWatch(threading.Thread):
             return None
 
     def stop(self):
-        self._stop.set()
+        self._stopping.set()
         self.join()
 
 
@@ -558,17 +561,19 @@ def p95(values):
 
 
 def run_with_peak(argv) -> tuple:
-    """(stdout lines, wall seconds, peak RSS in kB of its biggest process) of a command, run
-    from a Python of its own, whose waited-for children are only this command's processes."""
+    """(stdout lines, wall seconds, peak RSS in kB of its biggest process, CPU seconds of all
+    its processes) of a command, run from a Python of its own, whose waited-for children are
+    only this command's processes."""
     code = ("import resource, subprocess, sys, time\n"
             "start = time.perf_counter()\n"
             "out = subprocess.run(sys.argv[1:], check=True, stdout=subprocess.PIPE).stdout\n"
             "wall = time.perf_counter() - start\n"
             "sys.stdout.write(out.decode())\n"
-            "print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+            "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(wall, r.ru_maxrss, r.ru_utime + r.ru_stime)")
     lines = run([VENV_PYTHON, "-I", "-c", code, *argv]).stdout.strip().splitlines()
-    wall, peak = lines[-1].split()
-    return lines[:-1], float(wall), int(peak)
+    wall, peak, cpu = lines[-1].split()
+    return lines[:-1], float(wall), int(peak), float(cpu)
 
 
 def session_cgroup_dir(sid: str, cgroup_path: str = "/cgroup2") -> str:
