@@ -288,18 +288,20 @@ def kernel_to_ourselves():
 
 
 class SetWatch(threading.Thread):
-    """Watches the installed code's set in bpffs (its pin directory's inode, every 50 ms) and
-    counts the times it went away without the benchmark unloading it: something else on the
-    machine unloaded it, and a session registered with it then goes on unrecorded without a
-    lost count (seen here while other checkouts ran their tests: 852 and 52 of 1,000 execs
-    recorded, lost 0). A figure measured across such an unload is not valid."""
+    """Watches the installed code's set in bpffs (its pin directory's inode every 50 ms, the
+    sessions registered with it every 0.5 s) and records each time it went away without the
+    benchmark unloading it: (time.time(), sessions registered at the last look). Something
+    else on the machine unloaded it; a session registered with it then goes on unrecorded
+    without a lost count (seen here while other checkouts ran their tests: 852 and 52 of 1,000
+    execs recorded, lost 0). A figure measured across such an unload is not valid. (The look
+    at the sessions is a bpftool run: 4 ms of CPU every 0.5 s.)"""
     _expected = 0
     _lock = threading.Lock()
 
     def __init__(self, version: str):
         super().__init__(name="set-watch", daemon=True)
         self.pin_dir = os.path.join(PIN_ROOT, version)
-        self.external = []   # time.time() of each unload that was not the benchmark's
+        self.external = []
         self._stopping = threading.Event()
 
     @classmethod
@@ -308,15 +310,19 @@ class SetWatch(threading.Thread):
             cls._expected += n
 
     def run(self):
-        seen = self._inode()
+        seen, registered, tick = self._inode(), 0, 0
         while not self._stopping.wait(0.05):
             now = self._inode()
+            tick += 1
+            if now is not None and tick % 10 == 0:
+                registered = self._registered(registered)
             if seen is not None and now != seen:
                 with SetWatch._lock:
                     if SetWatch._expected > 0:
                         SetWatch._expected -= 1
                     else:
-                        self.external.append(time.time())
+                        self.external.append((time.time(), registered))
+                registered = 0
             seen = now
 
     def _inode(self):
@@ -324,6 +330,15 @@ class SetWatch(threading.Thread):
             return os.stat(self.pin_dir).st_ino
         except OSError:
             return None
+
+    def _registered(self, last: int) -> int:
+        dump = subprocess.run(["bpftool", "-j", "map", "dump", "pinned",
+                               os.path.join(self.pin_dir, "map-session_rings")],
+                              capture_output=True, text=True)
+        try:
+            return len(json.loads(dump.stdout)) if dump.returncode == 0 else last
+        except ValueError:
+            return last
 
     def stop(self):
         self._stopping.set()

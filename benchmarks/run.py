@@ -78,19 +78,26 @@ class Suite:
     def reps(self, normal, quick):
         return quick if self.quick else normal
 
-    def invalidate(self, figure, first_row, when):
+    def invalidate(self, figure, first_row, unloads):
         """The rows of a figure during which something outside the benchmark unloaded the
-        host's set (harness.SetWatch): kept, marked, and explained in a note."""
+        host's set with sessions registered (harness.SetWatch): kept, marked, and explained in
+        a note. An unload while none was registered only costs the next session a load."""
+        when = ", ".join(time.strftime("%H:%M:%S", time.gmtime(t)) + f" ({n} registered)"
+                         for t, n in unloads)
+        if not any(n for _, n in unloads):
+            self.notes.append(f"During {figure}, something outside the benchmark unloaded the "
+                              f"host's set while no session was registered with it ({when} "
+                              "UTC): the next session loaded it again.")
+            return
         for i in range(first_row, len(self.rows)):
             name, measured, target, _ = self.rows[i]
             self.rows[i] = (name, measured, target, "NOT VALID (see the notes)")
         self.notes.append(
             f"NOT VALID: during {figure}, something outside the benchmark (another checkout's "
-            f"code or tests) unloaded the host's set of programs {len(when)} time(s), at "
-            + ", ".join(time.strftime("%H:%M:%S", time.gmtime(t)) for t in when)
-            + " UTC; sessions registered with it then went on unrecorded, without a lost count, "
-            "so this figure's rows do not measure the code. Run the benchmark again when no "
-            "other checkout's sessions or tests run.")
+            f"code or tests) unloaded the host's set of programs with sessions registered, at "
+            f"{when} UTC; a session registered with it then goes on unrecorded, without a lost "
+            "count, so this figure's rows may not measure the code. Run the benchmark again "
+            "when no other checkout's sessions or tests run.")
 
     def row(self, figure, measured, target="", met=None):
         verdict = "" if met is None else ("met" if met else "NOT met")
@@ -275,7 +282,11 @@ class Suite:
                      f"median {ms(h.median(extra))} ({runs} runs{again}); split: Python start + "
                      f"imports {s['import']:.0f} ms, the set loaded {load:.0f} ms (reading the "
                      f"cache {s['read_cache']:.0f} ms, BCC compile {compiled:.0f} ms, maps "
-                     f"created, programs verified, attached and pinned {s['_pin_entry']:.0f} ms), "
+                     f"created, programs verified, attached and pinned {s['_pin_entry']:.0f} ms: "
+                     f"map_create {s['map_create']:.0f}, prog_load (the verifier, two threads "
+                     f"summed) {s['prog_load']:.0f}, the tracepoints' perf events "
+                     f"{s['tracepoint_event']:.0f}, link_create {s['link_create']:.0f}, obj_pin "
+                     f"{s['obj_pin']:.0f} ms), "
                      f"rings registered {s['SessionRings.register']:.0f} ms, everything else "
                      f"{s['total'] - s['import'] - load - s['Recording.wait_registered']:.0f} ms")
 
