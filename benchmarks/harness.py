@@ -555,6 +555,14 @@ def ring_kernel_bytes(pid) -> int:
     return sum(seen.values())
 
 
+def paused(end: dict) -> str:
+    """What session.end says of backpressure (session/backpressure.py): how often and how long
+    the session was paused while its recorder caught up."""
+    if "pauses" not in end:
+        return "no backpressure fields in session.end"
+    return f"paused {end['pauses']:,} times, {end['paused_seconds']:.2f} s"
+
+
 def kernel_events(session_events, kind):
     return [e for e in session_events if e["event"] == kind]
 

@@ -57,8 +57,8 @@ from enhrec_wrap.config import Config
 from enhrec_wrap.kernel import abi, rings
 from enhrec_wrap.kernel.host import possible_cpus
 cpus = possible_cpus()
-print(json.dumps({"cpus": cpus, "flush_seconds": rings.FLUSH_SECONDS,
-                  "backlog_records": rings.BACKLOG_RECORDS,
+print(json.dumps({"cpus": cpus, "backlog_pause": rings.BACKLOG_PAUSE,
+                  "backlog_resume": rings.BACKLOG_RESUME,
                   "disk_ring_bytes": rings.ring_bytes(Config(), cpus)[abi.STREAM_DISK]}))
 """
 
@@ -230,7 +230,7 @@ class Suite:
                 f"{s['Session.write_start']:.0f}, spawn "
                 f"{s['Session.spawn']:.0f} (the child's fork "
                 f"{s['os.fork'] - s['Watchdog.fork']:.0f}, "
-                f"into the cgroup {s['SessionCgroup.add'] + s['Recording.set_parent']:.0f}, the "
+                f"into the cgroup {s['SessionCgroup.add']:.0f}, the "
                 f"wait for the registration {s['Recording.wait_registered']:.0f}, the child's "
                 f"set-up and exec until it succeeded {s['_read_all']:.0f}), the child's run "
                 f"{s['Session.wait_child']:.0f}, session.end "
@@ -285,7 +285,8 @@ class Suite:
                      f"created, programs verified, attached and pinned {s['_pin_entry']:.0f} ms: "
                      f"map_create {s['map_create']:.0f}, prog_load (the verifier, two threads "
                      f"summed) {s['prog_load']:.0f}, the tracepoints' perf events "
-                     f"{s['tracepoint_event']:.0f}, link_create {s['link_create']:.0f}, obj_pin "
+                     f"{s['tracepoint_event']:.0f}, link_create and raw_tracepoint_open "
+                     f"{s['link_create'] + s['raw_tracepoint_open']:.0f}, obj_pin "
                      f"{s['obj_pin']:.0f} ms), "
                      f"rings registered {s['SessionRings.register']:.0f} ms, everything else "
                      f"{s['total'] - s['import'] - load - s['Recording.wait_registered']:.0f} ms")
@@ -427,7 +428,7 @@ class Suite:
                                OPEN_LOOP),
                               ("fork", [self.ws.forkexec, str(FORK_LOOP), "/bin/true"],
                                FORK_LOOP)):
-            plain, recorded, rates, lost, counts = [], [], [], [], []
+            plain, recorded, rates, lost, counts, pauses = [], [], [], [], [], []
             for _ in range(reps):
                 plain.append(h.loop_times(argv))
                 config = self.ws.config()
@@ -438,6 +439,7 @@ class Suite:
                 rates.append(len(kernel) / recorded[-1][0])
                 end = h.session_end(events)
                 lost.append(end["lost_events"])
+                pauses.append(h.paused(end))
                 if name == "open":
                     counts.append(sum(1 for e in h.kernel_events(events, "session.disk")
                                       if e["path"] == self.ws.target))
@@ -452,7 +454,7 @@ class Suite:
                              / h.median([p[1] for p in plain]),
                              "rate": h.median(rates), "recorded": counts,
                              "lost": [sum(lo.values()) for lo in lost],
-                             "exact": all(x == n for x in sums),
+                             "exact": all(x == n for x in sums), "pauses": pauses,
                              "loop_rate": n / h.median([r[0] for r in recorded])}
         self.details["in_session"] = results
         o, f = results["open"], results["fork"]
@@ -462,7 +464,7 @@ class Suite:
                  f"the session); events written: {o['rate']:,.0f} per second of loop; recorded "
                  + ", ".join(f"{c:,}" for c in o["recorded"]) + f", lost worst {max(o['lost']):,} "
                  f"(of {reps}); recorded + lost = {OPEN_LOOP:,} exactly: "
-                 f"{'yes' if o['exact'] else 'NO'}",
+                 f"{'yes' if o['exact'] else 'NO'}; the session " + "; ".join(o["pauses"]),
                  "nothing lost (else exact sum)", max(o["lost"]) == 0 and o["exact"])
         self.row(f"3. in-session overhead, fork+exec loop ({FORK_LOOP:,})",
                  f"{f['time']:.2f}× (CPU time {f['cpu']:.2f}×); events written: {f['rate']:,.0f} "
@@ -547,8 +549,8 @@ class Suite:
             events = config.only_session()
             got = sum(1 for e in h.kernel_events(events, "session.disk")
                       if e["path"] == self.ws.target)
-            lost = h.session_end(events)["lost_events"]
-            results.append((got, lost["disk"], lost))
+            end = h.session_end(events)
+            results.append((got, end["lost_events"]["disk"], h.paused(end)))
         exact = all(got + lost == OPEN_STORM for got, lost, _ in results)
         worst = min(results)
         self.details["open_storm"] = results
@@ -556,8 +558,9 @@ class Suite:
                  f"recorded {worst[0]:,}, lost {worst[1]:,} (worst of {reps}: "
                  + ", ".join(f"{g:,}+{lo:,}" for g, lo, _ in results)
                  + f"); recorded + lost = {OPEN_STORM:,} exactly: {'yes' if exact else 'NO'}; "
-                 f"loop time {h.median(recorded) / h.median(plain):.2f}×; the recorder's peak "
-                 f"RSS {max(peaks) / 1024:.0f} MB",
+                 f"loop time {h.median(recorded) / h.median(plain):.2f}× (the session "
+                 + "; ".join(p for _, _, p in results) + f"); the recorder's peak RSS "
+                 f"{max(peaks) / 1024:.0f} MB",
                  "100% recorded (else exact sum, explained)",
                  worst[0] == OPEN_STORM)
 
@@ -585,8 +588,10 @@ class Suite:
             events = config.only_session()
             got = sum(1 for e in h.kernel_events(events, "session.disk")
                       if e["path"] == self.ws.target)
-            lost = h.session_end(events)["lost_events"]["disk"]
+            end = h.session_end(events)
+            lost = end["lost_events"]["disk"]
             results.append({"rate": total / loop_wall, "recorded": got, "lost": lost,
+                            "paused": h.paused(end),
                             "loop_wall": loop_wall, "wall": wall, "peak_kb": peak,
                             "recorder_cpu": recorder_cpu})
         self.details["open_full_speed"] = {"plain_rates": plain, "results": results}
@@ -599,38 +604,41 @@ class Suite:
                  f"{worst['lost']:,} (worst of {reps}: "
                  + ", ".join(f"{r['recorded']:,}+{r['lost']:,}" for r in results)
                  + f"); recorded + lost = {total:,} exactly: {'yes' if exact else 'NO'}; the "
-                 f"loops took {h.median([r['loop_wall'] for r in results]):.2f} s, the session "
+                 "session " + "; ".join(r["paused"] for r in results) + "; the loops took "
+                 f"{h.median([r['loop_wall'] for r in results]):.2f} s, the session "
                  f"{h.median([r['wall'] for r in results]):.2f} s (the rest is the drain), "
                  "the recorder's CPU time " + ", ".join(f"{r['recorder_cpu']:.1f} s"
                                                         for r in results)
                  + f"; its peak RSS {max(r['peak_kb'] for r in results) / 1024:,.0f} MB",
                  "100% recorded (else exact sum, explained)",
                  worst["recorded"] == total and exact)
-        self.notes.append(self._sizing_note(results))
+        self.notes.append(self._sizing_note(h.median(plain)))
 
-    def _sizing_note(self, results) -> str:
+    def _sizing_note(self, free_rate) -> str:
         """What rate the design is sized for, from the installed code's constants and this
-        run's figures."""
+        run's figures (the consumer's record size and rate, the loops' unrecorded rate)."""
         consts = json.loads(h.run([h.VENV_PYTHON, "-I", "-c", SIZING_CODE]).stdout)
-        record = (8 + 72 + len(self.ws.target) + 1 + 7) // 8 * 8   # ring header + open_event
-        ring_records = consts["disk_ring_bytes"] // record
-        window = consts["flush_seconds"]
-        consumer = self.details.get("consumer", {}).get("runs", {}).get("full", {})
-        c_rate = consumer.get("events_per_second")
-        text = (f"What the open path is sized for: an open record of this benchmark's path is "
-                f"{record} bytes in the ring, so the default disk ring "
-                f"({consts['disk_ring_bytes'] >> 20} MiB on {consts['cpus']} CPUs) holds "
-                f"{ring_records:,} of them; inside a batch's window ({window * 1000:.0f} ms) the "
-                f"reader leaves the disk ring to fill, so it takes a rate of up to "
-                f"{ring_records / window:,.0f} opens/s without a drop in the kernel, and the "
-                f"backlog in user space holds {consts['backlog_records']:,} records more. The "
-                "rate sustained for as long as a loop runs is the consumer's")
-        if c_rate:
-            text += (f" ({c_rate:,.0f} events/s measured above): a burst at R opens/s loses "
-                     f"nothing while its length × (1 − {c_rate:,.0f}/R) stays under the backlog "
-                     f"and the ring, {consts['backlog_records'] + ring_records:,} records")
-        return text + "."
-
+        consumer = self.details.get("consumer", {}).get("runs", {}).get("full")
+        if not consumer:
+            return "What the open path is sized for: not computed (no consumer figure)."
+        record, rate = consumer["record_bytes"], consumer["events_per_second"]
+        ring_records = int(consts["disk_ring_bytes"] // record)
+        quarter = ring_records // 4
+        return (f"What the open path is sized for: an open record of this benchmark's path takes "
+                f"{record:.0f} bytes in the ring (measured in the consumer figure), so the default "
+                f"disk ring ({consts['disk_ring_bytes'] / 2**20:g} MiB on {consts['cpus']} CPUs) "
+                f"holds {ring_records:,}. A ring wakes the recorder once it is a quarter full "
+                f"({quarter:,} records), and the recorder pauses the session (freezes its cgroup) "
+                f"while {consts['backlog_pause']:,} records wait in user space or a ring is a "
+                f"quarter full, until they are down to {consts['backlog_resume']:,} and every "
+                f"ring below a sixteenth. So the sustained rate is the consumer's "
+                f"({rate:,.0f} events/s measured above): a faster session is slowed to it, not "
+                f"dropped. What the ring itself must absorb is what comes between the "
+                f"quarter-full wake-up and the freeze, three quarters of it, {3 * quarter:,} "
+                f"records: {3 * quarter / free_rate * 1000:,.1f} ms at the {free_rate:,.0f} "
+                f"opens/s the loops make unrecorded (the most they make between two pauses). "
+                f"That is how long the recorder may take to be scheduled, read and freeze; a "
+                f"longer delay costs records, counted lost.")
 
     # -- 6. a parallel build ------------------------------------------------------------------
 

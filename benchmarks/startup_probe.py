@@ -68,6 +68,7 @@ STEPS = [
     ("enhrec_wrap.kernel.host", None, "prog_load"),
     ("enhrec_wrap.kernel.host", None, "tracepoint_event"),
     ("enhrec_wrap.kernel.host", None, "link_create"),
+    ("enhrec_wrap.kernel.host", None, "raw_tracepoint_open"),
     ("enhrec_wrap.kernel.host", None, "obj_pin"),
     # the session's rings
     ("enhrec_wrap.kernel.rings", "SessionRings", "create"),
@@ -78,7 +79,6 @@ STEPS = [
     ("enhrec_wrap.session.lifecycle", "Session", "spawn"),
     ("os", None, "fork"),   # the watchdog's fork and the child's
     ("enhrec_wrap.host.cgroup", "SessionCgroup", "add"),
-    ("enhrec_wrap.session.recording", "Recording", "set_parent"),
     ("enhrec_wrap.session.lifecycle", None, "_read_all"),   # until the child's exec succeeded
     ("enhrec_wrap.session.lifecycle", "Session", "wait_child"),
     ("enhrec_wrap.session.lifecycle", "Session", "finish_lingering"),
