@@ -251,12 +251,12 @@ def unload_set(timeout: float = 60.0):
         if state["version"] not in state["pinned"]:
             return
         ids = set_program_ids(state["version"])
-        SetWatch.expect_unload()
+        inode = SetWatch.expect_unload(state["version"])
         result = subprocess.run([VENV_PYTHON, "-I", "-c", _UNLOAD], stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, env=environment())
         if result.returncode == 0:
             break
-        SetWatch.expect_unload(-1)
+        SetWatch.unexpect(inode)
         if result.returncode != 3:
             raise RuntimeError(f"unloading the kernel programs failed: {result.stderr.strip()}")
         if time.monotonic() > deadline:
@@ -289,13 +289,13 @@ def kernel_to_ourselves():
 
 class SetWatch(threading.Thread):
     """Watches the installed code's set in bpffs (its pin directory's inode every 50 ms, the
-    sessions registered with it every 0.5 s) and records each time it went away without the
+    sessions registered with it every 0.25 s) and records each time it went away without the
     benchmark unloading it: (time.time(), sessions registered at the last look). Something
     else on the machine unloaded it; a session registered with it then goes on unrecorded
     without a lost count (seen here while other checkouts ran their tests: 852 and 52 of 1,000
     execs recorded, lost 0). A figure measured across such an unload is not valid. (The look
-    at the sessions is a bpftool run: 4 ms of CPU every 0.5 s.)"""
-    _expected = 0
+    at the sessions is a bpftool run: 4 ms of CPU every 0.25 s.)"""
+    _ours = set()   # inodes of the pin directories the benchmark is unloading
     _lock = threading.Lock()
 
     def __init__(self, version: str):
@@ -305,21 +305,32 @@ class SetWatch(threading.Thread):
         self._stopping = threading.Event()
 
     @classmethod
-    def expect_unload(cls, n: int = 1):
+    def expect_unload(cls, version: str):
+        """The set as pinned now is about to be unloaded by the benchmark: its inode."""
+        try:
+            inode = os.stat(os.path.join(PIN_ROOT, version)).st_ino
+        except OSError:
+            return None
         with cls._lock:
-            cls._expected += n
+            cls._ours.add(inode)
+        return inode
+
+    @classmethod
+    def unexpect(cls, inode):
+        with cls._lock:
+            cls._ours.discard(inode)
 
     def run(self):
         seen, registered, tick = self._inode(), 0, 0
         while not self._stopping.wait(0.05):
             now = self._inode()
             tick += 1
-            if now is not None and tick % 10 == 0:
+            if now is not None and tick % 5 == 0:
                 registered = self._registered(registered)
             if seen is not None and now != seen:
                 with SetWatch._lock:
-                    if SetWatch._expected > 0:
-                        SetWatch._expected -= 1
+                    if seen in SetWatch._ours:
+                        SetWatch._ours.discard(seen)
                     else:
                         self.external.append((time.time(), registered))
                 registered = 0

@@ -742,13 +742,7 @@ class Suite:
             raise RuntimeError("a session without exactly one watchdog process")
         # The first session after an install or kernel change compiles with BCC: its peak.
         with h.kernel_to_ourselves():
-            h.unload_set()
-            h.empty_program_cache()
-            code = ("import resource, subprocess, sys\n"
-                    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
-                    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-            cold_peak_kb = int(h.run([sys.executable, "-I", "-c", code,
-                                      *config.argv(["/bin/true"])]).stdout.strip())
+            cold_peak_kb = self._compiling_peak(config)
         n = len(crowd)
         total_one, total_all = first[0]["total"], sum(m["total"] for m in crowd)
         extra = (total_all - total_one) / (n - 1)
@@ -775,6 +769,25 @@ class Suite:
                  f"rings' mappings are the kernel's ring pages themselves, "
                  f"{mean('kernel_rings') / 2**20:.1f} MB of memlock: counted once)",
                  "≤ 12 MB", extra * mb <= 12)
+
+    @staticmethod
+    def _compiling_peak(config) -> int:
+        """Peak RSS (kB) of a session that compiles the programs with BCC: one that loaded the
+        set itself (else another session on the machine did first, and it is redone)."""
+        code = ("import resource, subprocess, sys\n"
+                "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        for _ in range(MAX_REDONE):
+            h.unload_set()
+            h.empty_program_cache()
+            begin = time.time()
+            peak = int(h.run([sys.executable, "-I", "-c", code,
+                              *config.argv(["/bin/true"])]).stdout.strip())
+            loaded = h.kernel_state().get("loaded_at")
+            if loaded is not None and begin <= loaded <= time.time():
+                return peak
+        raise RuntimeError(f"{MAX_REDONE} compiling sessions found the set loaded by another "
+                           "session on the machine")
 
     # -- 8. recorder death --------------------------------------------------------------------
 
