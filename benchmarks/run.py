@@ -67,6 +67,13 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def each(texts: list) -> str:
+    """Per-run texts, once when every run said the same."""
+    if len(set(texts)) == 1 and len(texts) > 1:
+        return f"{texts[0]} (each of {len(texts)} runs)"
+    return "; ".join(texts)
+
+
 class Suite:
     def __init__(self, quick):
         self.quick = quick
@@ -464,7 +471,7 @@ class Suite:
                  f"the session); events written: {o['rate']:,.0f} per second of loop; recorded "
                  + ", ".join(f"{c:,}" for c in o["recorded"]) + f", lost worst {max(o['lost']):,} "
                  f"(of {reps}); recorded + lost = {OPEN_LOOP:,} exactly: "
-                 f"{'yes' if o['exact'] else 'NO'}; the session " + "; ".join(o["pauses"]),
+                 f"{'yes' if o['exact'] else 'NO'}; the session " + each(o["pauses"]),
                  "nothing lost (else exact sum)", max(o["lost"]) == 0 and o["exact"])
         self.row(f"3. in-session overhead, fork+exec loop ({FORK_LOOP:,})",
                  f"{f['time']:.2f}× (CPU time {f['cpu']:.2f}×); events written: {f['rate']:,.0f} "
@@ -559,7 +566,7 @@ class Suite:
                  + ", ".join(f"{g:,}+{lo:,}" for g, lo, _ in results)
                  + f"); recorded + lost = {OPEN_STORM:,} exactly: {'yes' if exact else 'NO'}; "
                  f"loop time {h.median(recorded) / h.median(plain):.2f}× (the session "
-                 + "; ".join(p for _, _, p in results) + f"); the recorder's peak RSS "
+                 + each([p for _, _, p in results]) + f"); the recorder's peak RSS "
                  f"{max(peaks) / 1024:.0f} MB",
                  "100% recorded (else exact sum, explained)",
                  worst[0] == OPEN_STORM)
@@ -604,7 +611,7 @@ class Suite:
                  f"{worst['lost']:,} (worst of {reps}: "
                  + ", ".join(f"{r['recorded']:,}+{r['lost']:,}" for r in results)
                  + f"); recorded + lost = {total:,} exactly: {'yes' if exact else 'NO'}; the "
-                 "session " + "; ".join(r["paused"] for r in results) + "; the loops took "
+                 "session " + each([r["paused"] for r in results]) + "; the loops took "
                  f"{h.median([r['loop_wall'] for r in results]):.2f} s, the session "
                  f"{h.median([r['wall'] for r in results]):.2f} s (the rest is the drain), "
                  "the recorder's CPU time " + ", ".join(f"{r['recorder_cpu']:.1f} s"
@@ -833,9 +840,9 @@ class Suite:
         self.row("8. recorder SIGKILL: execs that ran (lines in f of `while :; do /bin/echo x >> "
                  "f; done`) neither in the log nor in lost_events.command",
                  f"{sum(1 for u in unrecorded if u == 0)}/{trials} trials with 0 unrecorded "
-                 f"(worst {max(unrecorded)}); per trial, lines = /bin/echo execs logged + "
-                 "lost: " + ", ".join(f"{r['lines']} = {r['logged']}+{r['lost']}"
-                                      for r in results)
+                 f"(worst {max(unrecorded)}); per trial, lines in f: /bin/echo execs logged "
+                 "+ lost: " + ", ".join(f"{r['lines']}: {r['logged']}+{r['lost']}"
+                                        for r in results)
                  + f"; session.end incomplete with end_reason recorder_died: "
                  f"{trials - len(bad_ends)}/{trials}",
                  f"0 unrecorded, {trials}/{trials}",
