@@ -23,15 +23,17 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 
 # What a recorded session imports, eagerly instead of when first used, so that "imported" is
-# all of it. Not BCC (kernel/compiler.py imports it): a session whose programs are pinned or
-# cached never does; when BCC compiles, its import is in the compile step.
+# all of it, in the wrapper's order: the modules that hold the steps below (and so must be
+# imported to time them) and what they import. Not what a step imports inside itself
+# (python-pam in open_session, BCC in compile_entry): that stays in the step's time. The probe's
+# own module for a step the wrapper never reaches (kernel/compiler.py, when cached) is imported
+# with the instrumentation, after "imported".
 MODULES = [
-    "click", "enhrec_wrap.cli.wrap", "enhrec_wrap.cli.wrap_command", "enhrec_wrap.config",
-    "enhrec_wrap.login.pam", "enhrec_wrap.session.lifecycle", "enhrec_wrap.session.recording",
-    "enhrec_wrap.session.recovery", "enhrec_wrap.session.watchdog", "enhrec_wrap.kernel.host",
-    "enhrec_wrap.kernel.rings", "enhrec_wrap.kernel.decode", "enhrec_wrap.kernel.idle",
-    "enhrec_wrap.kernel.program_cache", "enhrec_wrap.events.teleport", "enhrec_wrap.log.store",
-    "enhrec_wrap.log.auditlog", "enhrec_wrap.host.cgroup",
+    "enhrec_wrap.cli.wrap", "enhrec_wrap.host.priority", "enhrec_wrap.session.watchdog",
+    "enhrec_wrap.cli.wrap_command", "enhrec_wrap.config", "enhrec_wrap.login.pam",
+    "enhrec_wrap.session.lifecycle", "enhrec_wrap.session.recording",
+    "enhrec_wrap.session.recovery", "enhrec_wrap.kernel.host", "enhrec_wrap.kernel.rings",
+    "enhrec_wrap.kernel.program_cache", "enhrec_wrap.host.cgroup",
 ]
 T["imports"] = {}   # each module's import, in order: a module pays for what it is first to need
 for _name in MODULES:
