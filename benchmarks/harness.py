@@ -186,9 +186,11 @@ class Config:
 _STATE = """
 import json, os
 from enhrec_wrap.kernel import host, program_cache
+import inspect
 from enhrec_wrap.kernel.syscalls import obj_get
 version = host.program_version()
 state = {"version": version, "sessions": None,
+         "holds_links": "links" in inspect.signature(host.HostPrograms.__init__).parameters,
          "cache_entry": os.path.join(program_cache.CACHE_DIR, version + ".json")}
 with host.HostLock():
     state["pinned"] = host.pinned_versions()
