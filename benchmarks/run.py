@@ -979,9 +979,11 @@ def main():
                 suite.invalidate(name, first_row, watch.external[unloads:],
                                  state["holds_links"])
     finally:
-        watch.stop()
-        lock.__exit__(None, None, None)
-        suite.close()
+        try:
+            watch.stop()
+            lock.__exit__(None, None, None)
+        finally:
+            suite.close()   # its temporary directory: gigabytes of logs
     machine["load_end"] = os.getloadavg()[0]
     table = render(suite, machine)
     print()
