@@ -21,10 +21,10 @@ Prints one JSON object (two with --profile).
 
 import os
 
-# Forked first, as cli/wrap.py forks it: the session needs its watchdog.
+# Made first, as cli/wrap.py makes it: the session needs its watchdog (started at arm).
 from enhrec_wrap.session.watchdog import Watchdog  # noqa: E402
 
-WATCHDOG = Watchdog.fork()
+WATCHDOG = Watchdog()
 
 import json  # noqa: E402
 import resource  # noqa: E402

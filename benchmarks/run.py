@@ -37,12 +37,12 @@ FULL_SPEED_OPENS = 1_000_000   # the open loop at full speed, over all the loops
 IDLE_MAX = 60              # issue 8: a bastion host with 60 people logged in
 # The steps of a wrapper's run that follow one another in its main thread (startup_probe.py):
 # what they leave of the total is the interpreter's exit and the rest.
-TOP_LEVEL_STEPS = ("Watchdog.fork", "load_config", "open_session", "repair_at_start",
+TOP_LEVEL_STEPS = ("Watchdog.__init__", "load_config", "open_session", "repair_at_start",
                    "Session.__init__", "Session.start_recording", "Session.write_start",
                    "Session.spawn", "Session.wait_child", "Session.finish_lingering",
                    "Session.write_end", "Session.close")
 # Steps each kind of start must have run (else the probe measured something else).
-CACHED_STEPS = ("Watchdog.fork", "os.fork", "HostPrograms.open_or_load", "program_version",
+CACHED_STEPS = ("Watchdog.arm", "_spawn", "os.fork", "HostPrograms.open_or_load", "program_version",
                 "HostPrograms.open", "SessionRings.create", "SessionRings.register",
                 "Recording.wait_registered", "Session.spawn", "Session.close")
 LOADED_STEPS = CACHED_STEPS + ("HostPrograms._load", "read_cache", "_pin_entry")
@@ -251,14 +251,13 @@ class Suite:
                 f"the session's rings created {s['SessionRings.create']:.0f} ms, registered "
                 f"{s['SessionRings.register']:.0f} ms (in a thread: the session waited "
                 f"{s['Recording.wait_registered']:.0f} ms for it); HostLock and the rest of "
-                f"Recording.start {rest_of_open:.0f} ms; by step: watchdog fork "
-                f"{s['Watchdog.fork']:.0f}, config {s['load_config']:.0f}, PAM "
+                f"Recording.start {rest_of_open:.0f} ms; by step: the watchdog's ledger "
+                f"{s['Watchdog.__init__']:.0f} and its shell's spawn {s['_spawn']:.0f}, config {s['load_config']:.0f}, PAM "
                 f"{s['open_session']:.0f}, recovery {s['repair_at_start']:.0f}, Session.__init__ "
                 f"{s['Session.__init__']:.0f}, cgroup {s['SessionCgroup.create']:.0f}, arming the "
                 f"watchdog and the rest {set_up:.0f}, session.start "
                 f"{s['Session.write_start']:.0f}, spawn "
-                f"{s['Session.spawn']:.0f} (the child's fork "
-                f"{s['os.fork'] - s['Watchdog.fork']:.0f}, "
+                f"{s['Session.spawn']:.0f} (the child's fork {s['os.fork']:.0f}, "
                 f"into the cgroup {s['SessionCgroup.add']:.0f}, the "
                 f"wait for the registration {s['Recording.wait_registered']:.0f}, the child's "
                 f"set-up and exec until it succeeded {s['_read_all']:.0f}), the child's run "

@@ -46,8 +46,9 @@ T["imported"] = time.monotonic()
 # another package's.
 STEPS = [
     # the wrapper and its set-up
-    ("enhrec_wrap.session.watchdog", "Watchdog", "fork"),
+    ("enhrec_wrap.session.watchdog", "Watchdog", "__init__"),
     ("enhrec_wrap.session.watchdog", "Watchdog", "arm"),
+    ("enhrec_wrap.session.watchdog", None, "_spawn"),   # the watchdog's shell, posix_spawned
     ("enhrec_wrap.session.watchdog", "Watchdog", "stop"),
     ("enhrec_wrap.config", None, "load_config"),
     ("enhrec_wrap.login.pam", None, "open_session"),
@@ -79,7 +80,7 @@ STEPS = [
     # the session's run and end
     ("enhrec_wrap.session.lifecycle", "Session", "write_start"),
     ("enhrec_wrap.session.lifecycle", "Session", "spawn"),
-    ("os", None, "fork"),   # the watchdog's fork and the child's
+    ("os", None, "fork"),   # the session's child
     ("enhrec_wrap.host.cgroup", "SessionCgroup", "add"),
     ("enhrec_wrap.session.lifecycle", None, "_read_all"),   # until the child's exec succeeded
     ("enhrec_wrap.session.lifecycle", "Session", "wait_child"),
