@@ -122,9 +122,9 @@ unit: test-venv
 demo: test-deps install
 	bash "$(REPO)/scripts/demo.sh"
 
-# bench: benchmarks/run.py with the installed package.
+# bench: benchmarks/run.py with the installed package (BENCH_ARGS: its options, e.g. --quick).
 bench: install
-	cd "$(REPO)" && "$(VENV)/bin/python3" benchmarks/run.py
+	cd "$(REPO)" && "$(VENV)/bin/python3" benchmarks/run.py $(BENCH_ARGS)
 
 # fresh-check: proof that a new user's minimal Debian 12 can run `make demo && make test` with
 # the committed tree; the debootstrap'd base is cached in $(FRESH_CACHE).
