@@ -48,7 +48,8 @@ def run_loop(session):
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     try:
-        failure = session.spawn()
+        session.fork_child()
+        failure = session.start_child()
     finally:
         os.dup2(saved, 1)
         os.close(saved)

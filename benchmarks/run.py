@@ -40,12 +40,13 @@ IDLE_MAX = 60              # issue 8: a bastion host with 60 people logged in
 # what they leave of the total is the interpreter's exit and the rest.
 TOP_LEVEL_STEPS = ("Watchdog.__init__", "load_config", "open_session", "repair_at_start",
                    "Session.__init__", "Session.start_recording", "Session.write_start",
-                   "Session.spawn", "Session.wait_child", "Session.finish_lingering",
+                   "Session.fork_child", "Session.start_child", "Session.wait_child", "Session.finish_lingering",
                    "Session.write_end", "Session.close")
 # Steps each kind of start must have run (else the probe measured something else).
 CACHED_STEPS = ("Watchdog.arm", "_spawn", "os.fork", "HostPrograms.open_or_load", "program_version",
                 "HostPrograms.open", "SessionRings.create", "SessionRings.register",
-                "Recording.wait_registered", "Session.spawn", "Session.close")
+                "Recording.wait_registered", "Session.fork_child", "Session.start_child",
+                "Session.close")
 LOADED_STEPS = CACHED_STEPS + ("HostPrograms._load", "read_cache", "_pin_entry")
 COMPILED_STEPS = LOADED_STEPS + ("compile_entry",)
 # Runs redone because another session on the machine loaded the set first, before a figure fails.
@@ -259,11 +260,12 @@ class Suite:
                 f"{s['open_session']:.0f}, recovery {s['repair_at_start']:.0f}, Session.__init__ "
                 f"{s['Session.__init__']:.0f}, cgroup {s['SessionCgroup.create']:.0f}, arming the "
                 f"watchdog and the rest {set_up:.0f}, session.start "
-                f"{s['Session.write_start']:.0f}, spawn "
-                f"{s['Session.spawn']:.0f} (the child's fork {s['os.fork']:.0f}, "
-                f"into the cgroup {s['SessionCgroup.add']:.0f}, the "
-                f"wait for the registration {s['Recording.wait_registered']:.0f}, the child's "
-                f"set-up and exec until it succeeded {s['_read_all']:.0f}), the child's run "
+                f"{s['Session.write_start']:.0f}, the child's fork "
+                f"{s['Session.fork_child']:.0f} (os.fork {s['os.fork']:.0f}), its start "
+                f"{s['Session.start_child']:.0f} (into the cgroup {s['SessionCgroup.add']:.0f}, "
+                f"the wait for the registration "
+                f"{s['Recording.wait_registered']:.0f}; the child's set-up and exec until it "
+                f"succeeded {s['_read_all']:.0f}), the child's run "
                 f"{s['Session.wait_child']:.0f}, session.end "
                 f"{s['Session.write_end']:.0f}, close {s['Session.close']:.0f} ms; the rest of "
                 f"the wrapper's main {s['other']:.0f} ms; the interpreter's exit after it "
@@ -285,7 +287,7 @@ class Suite:
         imports = split.pop("imports")
         self.notes.append("Start latency by step, cached (medians, ms; steps nest: "
                           "Recording.start holds the set's opening and the rings' creation, "
-                          "Session.spawn the wait for the registration): "
+                          "Session.start_child the waits for the migration and the registration): "
                           + ", ".join(f"{k} {v:.1f}" for k, v in sorted(split.items())))
         self.notes.append("Imports of a cached start (medians, ms, in this order: each module "
                           "pays for the modules it is first to import): "

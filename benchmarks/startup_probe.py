@@ -19,6 +19,7 @@ T = {"script": time.monotonic()}
 
 import importlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 
@@ -79,7 +80,8 @@ STEPS = [
     ("enhrec_wrap.session.recording", "Recording", "wait_registered"),
     # the session's run and end
     ("enhrec_wrap.session.lifecycle", "Session", "write_start"),
-    ("enhrec_wrap.session.lifecycle", "Session", "spawn"),
+    ("enhrec_wrap.session.lifecycle", "Session", "fork_child"),
+    ("enhrec_wrap.session.lifecycle", "Session", "start_child"),
     ("os", None, "fork"),   # the session's child
     ("enhrec_wrap.host.cgroup", "SessionCgroup", "add"),
     ("enhrec_wrap.session.lifecycle", None, "_read_all"),   # until the child's exec succeeded
@@ -144,15 +146,24 @@ def main():
         sys.exit("usage: startup_probe.py TIMES_FILE -- wrapper arguments...")
     import enhrec_wrap.cli.wrap
     status = 0
+    exit_now = os._exit
+
+    def leave(code):   # the wrapper's own os._exit, after its clocks are written
+        raise SystemExit(code)
+
+    os._exit = leave
     try:
         enhrec_wrap.cli.wrap.main(sys.argv[3:])
     except SystemExit as e:
         status = e.code if isinstance(e.code, int) else 1
+    finally:
+        os._exit = exit_now
     T["end"] = time.monotonic()
     T["spans"] = SPANS
     with open(times_file, "w") as f:
         json.dump(T, f)
-    sys.exit(status)
+    sys.stdout.flush()
+    os._exit(status)   # as the wrapper leaves: without the interpreter's teardown
 
 
 main()

@@ -53,7 +53,11 @@ def main(argv=None):
         status = _run(argv, watchdog)
     finally:
         watchdog.stop()   # no session, or one that ended: it goes without killing anything
-    sys.exit(status)
+    # Everything is written and closed (the session's files, its log, its terminal): the
+    # interpreter's teardown of its modules would only add 23 ms to every session's end.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _run(argv, watchdog) -> int:

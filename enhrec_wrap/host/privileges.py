@@ -35,11 +35,18 @@ def account_by_uid(uid: int) -> Account:
         raise EnhrecError(f"uid {uid} has no passwd entry: add the account first") from None
 
 
-def drop_privileges(account: Account) -> None:
-    """Becomes `account`: supplementary groups, then gid, then uid, and checks that there is no
-    way back. Any failure raises: the caller must not exec anything then (fail closed)."""
+def supplementary_groups(account: Account) -> list[int]:
+    """The groups initgroups() would give the account (it reads /etc/group and NSS): looked up
+    by the caller beforehand, so that the dropping process opens no file."""
+    return os.getgrouplist(account.name, account.gid)
+
+
+def drop_privileges(account: Account, groups: list[int]) -> None:
+    """Becomes `account`: supplementary `groups` (supplementary_groups()), then gid, then uid,
+    and checks that there is no way back. Any failure raises: the caller must not exec anything
+    then (fail closed)."""
     try:
-        os.initgroups(account.name, account.gid)
+        os.setgroups(groups)
         os.setresgid(account.gid, account.gid, account.gid)
         os.setresuid(account.uid, account.uid, account.uid)
     except OSError as e:

@@ -19,7 +19,7 @@ from enhrec_wrap.log.server_id import load_or_create_server_id
 from enhrec_wrap.host.cgroup import SessionCgroup
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.host import priority
-from enhrec_wrap.host.privileges import Account, drop_privileges
+from enhrec_wrap.host.privileges import Account, drop_privileges, supplementary_groups
 from enhrec_wrap.log.store import SessionStore
 from enhrec_wrap.session import seccomp
 from enhrec_wrap.session.backpressure import Backpressure
@@ -120,6 +120,7 @@ class Session:
         self.recording = None
         self.backpressure = None
         self.child = None
+        self._child_pipes = None
         self.child_pidfd = -1
         self.hangup_deadline = None
         self.start_ns = time.time_ns()
@@ -177,30 +178,45 @@ class Session:
 
     # -- the child ---------------------------------------------------------------------------
 
-    def spawn(self):
-        """Forks the child, which waits until it is in the cgroup, drops privileges and execs.
-        Returns an EnhrecError when the exec failed (command not found ...), else None."""
+    def fork_child(self):
+        """Forks the child, which waits for its go. It opens no file before its exec (its
+        seccomp filter, its groups and the module that looks its program up are made here),
+        so none of the wrapper's set-up of it can be recorded, whenever it reaches the cgroup."""
         path, argv = child_argv(self.request)
         env = login_environment(self.request, self.sid)
         cwd = self.request.cwd
         if cwd is None and self.request.command is None:
             cwd = self.request.account.home
+        account = self.request.account
+        groups = supplementary_groups(account)
+        seccomp_filter = seccomp.build(*self._refusals())
+        if "/" not in path:
+            import shutil   # for the child's lookup of the program, imported here
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(go_w)
             os.close(err_r)
-            _child(self.request.account, path, argv, env, cwd, go_r, err_w, self._refusals(),
+            _child(account, groups, path, argv, env, cwd, go_r, err_w, seccomp_filter,
                    self.terminal)
         os.close(go_r)
         os.close(err_w)
         self.child = pid
+        self._child_pipes = (go_w, err_r)
         if self.terminal:
             self.terminal.after_spawn()
-            self.terminal.hand_over()
+
+    def start_child(self):
+        """Lets the child run, once it is in the cgroup and the rings are registered. Returns
+        an EnhrecError when the exec failed (command not found ...), else None."""
+        go_w, err_r = self._child_pipes
+        pid = self.child
         try:
             if self.cgroup:
+                # Its write waits for an RCU grace period after a quiet spell (11-14 ms here).
+                # Made in a thread beside the registration's it was slower, not faster: the
+                # pending migration holds every fork on the host back, the watchdog's too.
                 self.cgroup.add(pid)
                 self.child_pidfd = os.pidfd_open(pid)
                 self.recording.wake_on(self.child_pidfd)   # its exit is written at once
@@ -210,7 +226,10 @@ class Session:
             os.waitpid(pid, 0)
             self.child = None
             os.close(go_w)
+            os.close(err_r)
             raise
+        if self.terminal:
+            self.terminal.hand_over()
         try:
             os.write(go_w, b"g")
         except BrokenPipeError:
@@ -484,7 +503,8 @@ def run(config, request: Request, watchdog) -> int:
         session.start_recording()
         session.write_start()
         session.install_signal_handlers()
-        exec_failure = session.spawn()
+        session.fork_child()
+        exec_failure = session.start_child()
         status = session.wait_child()
         exit_status = exit_status_of(status)
         killed = session.finish_lingering()
@@ -557,7 +577,8 @@ def _read_all(fd) -> bytes:
         chunks.append(chunk)
 
 
-def _child(account, path, argv, env, cwd, go_fd, err_fd, refusals, session_terminal=None):
+def _child(account, groups, path, argv, env, cwd, go_fd, err_fd, seccomp_filter,
+           session_terminal=None):
     """In the forked child: never returns. Reports a failure as b"<Failure name>:<message>" on
     err_fd (close-on-exec, so a successful exec reports nothing).
 
@@ -566,7 +587,7 @@ def _child(account, path, argv, env, cwd, go_fd, err_fd, refusals, session_termi
     try:
         if session_terminal:
             session_terminal.child_side()
-        _prepare_child(account, cwd, (go_fd, err_fd), refusals)
+        _prepare_child(account, groups, cwd, (go_fd, err_fd), seccomp_filter)
         program = _find_program(path, env["PATH"])
         if os.read(go_fd, 1) != b"g":
             # The parent could not put us in the cgroup: run nothing.
@@ -584,7 +605,7 @@ def _child(account, path, argv, env, cwd, go_fd, err_fd, refusals, session_termi
         _report(err_fd, Failure.COMMAND_NOT_EXECUTABLE, f"{path}: {getattr(e, 'strerror', None) or e}")
 
 
-def _prepare_child(account, cwd, keep_fds, refusals):
+def _prepare_child(account, groups, cwd, keep_fds, seccomp_filter):
     for sig in CHILD_DEFAULT_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     low = 3   # nothing of the wrapper's (log, BPF maps) may reach the user's program
@@ -593,8 +614,8 @@ def _prepare_child(account, cwd, keep_fds, refusals):
         low = fd + 1
     os.closerange(low, os.sysconf("SC_OPEN_MAX"))
     priority.restore_caller()    # the recorder's boost is not the session's
-    seccomp.install(*refusals)   # as root: without no_new_privs, so setuid programs still work
-    drop_privileges(account)
+    seccomp.install(seccomp_filter)   # as root: without no_new_privs, setuid programs still work
+    drop_privileges(account, groups)
     if cwd is not None:
         try:
             os.chdir(cwd)
@@ -606,7 +627,7 @@ def _find_program(path, search_path):
     """The file execvp would run, looked up as the session's user."""
     if "/" in path:
         return path
-    import shutil   # in the child only
+    import shutil   # imported by fork_child already: no file is opened here
     found = shutil.which(path, path=search_path)
     if found is None:
         raise EnhrecError(f"{path}: command not found", Failure.COMMAND_NOT_FOUND)

@@ -24,10 +24,12 @@ from enhrec_wrap.errors import EnhrecError
 IO_URING_CALLS = ("io_uring_setup", "io_uring_enter", "io_uring_register")
 
 
-def install(refuse_io_uring: bool, refuse_32bit: bool) -> None:
-    """In the session's child, as root, before the privilege drop and the exec."""
+def build(refuse_io_uring: bool, refuse_32bit: bool):
+    """The filter, made in the wrapper before the session's child is forked (the child opens
+    no file before its exec: it may be in the session's cgroup already, where every open is
+    recorded); None when nothing is refused."""
     if not (refuse_io_uring or refuse_32bit):
-        return
+        return None
     try:
         import seccomp
     except ImportError:
@@ -42,6 +44,13 @@ def install(refuse_io_uring: bool, refuse_32bit: bool) -> None:
     if refuse_io_uring:
         for call in IO_URING_CALLS:
             flt.add_rule(seccomp.ERRNO(errno.EPERM), call)
+    return flt
+
+
+def install(flt) -> None:
+    """In the session's child, as root, before the privilege drop and the exec."""
+    if flt is None:
+        return
     try:
         flt.load()
     except (OSError, RuntimeError) as e:

@@ -14,7 +14,8 @@ cannot signal it), and holds, by inheritance:
     brief (what salvage.py needs to end it), and fd 2, the terminal, to tell the user.
 It blocks reading a line from fd 3. A line is the recorder's normal end: the watchdog takes the
 session's rings out of the programs' maps (kernel/idle.py release_session, run by a Python it
-execs, while the wrapper exits), or just exits ("quit": it was replaced by a new watchdog).
+execs, while the wrapper exits; with the terminal closed first, which sshd waits for before it
+ends a session without a pty), or just exits ("quit": it was replaced by a new watchdog).
 End of file without a line means the recorder is gone, however it died, since the kernel closes
 a dead process's descriptors - at once, because with the programs' links pinned (kernel/host.py)
 a recorder holds nothing slow to release. The shell then counts the cgroup's processes, writes
@@ -49,7 +50,7 @@ trap '' HUP INT QUIT TERM TSTP TTIN TTOU PIPE
 printf %s enhrec-watchdog > /proc/$$/comm
 if read -r order <&3; then
     case $order in
-    release\ *) exec 3<&- 4<&- 5<&- 6<&- 7<&- "$1" -I -m enhrec_wrap.kernel.idle $order ;;
+    release\ *) exec 2>/dev/null 3<&- 4<&- 5<&- 6<&- 7<&- "$1" -I -m enhrec_wrap.kernel.idle $order ;;
     esac
     exit 0
 fi
