@@ -298,11 +298,14 @@ def unload_our_programs():
     from enhrec_wrap.kernel.host import HostLock, program_version, unload_if_unused
     version = program_version()
     deadline = time.monotonic() + 10
-    with HostLock():
-        while not unload_if_unused(version):
-            assert time.monotonic() < deadline, "a session still uses the programs"
-            time.sleep(0.1)
-    return version
+    # The lock is taken anew at each try: an ended session's watchdog takes its rings out of
+    # the programs' maps under the same lock, after the wrapper has already returned.
+    while True:
+        with HostLock():
+            if unload_if_unused(version):
+                return version
+        assert time.monotonic() < deadline, "a session still uses the programs"
+        time.sleep(0.1)
 
 
 @pytest.fixture
