@@ -23,6 +23,9 @@ BUILT_IN_DEFAULTS = "built-in defaults"
 
 MIN_BUFFER_PAGES = 1
 MAX_BUFFER_PAGES = 65536
+# The chain key's epoch (docs/deployment.md, "A fleet"): up to a week.
+MIN_KEY_EPOCH = 1
+MAX_KEY_EPOCH = 7 * 86400
 
 # Every setting here can weaken recording (enabled: false is one line), so, as tlog does for
 # its security settings, only a file that root alone can write is believed.
@@ -47,6 +50,7 @@ class Config:
     idle_unload_seconds: int = 300   # kernel/idle.py
     refuse_io_uring: bool = True     # session/seccomp.py
     refuse_32bit: bool = True
+    key_epoch_seconds: int = 3600
 
     @property
     def log_dir(self) -> str:
@@ -208,6 +212,13 @@ def _seconds(value) -> int:
     return value
 
 
+def _epoch_seconds(value) -> int:
+    if type(value) is not int or not MIN_KEY_EPOCH <= value <= MAX_KEY_EPOCH:
+        raise _BadValue(f"must be a number of seconds from {MIN_KEY_EPOCH} to {MAX_KEY_EPOCH}, "
+                        f"got {_show(value)}")
+    return value
+
+
 def _absolute_path(value) -> str:
     # Relative paths would depend on the directory the login shell happens to start in.
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
@@ -246,6 +257,7 @@ _ENHREC_KEYS = {
     "idle_unload_seconds": _seconds,
     "refuse_io_uring": _boolean,
     "refuse_32bit": _boolean,
+    "key_epoch_seconds": _epoch_seconds,
 }
 
 # Teleport's own keys in the sections we own: accepted so that a real teleport.yaml loads,

@@ -187,9 +187,10 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> bool:
     end = factory.make(events.SESSION_END, int(clock() * 1e9), **fields)
     line = events.encode(end)
     if not daily.has_end:
-        audit = AuditLog(config.log_dir, server_id, clock=clock)
+        audit = AuditLog(config.log_dir, server_id, clock=clock,
+                         epoch_seconds=config.key_epoch_seconds)
         try:
-            audit.write([line])
+            [line] = audit.write([line])
         finally:
             audit.close()
     if not stored.has_end:
