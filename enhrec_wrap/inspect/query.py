@@ -184,13 +184,16 @@ def search(log: reader.LogDir, filters: Filters, stats: reader.Stats, progress=N
             yield e, line, remotes.get(e.get("sid"))
 
 
-def newest(path: str, end: int, filters: Filters, count: int) -> list[tuple[dict, bytes]]:
-    """The last `count` matches in the file before byte `end`, oldest first."""
+def newest(path: str, end: int, filters: Filters, count: int,
+           duplicates: reader.Duplicates | None = None) -> list[tuple[dict, bytes]]:
+    """The last `count` matches in the file before byte `end`, oldest first, each line once."""
     found = []
+    host = os.path.basename(os.path.dirname(path))
     if count:
         for line in reader.reverse_lines(path, end):
             e = reader.parse(line)
-            if e is not None and filters.match(e):
+            if (e is not None and filters.match(e)
+                    and (duplicates is None or duplicates.fresh(host, line))):
                 found.append((e, line))
                 if len(found) == count:
                     break
@@ -198,15 +201,16 @@ def newest(path: str, end: int, filters: Filters, count: int) -> list[tuple[dict
     return found
 
 
-def follow(follower: reader.Follower, filters: Filters):
-    """Forever: the matches among the lines appended since the last step (often none); waits a
-    moment before the next step when nothing at all was appended."""
+def follow(follower: reader.Follower, filters: Filters, duplicates: reader.Duplicates | None = None):
+    """Forever: the matches among the lines appended since the last step (often none), each line
+    once; waits a moment before the next step when nothing at all was appended."""
     while True:
         lines = follower.poll()
         matches = []
         for line in lines:
             e = reader.parse(line)
-            if e is not None and filters.match(e):
+            if (e is not None and filters.match(e) and (duplicates is None or duplicates.fresh(
+                    str(e.get("server_id", "")).lower(), line))):
                 matches.append((e, line))
         yield matches
         if not lines:

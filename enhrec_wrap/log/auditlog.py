@@ -119,7 +119,7 @@ class AuditLog:
                 data_dir, self._server_id, os.path.join(self._log_dir, self._server_id),
                 self._epoch_seconds, self._clock)
         except OSError as err:
-            raise self._error(os.path.join(data_dir, chainstate.STATE_FILE), err) from None
+            raise self._error(layout.chain_state_path(data_dir), err) from None
         return self._chain
 
     def close(self) -> None:
@@ -220,17 +220,24 @@ def _cut_partial_line(fd: int, size: int) -> int:
     """A writer killed in the middle of a line left it without its newline (every writer holds
     the chain lock while it writes, and we hold it now): take that piece out, so our first line
     does not glue onto it. Returns the size after."""
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+    if size == 0:
         return size
-    low = size
-    while low > 0:
-        step = min(low, 1 << 16)
-        data = os.pread(fd, step, low - step)
-        cut = data.rfind(b"\n")
-        if cut >= 0:
-            low = low - step + cut + 1
-            break
-        low -= step
+    # Our fd only appends: read through another one to the same file.
+    rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.pread(rfd, 1, size - 1) == b"\n":
+            return size
+        low = size
+        while low > 0:
+            step = min(low, 1 << 16)
+            data = os.pread(rfd, step, low - step)
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                low = low - step + cut + 1
+                break
+            low -= step
+    finally:
+        os.close(rfd)
     os.ftruncate(fd, low)
     return low
 

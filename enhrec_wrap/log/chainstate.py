@@ -26,15 +26,15 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import stat
 import time
 
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.log import chain
+from enhrec_wrap.log import chain, layout
+from enhrec_wrap.log.files import fsync_dir, unique_name
 
-STATE_FILE = "enhrec_chain"
+STATE_FILE = layout.CHAIN_STATE
 FORMAT = 1
 DEFAULT_EPOCH_SECONDS = 3600
 BLOCK = 512
@@ -43,7 +43,6 @@ _PAYLOAD = BLOCK - 64 - 1
 # 0.3 s; after a machine restart the next seq starts past the reservation (a skip of at most
 # this many, which verify tells from a gap: the prev chain goes on across it).
 RESERVE = 65536
-_DAY_FILE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}\.00:00:00\.log$")
 # How far back from a file's end to look for its last chained line.
 _TAIL_SCAN = 4 << 20
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -164,7 +163,7 @@ class ChainState:
         """The state, created on first use (a key the recorder makes, which nobody can verify
         until `enhrec keygen` replaces it) with the chain taken from the host's day files, so
         that a removed state file never restarts seq."""
-        path = os.path.join(data_dir, STATE_FILE)
+        path = layout.chain_state_path(data_dir)
         fd = _open_existing(path)
         if fd < 0:
             block, _ = KeyBlock.new(server_id, "recorder", epoch_seconds, clock())
@@ -195,24 +194,28 @@ class ChainState:
 
     def load(self, server_id: str) -> tuple[KeyBlock, Checkpoint | None]:
         data = os.pread(self.fd, 2 * BLOCK, 0)
-        key_obj = decode_block(data[:BLOCK])
-        try:
-            if key_obj is None:
-                raise ValueError
-            key = KeyBlock.from_json(key_obj)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        key = self._key_block(data[:BLOCK], server_id)
+        if key is None:
             raise EnhrecError(f"{self.path}: the chain key is damaged: run `enhrec keygen --force` "
-                             "(the lines from then on verify with the new key)") from None
-        if key.server_id != server_id:
-            raise EnhrecError(f"{self.path}: the chain state belongs to server id {key.server_id}, "
-                             f"not {server_id} (host_uuid changed?): move it away and run "
-                             "`enhrec keygen`")
+                              "(the lines from then on verify with the new key)")
         cp_obj = decode_block(data[BLOCK:])
         try:
             checkpoint = Checkpoint.from_json(cp_obj) if cp_obj is not None else None
         except (ValueError, KeyError, TypeError, AttributeError):
             checkpoint = None   # rebuilt from the files' tails
         return key, checkpoint
+
+    def _key_block(self, data: bytes, server_id: str) -> KeyBlock | None:
+        """Block 0, None when damaged; another host's is refused."""
+        try:
+            key = KeyBlock.from_json(decode_block(data))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if key.server_id != server_id:
+            raise EnhrecError(f"{self.path}: the chain state belongs to server id {key.server_id}, "
+                              f"not {server_id} (host_uuid changed?): move it away and run "
+                              "`enhrec keygen`")
+        return key
 
     def save_key(self, key: KeyBlock) -> None:
         _pwrite_all(self.fd, encode_block(key.as_json()), 0)
@@ -239,7 +242,7 @@ def _open_existing(path: str) -> int:
 def _publish(data_dir: str, path: str, key: KeyBlock, checkpoint: Checkpoint | None) -> int:
     """Make the state file appear complete or not at all, and once among racing writers (as
     host_uuid is made); returns an fd of whichever file won."""
-    tmp = os.path.join(data_dir, f".{STATE_FILE}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    tmp = unique_name(data_dir, STATE_FILE)
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -255,7 +258,7 @@ def _publish(data_dir: str, path: str, key: KeyBlock, checkpoint: Checkpoint | N
         except FileExistsError:
             pass
         else:
-            _fsync_dir(data_dir)
+            fsync_dir(data_dir)
     finally:
         os.unlink(tmp)
     fd = _open_existing(path)
@@ -268,7 +271,7 @@ def replace_key(data_dir: str, server_id: str, log_server_dir: str, epoch_second
                 made_by: str, clock=time.time) -> tuple[KeyBlock, bytes, KeyBlock | None]:
     """A new k(0) for the host (keygen): written over the old key in place, fsync-ed; seq and the
     chain go on. Returns the new block, k(0), and the block it replaced (None if there was none)."""
-    path = os.path.join(data_dir, STATE_FILE)
+    path = layout.chain_state_path(data_dir)
     fd = _open_existing(path)
     new, k0 = KeyBlock.new(server_id, made_by, epoch_seconds, clock())
     if fd < 0:
@@ -278,12 +281,55 @@ def replace_key(data_dir: str, server_id: str, log_server_dir: str, epoch_second
     state = ChainState(path, fd)
     try:
         state.lock()
-        old, _ = state.load(server_id)
-        new.reserved = old.reserved
+        old = state._key_block(os.pread(fd, BLOCK, 0), server_id)
+        # A damaged block lost its reservation; the checkpoint (or the files) still say where the
+        # chain ends, and seq goes on from there.
+        new.reserved = old.reserved if old is not None else 0
         state.save_key(new)
     finally:
         state.close()
     return new, k0, old
+
+
+def move_on(data_dir: str, server_id: str, now: float | None = None) -> KeyBlock | None:
+    """Move the host's key to the current epoch without writing a line (`enhrec seal`): on a
+    host where nothing is written for a while, the last epoch's key would otherwise stay on disk
+    until the next write. None when the host has no chain state yet."""
+    path = layout.chain_state_path(data_dir)
+    fd = _open_existing(path)
+    if fd < 0:
+        return None
+    state = ChainState(path, fd)
+    try:
+        state.lock()
+        key, _ = state.load(server_id)
+        now = time.time() if now is None else now
+        if advance(key, chain.epoch_at(now, key.start, key.epoch_seconds), 0):
+            state.save_key(key)
+        return key
+    finally:
+        state.close()
+
+
+def read_key(data_dir: str, server_id: str) -> KeyBlock | None:
+    """The host's key block as it is, None when there is no state file."""
+    path = layout.chain_state_path(data_dir)
+    fd = _open_existing(path)
+    if fd < 0:
+        return None
+    state = ChainState(path, fd)
+    try:
+        return state.load(server_id)[0]
+    finally:
+        state.close()
+
+
+def key_or_none(data_dir: str, server_id: str) -> KeyBlock | None:
+    """read_key(), with a damaged or foreign state taken as none (keygen writes over it)."""
+    try:
+        return read_key(data_dir, server_id)
+    except EnhrecError:
+        return None
 
 
 # --- the chain from the files ----------------------------------------------------------------
@@ -320,7 +366,7 @@ def newest_chained(log_server_dir: str) -> Checkpoint | None:
     """Where the chain ends in the host's day files (the newest file that has a chained line),
     for a new state file; None when no file has one."""
     try:
-        names = sorted((n for n in os.listdir(log_server_dir) if _DAY_FILE_RE.match(n)), reverse=True)
+        names = sorted((n for n in os.listdir(log_server_dir) if layout.day_of_file(n)), reverse=True)
     except FileNotFoundError:
         return None
     for name in names:
@@ -359,11 +405,3 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

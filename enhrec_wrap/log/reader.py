@@ -7,13 +7,14 @@ skipped, a line still being written (no newline yet) is left for later, and a gz
 ends early (a recorder that died never writes the trailer) ends where its data ends.
 """
 
+import bisect
 import os
 import zlib
 from dataclasses import dataclass, field
 
 import orjson
 
-from enhrec_wrap.log import layout
+from enhrec_wrap.log import chain, layout
 
 _CHUNK = 1 << 20
 _DAY = 86400
@@ -25,6 +26,7 @@ class Stats:
     bytes_read: int = 0
     corrupt_lines: int = 0
     truncated_files: list = field(default_factory=list)
+    duplicates: int = 0
 
 
 # --- lines ----------------------------------------------------------------------------------
@@ -118,6 +120,67 @@ def events_of(lines, stats: Stats | None = None):
         event = parse(line, stats)
         if event is not None:
             yield event, line
+
+
+class Duplicates:
+    """Drops a line whose (host, seq) was read before: RELP delivers at least once, so a
+    collector's copy can hold a line twice. The same seq with other bytes is no duplicate but a
+    sign of tampering (`enhrec verify` names it), so it is kept when the first line is among the
+    host's last RECENT ones, where resent lines are; older repeats are dropped by seq alone.
+    Lines without a seq (written before the chain) always pass."""
+
+    RECENT = 65536
+
+    def __init__(self, stats: "Stats"):
+        self.stats = stats
+        self.hosts = {}
+
+    def fresh(self, host: str, line: bytes) -> bool:
+        t = chain.trailer(line)
+        if t is None:
+            return True
+        seen = self.hosts.get(host)
+        if seen is None:
+            seen = self.hosts[host] = (_SeqSet(), {})
+        seqs, recent = seen
+        if seqs.add(t.seq):
+            recent[t.seq] = hash(line)
+            if len(recent) > self.RECENT:
+                del recent[next(iter(recent))]
+            return True
+        first = recent.get(t.seq)
+        if first is not None and first != hash(line):
+            return True
+        self.stats.duplicates += 1
+        return False
+
+
+class _SeqSet:
+    """A set of integers kept as sorted, disjoint ranges: a host's seqs are one range or few."""
+
+    def __init__(self):
+        self.starts = []
+        self.ends = []
+
+    def add(self, n: int) -> bool:
+        """False when n was in the set already."""
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(starts, n) - 1
+        if i >= 0 and n <= ends[i]:
+            return False
+        left = i >= 0 and ends[i] + 1 == n
+        right = i + 1 < len(starts) and starts[i + 1] == n + 1
+        if left and right:
+            ends[i] = ends[i + 1]
+            del starts[i + 1], ends[i + 1]
+        elif left:
+            ends[i] = n
+        elif right:
+            starts[i + 1] = n
+        else:
+            starts.insert(i + 1, n)
+            ends.insert(i + 1, n)
+        return True
 
 
 # --- the directory --------------------------------------------------------------------------
@@ -221,17 +284,19 @@ def session_events(log: LogDir, sid: str, stats: Stats | None = None, directory:
 
 def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None = None,
                must_contain: tuple[bytes, ...] = (), progress=None, also_keep: bytes | None = None):
-    """(event, line) from the daily files in [first_day, last_day], oldest file first.
-    Lines lacking any of `must_contain` are skipped before they are parsed (a cheap pre-filter),
-    unless they contain `also_keep`."""
+    """(event, line) from the daily files in [first_day, last_day] of every host, oldest file
+    first, without duplicates (Duplicates). Lines lacking any of `must_contain` are skipped
+    before they are parsed (a cheap pre-filter), unless they contain `also_keep`."""
     stats = stats if stats is not None else Stats()
     files = log.day_files(first_day, last_day)
     total = sum(_size(path) for _, path in files)
     if progress:
         progress.start(total)
     done = 0
+    duplicates = Duplicates(stats)
     for _, path in files:
         before = stats.bytes_read
+        host = os.path.basename(os.path.dirname(path))
         try:
             for n, line in enumerate(day_file_lines(path, stats)):
                 if progress and n % 4096 == 0:
@@ -239,6 +304,8 @@ def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None =
                 if must_contain and not all(needle in line for needle in must_contain):
                     if also_keep is None or also_keep not in line:
                         continue
+                if not duplicates.fresh(host, line):
+                    continue
                 event = parse(line, stats)
                 if event is not None:
                     yield event, line
@@ -288,33 +355,57 @@ def reverse_lines(path: str, end: int | None = None, block: int = 1 << 16):
                 yield line + b"\n"
 
 
+def newest_day_file(server_dir: str) -> str | None:
+    try:
+        names = [n for n in os.listdir(server_dir) if layout.day_of_file(n)]
+    except FileNotFoundError:
+        return None
+    return os.path.join(server_dir, max(names)) if names else None
+
+
 class Follower:
-    """The lines appended to events.log, following it to the next day's file at midnight."""
+    """The lines appended to each host's newest day file (a host's own log has one host, a
+    collector's many), following each to the next day's file at midnight. The files there at the
+    first poll are followed from their end (from_end) or start; hosts and days that appear
+    later, from their start."""
 
     def __init__(self, log: LogDir, from_end: bool = True):
         self.log = log
-        self.path = None
-        self.offset = 0
-        self.pending = b""
         self.from_end = from_end
+        self.tails = {}
+        self.polled = False
+
+    def position(self, server_id: str, path: str, offset: int) -> None:
+        """Follow `path` of that host from byte `offset` (where the caller stopped reading)."""
+        self.tails[server_id] = _Tail(path, offset)
 
     def poll(self) -> list[bytes]:
-        current = self.log.current_file()
         lines = []
-        if self.path is None:
-            if current is None:
-                return lines
-            self.path = current
-            self.offset = _size(current) if self.from_end else 0
-        lines += self._read_new()
-        if current is not None and current != self.path:
-            # events.log moved on (a new day): the old file may still get a last batch from a
-            # writer that opened it before midnight, read just now; then start the new one.
-            self.path, self.offset, self.pending = current, 0, b""
-            lines += self._read_new()
+        for server in self.log.server_ids():
+            newest = newest_day_file(layout.server_dir(self.log.path, server))
+            if newest is None:
+                continue
+            tail = self.tails.get(server)
+            if tail is None:
+                start = _size(newest) if self.from_end and not self.polled else 0
+                tail = self.tails[server] = _Tail(newest, start)
+            lines += tail.read_new()
+            if newest != tail.path:
+                # A new day: the old file may still get a last batch from a writer that opened
+                # it before midnight, read just now; then start the new one.
+                tail.path, tail.offset, tail.pending = newest, 0, b""
+                lines += tail.read_new()
+        self.polled = True
         return lines
 
-    def _read_new(self) -> list[bytes]:
+
+class _Tail:
+    def __init__(self, path: str, offset: int):
+        self.path = path
+        self.offset = offset
+        self.pending = b""
+
+    def read_new(self) -> list[bytes]:
         try:
             with open(self.path, "rb") as f:
                 size = f.seek(0, os.SEEK_END)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from enhrec_wrap.log import chain, chainstate, reader
+from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.log import chain, chainstate, layout, reader
 
 # Problems kept per host (the first one decides the message; the rest are counted).
 MAX_PROBLEMS = 20
@@ -77,6 +78,20 @@ class Host:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(problem)
 
+    def as_json(self) -> dict:
+        return {
+            "server_id": self.server_id, "server_hostname": self.hostname, "intact": self.intact,
+            "first_seq": self.first_seq, "last_seq": self.last_seq, "lines": self.lines,
+            "files": self.files, "duplicates": self.duplicates,
+            "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail}
+                         for p in sorted(self.problems, key=lambda p: p.seq)],
+            "problem_count": self.problem_count, "macs": self.macs,
+            "epochs": list(self.epochs) if self.epochs else None,
+            "unsealed_lines": self.unsealed, "skipped": [list(s) for s in self.skips],
+            "reordered": self.reordered, "own_log": self.own,
+            "lines_before_chain": self.unchained_before,
+        }
+
     def first_problem(self) -> Problem | None:
         """The problem at the lowest seq (of two there, the one found first)."""
         return min(self.problems, key=lambda p: p.seq) if self.problems else None
@@ -114,12 +129,31 @@ class _Entry:
         return f"{self.name} line {self.line_no}"
 
 
+def load_keys(path: str) -> list:
+    """The verification keys in a key file (keygen's lines), or an EnhrecError saying why not."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except (OSError, UnicodeDecodeError) as err:
+        raise EnhrecError(f"cannot read the key file {path}: "
+                          f"{getattr(err, 'strerror', None) or err}: give the file `enhrec keygen` "
+                          "printed") from None
+    try:
+        keys = chain.parse_verification_keys(text, path)
+    except ValueError as err:
+        raise EnhrecError(f"{err}: give the lines `enhrec keygen` printed") from None
+    if not keys:
+        raise EnhrecError(f"the key file {path} holds no verification key: give the lines "
+                          "`enhrec keygen` printed")
+    return keys
+
+
 def server_dirs(log: reader.LogDir, host: str | None) -> list[str]:
-    dirs = log.server_dirs()
-    if host is None:
-        return dirs
-    wanted = host.lower()
-    return [d for d in dirs if os.path.basename(d).lower().startswith(wanted)]
+    """The host directories to check: all, or those whose server id starts with `host`."""
+    ids = log.server_ids()
+    if host is not None:
+        ids = [i for i in ids if i.lower().startswith(host.lower())]
+    return [layout.server_dir(log.path, i) for i in ids]
 
 
 def verify_host(directory: str, keys: list | None, data_dir: str | None = None) -> Host:
@@ -131,7 +165,7 @@ def verify_host(directory: str, keys: list | None, data_dir: str | None = None) 
     host = Host(os.path.basename(directory).lower())
     state = _own_state(data_dir, host.server_id) if data_dir else None
     host.own = state is not None
-    names = sorted(n for n in os.listdir(directory) if reader.DAY_FILE_RE.match(n))
+    names = sorted(n for n in os.listdir(directory) if layout.day_of_file(n))
     host.files = names
     runs, unchained = _index(directory, names, host)
     # First, so that a damaged line is named as such rather than as the seq it leaves missing.
@@ -358,7 +392,7 @@ class _MacChecker:
 
 def _own_state(data_dir: str, server_id: str):
     """(path, key block, checkpoint) of this machine's chain state when it is server_id's."""
-    path = os.path.join(data_dir, chainstate.STATE_FILE)
+    path = layout.chain_state_path(data_dir)
     try:
         with open(path, "rb") as f:
             data = f.read(2 * chainstate.BLOCK)
