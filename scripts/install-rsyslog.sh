@@ -17,7 +17,7 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-venv_python=/opt/enhrec-wrap/venv/bin/python3
+venv_python="${ENHREC_VENV:-/opt/enhrec-wrap/venv}/bin/python3"
 confdir=/etc/enhrec-wrap
 spool=/var/spool/enhrec-wrap
 rsyslogd=/usr/sbin/rsyslogd

@@ -233,3 +233,26 @@ def test_tail_on_a_collector_shows_every_host(collector, capsys):
     seen = [(orjson.loads(x)["server_hostname"], orjson.loads(x)["ei"]) for x in out.splitlines()]
     assert code == 0 and len(seen) == 3 and len(set(seen)) == 3
     assert {h for h, _ in seen} == {"web-01", "db-01"}
+
+
+# --- doctor ---------------------------------------------------------------------------------
+
+
+def test_doctor_says_who_made_the_chain_key(tmp_path, monkeypatch):
+    from enhrec_wrap.inspect import doctor
+
+    cfg = Config(data_dir=str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    assert doctor.check_chain_key(cfg).status == "warn"        # none yet
+    (tmp_path / "data" / "host_uuid").write_text(WEB)
+    log = AuditLog(cfg.log_dir, WEB, clock=lambda: NOON)
+    log.write([event(WEB, "web-01", "a11ce000-0000-4000-8000-000000000001", 0)])
+    log.close()
+    made_by_recorder = doctor.check_chain_key(cfg)
+    assert made_by_recorder.status == "warn" and "no one holds its verification key" in made_by_recorder.detail
+    chainstate.replace_key(cfg.data_dir, WEB, os.path.join(cfg.log_dir, WEB), 3600, "keygen",
+                           clock=lambda: NOON)
+    assert doctor.check_chain_key(cfg).status == "ok"
+    with open(tmp_path / "data" / chainstate.STATE_FILE, "r+b") as f:
+        f.write(b"X")
+    assert doctor.check_chain_key(cfg).status == "FAIL"
