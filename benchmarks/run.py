@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 
+import fleet
 import harness as h
 
 REPO = os.path.dirname(h.HERE)
@@ -29,6 +30,7 @@ BUILD_FILES = 240
 BUILD_HEADERS = 24
 CONSUMER_EVENTS = 100_000
 IDLE_SESSIONS = 10
+FLEET_OPENS = 100_000    # shipping to a collector: the recorded session's opens
 
 
 class Suite:
@@ -434,6 +436,22 @@ class Suite:
             f"consumer) stays. Its real gain is figure 2 with many sessions: one set of "
             f"programs instead of one per session (see the 10-session rows).")
 
+    # -- shipping the log to a collector (issue 13) -------------------------------------------
+
+    def fleet(self):
+        reps = self.reps(3, 1)
+        runs = [fleet.ship(self.ws, FLEET_OPENS) for _ in range(reps)]
+        self.details["fleet"] = runs
+        med = {k: h.median([r[k] for r in runs]) for k in
+               ("lines_per_second", "lag_median_ms", "lag_p99_ms")}
+        sizes = ", ".join(f"{r['lines']:,} lines" for r in runs)
+        self.row(f"shipping the log over RELP to a collector on loopback, a {FLEET_OPENS:,}-open "
+                 f"session (median of {reps}): lines/s shipped; lag from the host's day file to "
+                 "the collector's copy",
+                 f"{med['lines_per_second']:,.0f} lines/s; lag median {med['lag_median_ms']:,.0f} ms, "
+                 f"p99 {med['lag_p99_ms']:,.0f} ms; {sum(r['missing'] for r in runs)} missing, "
+                 f"{sum(r['duplicates'] for r in runs)} delivered twice ({sizes})")
+
     def close(self):
         self.ws.remove()
 
@@ -488,7 +506,7 @@ def main():
           flush=True)
     suite = Suite(args.quick)
     figures = ["start_latency", "host_overhead", "in_session", "consumer", "exec_storm",
-               "open_storm", "build", "memory", "ls_loop", "shared_estimate"]
+               "open_storm", "build", "memory", "ls_loop", "shared_estimate", "fleet"]
     if args.only:
         figures = [f for f in figures if f in args.only.split(",")]
     started = time.monotonic()

@@ -24,9 +24,9 @@ from enhrec_wrap import __version__
 from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.events.timestamps import epoch_of
-from enhrec_wrap.inspect import lookup, query, render, sessions as summaries, tree
+from enhrec_wrap.inspect import lookup, query, render, sessions as summaries, tree, verify as chain_check
 from enhrec_wrap.inspect.output import PROG, Progress, json_line, note, report_skipped, write_json_line
-from enhrec_wrap.log import chain, chainstate, layout, reader, verify as chain_check
+from enhrec_wrap.log import chain, chainstate, layout, reader
 from enhrec_wrap.log.server_id import load_or_create_server_id
 
 EXIT_NO_MATCH = 1

@@ -8,7 +8,8 @@ import secrets
 import orjson
 import pytest
 
-from enhrec_wrap.log import chain, chainstate, verify
+from enhrec_wrap.inspect import verify
+from enhrec_wrap.log import chain, chainstate
 from enhrec_wrap.log.auditlog import AuditLog
 
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
