@@ -1,5 +1,6 @@
 """Shipping the audit log to a collector (issue 13): lines per second, and the lag of each line from
-the host's day file to the collector's copy, under a recorded session of N opens.
+the host's day file to the collector's copy, under a recorded session of N opens (ship) and at a
+steady rate (paced); and what sealing a line into the chain costs (seal_cost).
 
 Two rsyslogd on 127.0.0.1 with the project's configs (rendered by scripts/install-rsyslog.sh, as
 `make install-forwarder` and `install-collector` render them), each with its own work directory
@@ -98,7 +99,59 @@ class Watcher(threading.Thread):
 
 
 def ship(ws, opens: int) -> dict:
+    """A recorded session of `opens` opens (the installed wrapper) while both daemons run."""
     config = ws.config()
+    return _shipping(config, lambda server_id: h.run(config.argv([ws.openloop, str(opens), ws.target])))
+
+
+def paced(ws, rate: int, seconds: float) -> dict:
+    """Sealed lines written by the installed AuditLog at `rate` lines/s, in batches of 20 ms (a
+    recorder's batch window)."""
+    from enhrec_wrap.log.auditlog import AuditLog
+
+    config = ws.config()
+    line = (b'{"ei":1,"event":"session.disk","code":"T4001I","time":"2026-11-28T05:38:51.812Z",'
+            b'"path":"' + b"/tmp/enhrec-bench/f" * 12 + b'","flags":0,"return_code":3}\n')
+
+    def write(server_id):
+        log = AuditLog(os.path.join(config.data_dir, "log"), server_id)
+        batch = max(1, rate // 50)
+        total = int(rate * seconds)
+        start = time.monotonic()
+        for done in range(0, total, batch):
+            log.write([line] * min(batch, total - done))
+            ahead = (done + batch) / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        log.close()
+
+    return _shipping(config, write)
+
+
+def seal_cost(lines: int = 100_000) -> float:
+    """Microseconds per line of chain.seal for the open events of a recording, in batches of
+    512 (kernel/rings.py's HAND_RECORDS)."""
+    from enhrec_wrap.log import chain
+
+    line = (b'{"ei":5,"event":"session.disk","code":"T4001I","uid":"9c0b0b0b-1111-2222-3333-'
+            b'444455556666","time":"2026-11-28T05:38:51.812Z","sid":"4f1c0b0b-1111-2222-3333-'
+            b'444455556666","namespace":"default","server_id":"72480b0b-1111-2222-3333-'
+            b'444455556666","server_hostname":"vm","cluster_name":"vm","login":"root","user":"root",'
+            b'"pid":2653,"ppid":2650,"cgroup_id":4294968064,"program":"openloop","path":'
+            b'"/tmp/enhrec-bench-x/target-file","flags":0,"return_code":3}\n')
+    batch = [line] * 512
+    key = bytes(32)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        prev = chain.GENESIS
+        for seq in range(1, lines, 512):
+            _, prev = chain.seal(batch, seq, prev, 0, key)
+        best = min(best, (time.perf_counter() - start) / lines)
+    return best * 1e6
+
+
+def _shipping(config, workload) -> dict:
     server_id = str(uuid.uuid4())
     os.makedirs(os.path.join(config.data_dir, "log", server_id), mode=0o700)
     with open(os.path.join(config.data_dir, "host_uuid"), "w") as f:
@@ -116,7 +169,7 @@ def ship(ws, opens: int) -> dict:
     try:
         on_host.start()
         at_collector.start()
-        h.run(config.argv([ws.openloop, str(opens), ws.target]))
+        workload(server_id)
         deadline = time.monotonic() + DELIVERY_TIMEOUT
         time.sleep(0.5)   # the watcher's last poll of the host's file
         while at_collector.seen.keys() < on_host.seen.keys() and time.monotonic() < deadline:

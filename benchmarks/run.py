@@ -31,6 +31,7 @@ BUILD_HEADERS = 24
 CONSUMER_EVENTS = 100_000
 IDLE_SESSIONS = 10
 FLEET_OPENS = 100_000    # shipping to a collector: the recorded session's opens
+FLEET_RATES = (1_000, 5_000, 15_000)   # ... and the steady rates (lines/s)
 
 
 class Suite:
@@ -451,6 +452,16 @@ class Suite:
                  f"{med['lines_per_second']:,.0f} lines/s; lag median {med['lag_median_ms']:,.0f} ms, "
                  f"p99 {med['lag_p99_ms']:,.0f} ms; {sum(r['missing'] for r in runs)} missing, "
                  f"{sum(r['duplicates'] for r in runs)} delivered twice ({sizes})")
+        steady = [fleet.paced(self.ws, rate, 8) for rate in FLEET_RATES]
+        self.details["fleet_paced"] = steady
+        self.row("the same at a steady rate (sealed lines written by the installed AuditLog in "
+                 "20 ms batches, 8 s each): lag from the host's day file to the collector's copy",
+                 "; ".join(f"{rate:,} lines/s: median {r['lag_median_ms']:.1f} ms, p99 "
+                           f"{r['lag_p99_ms']:.0f} ms, {r['missing']} missing"
+                           for rate, r in zip(FLEET_RATES, steady)))
+        self.row("sealing a line into the chain (seq, prev, HMAC; chain.seal, best of 5, "
+                 "100,000 open events of ~500 bytes in batches of 512)",
+                 f"{fleet.seal_cost():.2f} µs per line")
 
     def close(self):
         self.ws.remove()

@@ -222,7 +222,6 @@ def test_unknown_key_without_suggestion_lists_the_allowed_keys(write):
                               "key_epoch_seconds, on_log_failure, refuse_32bit, refuse_io_uring)")
 
 
-
 def test_key_epoch_is_a_number_of_seconds(write):
     assert load_config(write("enhrec: {key_epoch_seconds: 60}\n")).key_epoch_seconds == 60
     for bad in ("0", "true", "1h", str(7 * 86400 + 1)):
