@@ -118,17 +118,7 @@ def mac_ok(line: bytes, t: Trailer, mac: hmac.HMAC) -> bool:
     return hmac.compare_digest(m.hexdigest().encode(), t.mac)
 
 
-def unsealed(line: bytes, t: Trailer) -> bytes:
-    """The line as it was before sealing (the event alone)."""
-    m = _HEAD_RE.search(line, max(0, t.signed_len - _HEAD_MAX), t.signed_len)
-    return line[:m.start()] + b"}\n"
-
-
 # --- keys -----------------------------------------------------------------------------------
-
-def next_key(key: bytes) -> bytes:
-    return hashlib.sha256(key).digest()
-
 
 def evolve(key: bytes, steps: int) -> bytes:
     for _ in range(steps):

@@ -168,8 +168,7 @@ class ChainState:
         if fd < 0:
             block, _ = KeyBlock.new(server_id, "recorder", epoch_seconds, clock())
             fd = _publish(data_dir, path, block, newest_chained(log_server_dir))
-        state = cls(path, fd)
-        return state
+        return cls(path, fd)
 
     def close(self) -> None:
         if self.fd >= 0:
