@@ -28,8 +28,9 @@ die() { printf 'install-rsyslog: %s\n' "$*" >&2; exit 1; }
 
 # Every value ends up inside a quoted rsyslog string (and a sed replacement): only plain characters.
 check_value() {
-    local what="$1" value="$2" pattern="$3"
-    [[ "$value" =~ $pattern ]] || die "$what '$value' is not valid (allowed: $pattern)"
+    local what="$1" value="$2" pattern="$3" shown
+    printf -v shown '%q' "$value"   # a newline or a quote in it stays on this one line
+    [[ "$value" =~ $pattern ]] || die "$what $shown is not valid (allowed: $pattern)"
 }
 check_port() {
     check_value "port" "$1" '^[0-9]{1,5}$'
