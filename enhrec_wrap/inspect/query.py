@@ -188,12 +188,11 @@ def newest(path: str, end: int, filters: Filters, count: int,
            duplicates: reader.Duplicates | None = None) -> list[tuple[dict, bytes]]:
     """The last `count` matches in the file before byte `end`, oldest first, each line once."""
     found = []
-    host = os.path.basename(os.path.dirname(path))
     if count:
         for line in reader.reverse_lines(path, end):
             e = reader.parse(line)
             if (e is not None and filters.match(e)
-                    and (duplicates is None or duplicates.fresh(host, line))):
+                    and (duplicates is None or duplicates.fresh(path, line))):
                 found.append((e, line))
                 if len(found) == count:
                     break

@@ -123,25 +123,28 @@ def events_of(lines, stats: Stats | None = None):
 
 
 class Duplicates:
-    """Drops a line whose (host, seq) was read before: RELP delivers at least once, so a
-    collector's copy can hold a line twice. The same seq with other bytes is no duplicate but a
-    sign of tampering (`enhrec verify` names it), so it is kept when the first line is among the
-    host's last RECENT ones, where resent lines are; older repeats are dropped by seq alone.
-    Lines without a seq (written before the chain) always pass."""
+    """Drops a line whose seq was read before in the same day file: RELP delivers at least once,
+    so a collector's copy can hold a line twice, and a line sent again goes to the same day file
+    as its first copy. The same seq with other bytes is no duplicate but a sign of tampering
+    (`enhrec verify` names it), so it is kept when the first copy is among the file's last RECENT
+    lines, where resent lines are; older repeats are dropped by seq alone. Lines without a seq
+    (written before the chain) always pass. `key` names the file (or, when following, the host)."""
 
-    RECENT = 65536
+    # RELP's window is 1024 lines, and imfile re-reads at most 1000 after a crash
+    # (conf/rsyslog/enhrec-forwarder.conf.in).
+    RECENT = 4096
 
     def __init__(self, stats: "Stats"):
         self.stats = stats
-        self.hosts = {}
+        self.seen = {}
 
-    def fresh(self, host: str, line: bytes) -> bool:
+    def fresh(self, key: str, line: bytes) -> bool:
         t = chain.trailer(line)
         if t is None:
             return True
-        seen = self.hosts.get(host)
+        seen = self.seen.get(key)
         if seen is None:
-            seen = self.hosts[host] = (_SeqSet(), {})
+            seen = self.seen[key] = (_SeqSet(), {})
         seqs, recent = seen
         if seqs.add(t.seq):
             recent[t.seq] = hash(line)
@@ -153,6 +156,9 @@ class Duplicates:
             return True
         self.stats.duplicates += 1
         return False
+
+    def forget(self, key: str) -> None:
+        self.seen.pop(key, None)
 
 
 class _SeqSet:
@@ -296,7 +302,6 @@ def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None =
     duplicates = Duplicates(stats)
     for _, path in files:
         before = stats.bytes_read
-        host = os.path.basename(os.path.dirname(path))
         try:
             for n, line in enumerate(day_file_lines(path, stats)):
                 if progress and n % 4096 == 0:
@@ -304,13 +309,15 @@ def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None =
                 if must_contain and not all(needle in line for needle in must_contain):
                     if also_keep is None or also_keep not in line:
                         continue
-                if not duplicates.fresh(host, line):
+                if not duplicates.fresh(path, line):
                     continue
                 event = parse(line, stats)
                 if event is not None:
                     yield event, line
         except FileNotFoundError:
             continue   # removed (rotated away) since it was listed
+        finally:
+            duplicates.forget(path)
         done += stats.bytes_read - before
     if progress:
         progress.finish()
