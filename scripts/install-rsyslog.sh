@@ -97,7 +97,7 @@ host_identity() {
 import sys
 from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.log.auditlog import load_or_create_server_id
+from enhrec_wrap.log.server_id import load_or_create_server_id
 try:
     config = load_config(None)
     print(config.data_dir)
@@ -234,7 +234,11 @@ uninstall)
         stop_daemon "/run/enhrec-$side.pid"
     fi
     rm -f "$confdir/rsyslog-$side.conf"
-    say "removed the $side; kept $spool/$side (a forwarder's unsent queue is there) and the logs"
+    if [ "$side" = forwarder ]; then
+        say "removed the forwarder; kept $spool/forwarder (its unsent queue and read offsets)"
+    else
+        say "removed the collector; kept $spool/collector and the hosts' logs"
+    fi
     ;;
 *)
     die "usage: install-rsyslog.sh forwarder HOST:PORT | collector PORT [ADDRESS] | uninstall forwarder|collector | render ..."
