@@ -189,6 +189,7 @@ forwarder)
     [ "$(id -u)" -eq 0 ] || die "must run as root"
     target="${2:-}"
     [[ "$target" =~ ^(.+):([0-9]+)$ ]] || die "give the collector as COLLECTOR=host:port (e.g. make install-forwarder COLLECTOR=logs.example.com:20514)"
+    collector_host="${BASH_REMATCH[1]}" collector_port="${BASH_REMATCH[2]}"
     need_rsyslog omrelp.so
     need_rsyslog imfile.so
     { read -r data_dir; read -r server_id; } < <(host_identity)
@@ -197,13 +198,13 @@ forwarder)
     work="$spool/forwarder"
     staged="$(mktemp)"
     trap 'rm -f "$staged"' EXIT
-    render_forwarder "$staged" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "$log_dir" "$server_id" "$work"
+    render_forwarder "$staged" "$collector_host" "$collector_port" "$log_dir" "$server_id" "$work"
     install -d -m 0700 -o root -g root "$spool" "$work"
     check_config "$staged"
     # imfile watches this directory from its start: it must be there before the first session.
     install -d -m 0700 -o root -g root "$log_dir" "$log_dir/$server_id"
     install_side forwarder "$staged"
-    say "shipping $log_dir/$server_id/*.log to ${BASH_REMATCH[1]}:${BASH_REMATCH[2]} (server id $server_id)"
+    say "shipping $log_dir/$server_id/*.log to $collector_host:$collector_port (server id $server_id)"
     ;;
 collector)
     [ "$(id -u)" -eq 0 ] || die "must run as root"

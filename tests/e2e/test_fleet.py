@@ -301,3 +301,55 @@ def test_relp_over_tls_ships_to_the_named_collector_only(host, work_dir, library
         for daemon in reversed(daemons):
             # Nothing left to keep: the picky collector's forwarder would retry for its 20 s.
             daemon.stop(signal.SIGKILL)
+
+
+# --- the make targets -------------------------------------------------------------------------
+
+def _alive(pidfile):
+    try:
+        pid = int(open(pidfile).read())
+    except (OSError, ValueError):
+        return None
+    try:
+        return pid if os.readlink(f"/proc/{pid}/exe") == RSYSLOGD else None
+    except OSError:
+        return None
+
+
+def test_the_make_targets_set_up_and_take_down_both_sides(host):
+    """make install-collector / install-forwarder on this host's config: each checked, installed
+    and started (no systemd here); a refused one changes nothing; uninstall stops and removes."""
+    repo = str(RENDER.parents[1])
+    make = ["make", "-s", "-C", repo]
+    port = _free_port()
+    server_id = open(os.path.join(host.data_dir, "host_uuid")).read().strip()
+    confs = {side: f"/etc/enhrec-wrap/rsyslog-{side}.conf" for side in ("forwarder", "collector")}
+    pids = {side: f"/run/enhrec-{side}.pid" for side in confs}
+    spool_existed = os.path.exists("/var/spool/enhrec-wrap")
+    try:
+        done = _run(make + ["install-collector", f"PORT={port}", "ADDRESS=127.0.0.1"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        done = _run(make + ["install-forwarder", f"COLLECTOR=127.0.0.1:{port}"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"shipping {host.data_dir}/log/{server_id}/*.log to 127.0.0.1:{port}" in done.stdout
+        for side in confs:
+            assert _alive(pids[side]), f"no rsyslogd runs for the {side}"
+            assert _run([RSYSLOGD, "-N1", "-f", confs[side]]).returncode == 0
+        forwarder_conf = open(confs["forwarder"]).read()
+        assert f'file="{host.data_dir}/log/{server_id}/*.log"' in forwarder_conf
+        assert f'port="{port}"' in forwarder_conf
+
+        running = _alive(pids["forwarder"])
+        for bad in (["COLLECTOR=nonsense"], [f"COLLECTOR=127.0.0.1:{port}", "TLS_CA=/etc/hostname"]):
+            refused = _run(make + ["install-forwarder", *bad])
+            assert refused.returncode != 0
+            assert "install-rsyslog: " in refused.stderr and "Traceback" not in refused.stderr
+            assert open(confs["forwarder"]).read() == forwarder_conf
+            assert _alive(pids["forwarder"]) == running
+    finally:
+        for side in confs:
+            _run(make + [f"uninstall-{side}"])
+        if not spool_existed:
+            subprocess.run(["rm", "-rf", "/var/spool/enhrec-wrap"], check=False)
+    for side in confs:
+        assert not os.path.exists(confs[side]) and _alive(pids[side]) is None
