@@ -17,7 +17,7 @@ PYTEST    := PYTHONSAFEPATH=1 "$(TEST_VENV)/bin/pytest" -q -p no:cacheprovider -
 # Entry scripts as NAME=MODULE (each module has main()).
 ENTRY_SCRIPTS := enhrec-wrap=enhrec_wrap.cli.wrap enhrec=enhrec_wrap.cli.enhrec
 
-.PHONY: help root install deps test-deps venv entry-scripts config pam uninstall uninstall-kernel install-sshd uninstall-sshd test-venv test unit demo bench fresh-check clean
+.PHONY: help root install chain-key deps test-deps venv entry-scripts config pam uninstall uninstall-kernel install-sshd uninstall-sshd install-forwarder uninstall-forwarder install-collector uninstall-collector test-venv test unit demo bench fresh-check clean
 
 # help: list the targets.
 help:
@@ -25,6 +25,9 @@ help:
 	@echo "make uninstall  remove $(PREFIX) and the entry scripts; keep $(CONFDIR) and the logs (root)"
 	@echo "make install-sshd    record every SSH login: sudoers rule + sshd drop-in, checked first (root)"
 	@echo "make uninstall-sshd  remove that rule and drop-in again (root)"
+	@echo "make install-forwarder COLLECTOR=host:port  ship this host's audit log there over RELP (root)"
+	@echo "make install-collector PORT=n [ADDRESS=ip]   receive a fleet's audit logs over RELP (root)"
+	@echo "make uninstall-forwarder / uninstall-collector  stop and remove either again (root)"
 	@echo "make test       install, then run every test against the installed package (root)"
 	@echo "make unit       run tests/unit only (no root needed)"
 	@echo "make demo       record a session with three audit bypasses and print its events (root)"
@@ -37,8 +40,14 @@ root:
 	@[ "$$(id -u)" -eq 0 ] || { echo "make: this target must run as root (try: sudo make $(MAKECMDGOALS))" >&2; exit 1; }
 
 # install: everything enhrec-wrap needs, then a check that the installed copy imports with BCC.
-install: root deps venv entry-scripts config pam
+install: root deps venv entry-scripts config pam chain-key
 	@cd / && "$(VENV)/bin/python3" -I -c 'import bcc, enhrec_wrap; print("install: ok, enhrec_wrap", enhrec_wrap.__version__, "from", enhrec_wrap.__file__)'
+
+# chain-key: the audit log's initial chain key (docs/deployment.md, "A fleet"), only when
+# `enhrec keygen` made none yet for the configured data_dir; its verification key is printed
+# here, once: keep it off the host.
+chain-key: root entry-scripts config
+	@"$(BINDIR)/enhrec" keygen --if-missing
 
 # deps: Debian packages, merged kernel headers when needed, tracefs.
 deps: root
@@ -88,6 +97,24 @@ install-sshd: root
 # uninstall-sshd: take it away again (the program stays installed).
 uninstall-sshd: root
 	@bash "$(REPO)/scripts/install-sshd.sh" uninstall
+
+# install-forwarder: a dedicated rsyslogd ships the daily files to COLLECTOR (host:port) over
+# RELP; its config is checked with rsyslogd -N1 before anything changes (scripts/install-rsyslog.sh).
+# TLS_CA, TLS_CERT, TLS_KEY and TLS_PEER (the collector's certificate name) switch on TLS.
+install-forwarder: root
+	@ENHREC_VENV="$(VENV)" bash "$(REPO)/scripts/install-rsyslog.sh" forwarder "$(COLLECTOR)"
+
+# install-collector: a dedicated rsyslogd receives on PORT (of ADDRESS, default all) and writes
+# each host's lines under the configured data_dir, in the host's layout. TLS as above (TLS_PEER:
+# the hosts' certificate names, e.g. *.example.com).
+install-collector: root
+	@ENHREC_VENV="$(VENV)" bash "$(REPO)/scripts/install-rsyslog.sh" collector "$(PORT)" "$(ADDRESS)"
+
+uninstall-forwarder: root
+	@bash "$(REPO)/scripts/install-rsyslog.sh" uninstall forwarder
+
+uninstall-collector: root
+	@bash "$(REPO)/scripts/install-rsyslog.sh" uninstall collector
 
 # uninstall: remove the program, its compiled-program cache and its PAM service; the config and
 # the audit log stay.

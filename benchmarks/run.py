@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 
+import fleet
 import harness as h
 import terminal
 
@@ -76,6 +77,8 @@ def each(texts: list) -> str:
     return "; ".join(texts)
 TTY_CAT_MB = 20
 TTY_KEYS = 200
+FLEET_OPENS = 100_000    # shipping to a collector: the recorded session's opens
+FLEET_RATES = (1_000, 5_000, 15_000)   # ... and the steady rates (lines/s)
 
 
 class Suite:
@@ -940,6 +943,32 @@ class Suite:
                  f"its wrapper, of which it is a fork; the wrapper's PSS "
                  f"{memory['wrapper_pss_kb'] / 1024:.1f} MB)")
 
+    # -- shipping the log to a collector (issue 13) -------------------------------------------
+
+    def fleet(self):
+        reps = self.reps(3, 1)
+        runs = [fleet.ship(self.ws, FLEET_OPENS) for _ in range(reps)]
+        self.details["fleet"] = runs
+        med = {k: h.median([r[k] for r in runs]) for k in
+               ("lines_per_second", "lag_median_ms", "lag_p99_ms")}
+        sizes = ", ".join(f"{r['lines']:,} lines" for r in runs)
+        self.row(f"shipping the log over RELP to a collector on loopback, a {FLEET_OPENS:,}-open "
+                 f"session (median of {reps}): lines/s shipped; lag from the host's day file to "
+                 "the collector's copy",
+                 f"{med['lines_per_second']:,.0f} lines/s; lag median {med['lag_median_ms']:,.0f} ms, "
+                 f"p99 {med['lag_p99_ms']:,.0f} ms; {sum(r['missing'] for r in runs)} missing, "
+                 f"{sum(r['duplicates'] for r in runs)} delivered twice ({sizes})")
+        steady = [fleet.paced(self.ws, rate, 8) for rate in FLEET_RATES]
+        self.details["fleet_paced"] = steady
+        self.row("the same at a steady rate (sealed lines written by the installed AuditLog in "
+                 "20 ms batches, 8 s each): lag from the host's day file to the collector's copy",
+                 "; ".join(f"{rate:,} lines/s: median {r['lag_median_ms']:.1f} ms, p99 "
+                           f"{r['lag_p99_ms']:.0f} ms, {r['missing']} missing"
+                           for rate, r in zip(FLEET_RATES, steady)))
+        self.row("sealing a line into the chain (seq, prev, HMAC; chain.seal, best of 5, "
+                 "100,000 open events of ~500 bytes in batches of 512)",
+                 f"{fleet.seal_cost():.2f} µs per line")
+
     def close(self):
         self.ws.remove()
 
@@ -996,7 +1025,7 @@ def main():
     suite = Suite(args.quick)
     figures = ["start_latency", "start_split", "start_first", "host_overhead", "in_session",
                "consumer", "exec_storm", "open_storm", "open_full_speed", "build", "memory",
-               "ls_loop", "recorder_kill", "terminal"]
+               "ls_loop", "recorder_kill", "terminal", "fleet"]
     if args.only:
         figures = [f for f in figures if f in args.only.split(",")]
     started = time.monotonic()

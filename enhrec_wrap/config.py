@@ -31,6 +31,9 @@ MAX_NAME_BYTES = 253
 MAX_PATH_BYTES = 3840
 DEFAULT_TTY_RECORDING_MAX_BYTES = 256 << 20
 MAX_TTY_RECORDING_BYTES = 1 << 40
+# The chain key's epoch (docs/deployment.md, "A fleet"): up to a week.
+MIN_KEY_EPOCH = 1
+MAX_KEY_EPOCH = 7 * 86400
 
 # Every setting here can weaken recording (enabled: false is one line), so, as tlog does for
 # its security settings, only a file that root alone can write is believed.
@@ -59,6 +62,7 @@ class Config:
     record_input: bool = False
     # Output kept per session; a `cat` of a large log is the usual way past it.
     tty_recording_max_bytes: int = DEFAULT_TTY_RECORDING_MAX_BYTES
+    key_epoch_seconds: int = 3600
 
     @property
     def log_dir(self) -> str:
@@ -245,6 +249,13 @@ def _tty_recording(value) -> str:
     return "off" if value is False else _one_of("interactive", "all", "off")(value)
 
 
+def _epoch_seconds(value) -> int:
+    if type(value) is not int or not MIN_KEY_EPOCH <= value <= MAX_KEY_EPOCH:
+        raise _BadValue(f"must be a number of seconds from {MIN_KEY_EPOCH} to {MAX_KEY_EPOCH}, "
+                        f"got {_show(value)}")
+    return value
+
+
 def _absolute_path(value) -> str:
     # Relative paths would depend on the directory the login shell happens to start in.
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
@@ -295,6 +306,7 @@ _ENHREC_KEYS = {
     "tty_recording": _tty_recording,
     "record_input": _boolean,
     "tty_recording_max_bytes": _byte_count,
+    "key_epoch_seconds": _epoch_seconds,
 }
 
 # Teleport's own keys in the sections we own: accepted so that a real teleport.yaml loads,

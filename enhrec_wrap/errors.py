@@ -15,6 +15,7 @@ class Failure(enum.Enum):
     COMMAND_NOT_EXECUTABLE = "command not executable"  # it exists, and exec refused it
     NO_MATCH = "no match"                              # enhrec: nothing matched the question
     CANNOT_RECORD = "cannot record"                    # enhrec doctor: a check failed
+    NOT_INTACT = "not intact"                          # enhrec verify: a host's chain is broken
 
 
 class EnhrecError(Exception):

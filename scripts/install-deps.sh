@@ -28,6 +28,8 @@ program_packages=(
     openssh-server   # sshd, behind which make install-sshd puts the wrapper
     sudo             # the one-command sudo rule of the ForceCommand
     libpam0g         # libpam.so.0, loaded by python-pam for --user
+    rsyslog          # make install-forwarder / install-collector: ships the log off the host
+    rsyslog-relp     # their RELP (imrelp, omrelp; librelp's TLS with openssl or gnutls)
 )
 # Packages only `make test` and `make demo` need (install-deps.sh --tests):
 test_packages=(
@@ -40,6 +42,7 @@ test_packages=(
     gcc-multilib     # tests/adversarial: the -m32 -static ones
     asciinema        # tests: reads `enhrec export`'s asciicast
     vim              # tests: a full-screen program through the session's terminal
+    openssl          # tests/e2e: the self-signed certificates of the RELP TLS test
 )
 
 say() { printf 'install-deps: %s\n' "$*"; }

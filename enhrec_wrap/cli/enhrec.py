@@ -6,6 +6,8 @@
     enhrec tail [-f] [filters]      the newest events, and then the new ones as they come
     enhrec play SID                 the session's terminal replayed, with its events (--events)
     enhrec export SID               the session's terminal as asciicast v2
+    enhrec verify [--key FILE]      is each host's log intact? (the chain of its daily files)
+    enhrec keygen / seal            a new chain key for this host / move its key on now
     enhrec doctor [--repair]        can this host record? (and end sessions left open)
 
 The commands and their errors live here; what they find and how it is shown, in enhrec_wrap.inspect
@@ -24,15 +26,19 @@ from enhrec_wrap import __version__
 from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.events.timestamps import epoch_of
-from enhrec_wrap.inspect import lookup, query, render, replay, sessions as summaries, tree
+from enhrec_wrap.inspect import (lookup, query, render, replay, sessions as summaries, tree,
+                                 verify as chain_check)
 from enhrec_wrap.inspect.output import (PROG, MissingReport, Progress, SkipReport, json_line, note,
                                         report_skipped, write_json_line)
-from enhrec_wrap.log import reader
+from enhrec_wrap.log import chain, chainstate, layout, reader
+from enhrec_wrap.log.server_id import load_or_create_server_id
 
 EXIT_NO_MATCH = 1
 EXIT_CANNOT_RECORD = 1
 EXIT_ERROR = 2
-EXIT_STATUS = {Failure.NO_MATCH: EXIT_NO_MATCH, Failure.CANNOT_RECORD: EXIT_CANNOT_RECORD}
+EXIT_NOT_INTACT = 1
+EXIT_STATUS = {Failure.NO_MATCH: EXIT_NO_MATCH, Failure.CANNOT_RECORD: EXIT_CANNOT_RECORD,
+               Failure.NOT_INTACT: EXIT_NOT_INTACT}
 
 
 class Context:
@@ -107,7 +113,8 @@ def sessions(obj, config_path, as_json, login, since, until):
         for s in found:
             write_json_line(json_line(s.as_dict(config.log_dir)))
     else:
-        for line in render.session_table(found, config.log_dir):
+        # A collector's log holds many hosts: then each row says which.
+        for line in render.session_table(found, config.log_dir, with_host=len(log.server_ids()) > 1):
             click.echo(line)
     report_skipped(stats)
     if not found:
@@ -154,13 +161,14 @@ def search(obj, config_path, as_json, login, program, path, dst, event, since, u
     log, _ = obj.log(config_path)
     stats = reader.Stats()
     count, sids, missing = 0, {}, {}
+    many = len(log.server_ids()) > 1
     for e, line, remote in query.search(log, filters, stats, Progress(), missing):
         count += 1
         sids.setdefault(e.get("sid"), None)
         if as_json:
             write_json_line(line)
         else:
-            click.echo(render.event_line(e, remote))
+            click.echo(render.event_line(e, remote, with_host=many))
     report_skipped(stats)
     MissingReport()(missing)
     if not count:
@@ -180,37 +188,46 @@ def search(obj, config_path, as_json, login, program, path, dst, event, since, u
 @filter_options
 @click.pass_obj
 def tail(obj, config_path, as_json, follow, count, login, program, path, dst, event, since, until, sid):
-    """The newest events of events.log (today's file), and with -f the new ones as they come,
-    following events.log to the next day's file at midnight."""
+    """The newest events of today's file (of each host, on a collector), and with -f the new
+    ones as they come, following each host to the next day's file at midnight."""
     filters = _filters(login, program, path, dst, event, since, until, sid)
     log, _ = obj.log(config_path)
+    many = len(log.server_ids()) > 1
 
     def emit(e, line):
         if as_json:
             write_json_line(line)
         else:
-            click.echo(render.event_line(e))
+            click.echo(render.event_line(e, with_host=many))
 
     stats = reader.Stats()
     skipped, holes = SkipReport(), MissingReport()
     missing, last = {}, {}
     follower = reader.Follower(log, stats=stats)
-    current = log.current_file()
-    if current is not None:
+    duplicates = reader.Duplicates(stats)
+    backlog = []
+    for server_id in log.server_ids():
+        current = reader.newest_day_file(layout.server_dir(log.path, server_id))
+        if current is None:
+            continue
         end = os.path.getsize(current)
-        found, last = query.newest(current, end, filters, count, stats, missing)
-        for e, line in found:
-            emit(e, line)
-        follower.path, follower.offset = current, end
-        skipped(stats)
-        holes(missing)
-    elif not follow:
-        raise EnhrecError(f"no events.log in {log.path} yet: nothing was recorded there "
+        found, ends = query.newest(current, end, filters, count, stats, missing, duplicates)
+        backlog += found
+        last.update(ends)
+        follower.position(server_id, current, end)
+    if not follower.tails and not follow:
+        raise EnhrecError(f"no day file in {log.path} yet: nothing was recorded there "
                           "(or give --config with the wrapper's config)")
+    # Of all hosts together, the newest `count`.
+    backlog.sort(key=lambda item: str(item[0].get("time", "")))
+    for e, line in backlog[max(0, len(backlog) - count):]:
+        emit(e, line)
+    skipped(stats)
+    holes(missing)
     if not follow:
         return
     sys.stdout.flush()
-    for matches in query.follow(follower, filters, last, missing):
+    for matches in query.follow(follower, filters, last, missing, duplicates):
         for e, line in matches:
             emit(e, line)
         sys.stdout.flush()
@@ -287,6 +304,102 @@ def doctor(obj, config_path, repair, unload):
         raise EnhrecError(f"recording cannot work on this host: {len(failed)} check(s) failed "
                           f"({', '.join(r.name for r in failed)})", Failure.CANNOT_RECORD)
     click.echo("recording works on this host")
+
+
+@enhrec.command()
+@config_option
+@json_option
+@click.option("--key", "key_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Verification keys (as `enhrec keygen` prints them): check every MAC too.")
+@click.option("--host", metavar="SERVER_ID", help="Only this host (a server id, or a prefix).")
+@click.pass_obj
+def verify(obj, config_path, as_json, key_file, host):
+    """Check each host's chain in the audit log: seq continuity across files and days, the prev
+    chain, and with --key every line's MAC. Exit status 0 when every host is intact, 1 when one
+    is not (the message names the host, the first bad seq and what is wrong)."""
+    log, config = obj.log(config_path)
+    keys = chain_check.load_keys(key_file) if key_file else None
+    dirs = chain_check.server_dirs(log, host)
+    if not dirs:
+        raise EnhrecError(f"no host {host!r} in {log.path}: the hosts are the server ids there"
+                          if host else f"no host logs in {log.path}")
+    bad = []
+    for directory in dirs:
+        server_id = os.path.basename(directory).lower()
+        mine = None if keys is None else [k for k in keys if k.server_id == server_id]
+        report = chain_check.verify_host(directory, mine, config.data_dir)
+        if as_json:
+            write_json_line(json_line(report.as_json()))
+        else:
+            for n, line in enumerate(render.verify_report(report)):
+                colour = None if n else ("green" if report.intact else "red")
+                click.echo(click.style(line, fg=colour, bold=not n))
+        if not report.intact:
+            bad.append(report)
+    if bad:
+        first = bad[0].first_problem()
+        raise EnhrecError(f"{len(bad)} of {len(dirs)} host(s) not intact; first: host "
+                          f"{bad[0].server_id}, seq {first.seq}: {first.kind}", Failure.NOT_INTACT)
+
+
+@enhrec.command()
+@config_option
+@click.option("--force", is_flag=True, help="Replace a key that `enhrec keygen` made before.")
+@click.option("--if-missing", is_flag=True,
+              help="Make a key only if keygen made none yet (make install uses this).")
+@click.pass_obj
+def keygen(obj, config_path, force, if_missing):
+    """A new chain key for this host (root). Prints its verification key once, on stdout: keep
+    it off the host (`enhrec verify --key FILE` needs it). The host keeps only the current epoch's
+    key, in <data_dir>/enhrec_chain; seq and the chain go on across a new key."""
+    config = load_config(config_path or obj.config_path)
+    server_id = load_or_create_server_id(config.data_dir)
+    state_path = layout.chain_state_path(config.data_dir)
+    current = chainstate.key_or_none(config.data_dir, server_id)
+    if current is not None and current.made_by == "keygen" and not force:
+        if if_missing:
+            note(f"kept the chain key made {render.utc_text(current.start)} (its verification key "
+                 "was printed then); `enhrec keygen --force` makes a new one")
+            return
+        raise EnhrecError(f"this host already has a chain key, made {render.utc_text(current.start)}: "
+                          "give --force to replace it (the lines written from then on verify "
+                          "with the new key only; keep the old one for the lines before)")
+    try:
+        block, k0, old = chainstate.replace_key(config.data_dir, server_id,
+                                                layout.server_dir(config.log_dir, server_id),
+                                                config.key_epoch_seconds, "keygen")
+    except OSError as err:
+        raise EnhrecError(f"cannot write {state_path}: {err.strerror}: run as root") from None
+    key = chain.VerificationKey(server_id, k0, block.start, block.epoch_seconds)
+    click.echo(f"# enhrec verification key of {config.nodename} ({server_id}), made "
+               f"{render.utc_text(block.start)}, epochs of {block.epoch_seconds} s")
+    click.echo(key.line())
+    note("keep the verification key above off this host (it is not stored here): "
+         "`enhrec verify --key FILE` checks every line's MAC with it")
+    if old is not None and old.made_by == "recorder":
+        note(f"it replaces the key the recorder made on its first write "
+             f"({render.utc_text(old.start)}), which nobody holds: the MACs of the lines before "
+             "now cannot be checked")
+
+
+@enhrec.command()
+@config_option
+@click.pass_obj
+def seal(obj, config_path):
+    """Move this host's chain key on to the current epoch now (root), so that the last epoch's
+    lines cannot be rewritten here even if nothing is written for a while. Run it from cron."""
+    config = load_config(config_path or obj.config_path)
+    server_id = load_or_create_server_id(config.data_dir)
+    try:
+        key = chainstate.move_on(config.data_dir, server_id)
+    except OSError as err:
+        raise EnhrecError(f"cannot update {layout.chain_state_path(config.data_dir)}: "
+                          f"{err.strerror}: run as root") from None
+    if key is None:
+        raise EnhrecError(f"no chain key in {config.data_dir} yet: run `enhrec keygen`")
+    start, _ = chain.epoch_window(key.epoch, key.start, key.epoch_seconds)
+    click.echo(f"chain key at epoch {key.epoch} (since {render.utc_text(start)}); the lines of "
+               "earlier epochs are sealed")
 
 
 def _fail(message: str, code: int):

@@ -12,7 +12,8 @@ from enhrec_wrap.events.kinds import (NAMESPACE, SESSION_COMMAND, SESSION_DISK, 
                                       SESSION_END, SESSION_NETWORK, SESSION_START)
 from enhrec_wrap.events.timestamps import rfc3339
 
-SCHEMA_VERSION = 2
+# 3: the chain fields of the daily files (docs/events.md, "The chain fields").
+SCHEMA_VERSION = 3
 
 AT_FDCWD = -100
 

@@ -11,11 +11,13 @@ import glob
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 
 from enhrec_wrap.session import recovery
 from enhrec_wrap.config import Config, load_config
 from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.log import chain, chainstate, server_id
 
 # BPF ring buffers (BPF_MAP_TYPE_RINGBUF) came with 5.8.
 MIN_KERNEL = (5, 8)
@@ -47,7 +49,8 @@ def fail(name, detail, fix):
 def run(config_path: str | None, repair: bool = False, unload: bool = False) -> list[Result]:
     config_result, config = check_config(config_path)
     results = [check_root(), check_kernel(), check_btf(), check_tracepoints(), check_bcc(),
-               check_headers(), check_cgroup2(config), config_result, check_data_dir(config)]
+               check_headers(), check_cgroup2(config), config_result, check_data_dir(config),
+               check_chain_key(config)]
     results.append(check_stale(config, repair))
     results.append(check_programs(config, unload))
     return results
@@ -251,6 +254,33 @@ def check_data_dir(config: Config) -> Result:
         return warn(name, f"{target} writable, only {free >> 20} MiB free",
                     f"free disk space in {target}")
     return ok(name, f"{target} writable, {_size(free)} free")
+
+
+def check_chain_key(config: Config) -> Result:
+    """The audit log's chain key (log/chainstate.py): made by keygen, whose verification key
+    someone holds, or by the recorder's first write, whose nobody does."""
+    name = "chain key"
+    try:
+        sid = server_id.read_server_id(config.data_dir)
+        key = chainstate.read_key(config.data_dir, sid) if sid else None
+    except PermissionError:
+        return warn(name, "cannot look without root", "run it as root")
+    except (EnhrecError, OSError) as e:
+        return fail(name, str(e), "run `enhrec keygen --force` (keep the key it prints off the host)")
+    if key is None:
+        return warn(name, "none yet: the first session makes one that nobody can verify",
+                    "run `enhrec keygen` (make install does) and keep the key it prints off the host")
+    start, _ = chain.epoch_window(key.epoch, key.start, key.epoch_seconds)
+    detail = (f"epoch {key.epoch} of {key.epoch_seconds} s, since "
+              f"{_utc(start)}; made {_utc(key.made)} by {key.made_by}")
+    if key.made_by != "keygen":
+        return warn(name, detail + ", so no one holds its verification key",
+                    "run `enhrec keygen` and keep the key it prints off the host")
+    return ok(name, detail)
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 def _size(n: int) -> str:

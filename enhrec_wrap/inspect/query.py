@@ -213,10 +213,11 @@ def _may_have_events_within(log, sid, directory, filters: Filters, stats) -> boo
 
 
 def newest(path: str, end: int, filters: Filters, count: int, stats: reader.Stats,
-           missing: dict | None = None) -> tuple[list[tuple[dict, bytes]], dict]:
-    """The last `count` matches in the file before byte `end`, oldest first, and the last `ei`
-    read of each session. `missing` gets the holes in what was read (between a session's
-    first and last event read: its others may be in an earlier file)."""
+           missing: dict | None = None, duplicates: reader.Duplicates | None = None
+           ) -> tuple[list[tuple[dict, bytes]], dict]:
+    """The last `count` matches in the file before byte `end`, oldest first, each line once,
+    and the last `ei` read of each session. `missing` gets the holes in what was read (between
+    a session's first and last event read: its others may be in an earlier file)."""
     found = []
     seen = {}
     if count:
@@ -226,7 +227,7 @@ def newest(path: str, end: int, filters: Filters, count: int, stats: reader.Stat
                 continue
             if isinstance(e.get("sid"), str):
                 seen.setdefault(e["sid"], gaps.Eis()).add(e.get("ei"))
-            if filters.match(e):
+            if filters.match(e) and (duplicates is None or duplicates.fresh(path, line)):
                 found.append((e, line))
                 if len(found) == count:
                     break
@@ -240,11 +241,11 @@ def newest(path: str, end: int, filters: Filters, count: int, stats: reader.Stat
 
 
 def follow(follower: reader.Follower, filters: Filters, last: dict | None = None,
-           missing: dict | None = None):
-    """Forever: the matches among the lines appended since the last step (often none); waits a
-    moment before the next step when nothing at all was appended. `last` is the last `ei` of
-    each session so far; a session's next event with a higher number than the one after it
-    puts the numbers skipped into `missing`."""
+           missing: dict | None = None, duplicates: reader.Duplicates | None = None):
+    """Forever: the matches among the lines appended since the last step (often none), each line
+    once; waits a moment before the next step when nothing at all was appended. `last` is the
+    last `ei` of each session so far; a session's next event with a higher number than the one
+    after it puts the numbers skipped into `missing`."""
     last = {} if last is None else last
     while True:
         lines = follower.poll()
@@ -254,7 +255,8 @@ def follow(follower: reader.Follower, filters: Filters, last: dict | None = None
             if e is None:
                 continue
             _note_jump(e, last, missing)
-            if filters.match(e):
+            if filters.match(e) and (duplicates is None or duplicates.fresh(
+                    str(e.get("server_id", "")).lower(), line)):
                 matches.append((e, line))
         yield matches
         if not lines:

@@ -8,6 +8,7 @@ A new view (a new command's output) gets its function here, beside these.
 import errno
 import re
 import shlex
+import time
 
 import click
 
@@ -18,12 +19,13 @@ from enhrec_wrap.inspect.text import (KIND_WORDS, O_ACCMODE, command_line, count
                                       endpoint, host_of, human_time, open_mode, opened_path,
                                       opened_path_field, result_text, safe, shown)
 from enhrec_wrap.inspect.tree import Process
+from enhrec_wrap.log import chain
 
 # /etc/locale.alias: what /usr/share/locale/locale.alias, read by every program setting its
 # locale, resolves to on Debian.
 _ROUTINE_RE = re.compile(r"^/etc/ld\.so\.cache$|^/(usr/)?lib(32|64|x32)?/.*\.so(\.[0-9.]+)?$"
                          r"|^/usr/(lib|share)/locale/|^/etc/locale\.alias$|/gconv/gconv-modules")
-_STATE_COLOURS = {"complete": "green", "live": "yellow", "incomplete": "red"}
+_STATE_COLOURS = {"complete": "green", "live": "yellow", "open": "yellow", "incomplete": "red"}
 _CHECK_COLOURS = {"ok": "green", "warn": "yellow", "FAIL": "red"}
 
 
@@ -72,30 +74,36 @@ def _remote(e: dict) -> str:
 _KIND_COLOURS = {"exec": "green", "open": "blue", "connect": "magenta", "start": "cyan", "end": "cyan"}
 
 
-def event_line(e: dict, remote: str | None = None) -> str:
-    """One event as a line; `remote`, where known, is the address its session came from."""
+def event_line(e: dict, remote: str | None = None, with_host: bool = False) -> str:
+    """One event as a line; `remote`, where known, is the address its session came from;
+    with_host (a collector's log of many hosts): the host it was recorded on, too."""
     word, detail, failed = describe(e)
     stamp = click.style(safe(e.get("time", "?")), dim=True)
+    host = f"{click.style(safe(e.get('server_hostname', '?')), fg='cyan')} " if with_host else ""
     sid = click.style(safe(str(e.get("sid", "?"))[:8]), fg="yellow")
     kind = click.style(f"{word:<7}", fg="red" if failed else _KIND_COLOURS.get(word), bold=word == "exec")
     who = safe(e.get("login", "?")) + (f"@{safe(host_of(remote))}" if remote else "")
-    return f"{stamp} {sid} {who:<8} {kind} {detail}"
+    return f"{stamp} {host}{sid} {who:<8} {kind} {detail}"
 
 
 # --- sessions -------------------------------------------------------------------------------
 
-def session_table(found, log_dir: str) -> list[str]:
-    """`enhrec sessions`: a header row, then one row per session."""
-    rows = [("SID", "LOGIN", "FROM", "START (UTC)", "DURATION", "CMDS", "FILES", "CONNS", "EXIT", "STATE")]
+def session_table(found, log_dir: str, with_host: bool = False) -> list[str]:
+    """`enhrec sessions`: a header row, then one row per session; with_host (a collector's log
+    of many hosts): each row starts with the host it was recorded on."""
+    host = ("HOST",) if with_host else ()
+    rows = [host + ("SID", "LOGIN", "FROM", "START (UTC)", "DURATION", "CMDS", "FILES", "CONNS",
+                    "EXIT", "STATE")]
     for s in found:
         d = s.as_dict(log_dir)
-        rows.append((s.sid[:8], safe(d["login"] or "?"), safe(d["remote"] or "local"),
-                     d["start"][:19].replace("T", " "), duration_text(d["duration_seconds"]),
-                     str(s.commands), str(s.files), str(s.connections),
-                     "-" if d["exit_status"] is None else str(d["exit_status"]),
-                     d["state"] + (f", {d['missing_events']} missing" if d["missing_events"] else "")))
+        rows.append((safe(d["server_hostname"] or "?"),)[:len(host)] + (
+            s.sid[:8], safe(d["login"] or "?"), safe(d["remote"] or "local"),
+            d["start"][:19].replace("T", " "), duration_text(d["duration_seconds"]),
+            str(s.commands), str(s.files), str(s.connections),
+            "-" if d["exit_status"] is None else str(d["exit_status"]),
+            d["state"] + (f", {d['missing_events']} missing" if d["missing_events"] else "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    numeric = {4, 5, 6, 7, 8}
+    numeric = {i + len(host) for i in (4, 5, 6, 7, 8)}
     lines = []
     for n, row in enumerate(rows):
         cells = [c.rjust(w) if i in numeric and n else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
@@ -105,7 +113,7 @@ def session_table(found, log_dir: str) -> list[str]:
         else:
             colour = "red" if "missing" in row[-1] else _STATE_COLOURS.get(row[-1])
             cells[-1] = click.style(cells[-1], fg=colour)
-            cells[0] = click.style(cells[0], fg="yellow")
+            cells[len(host)] = click.style(cells[len(host)], fg="yellow")
             lines.append("  ".join(cells).rstrip())
     return lines
 
@@ -309,3 +317,70 @@ def check_line(r) -> str:
     """One check of `enhrec doctor`: its status, what it found, and the fix when there is one."""
     return (f"{click.style(f'{r.status:<5}', fg=_CHECK_COLOURS[r.status], bold=r.status == 'FAIL')} "
             f"{r.name}: {r.detail}" + (f": {r.fix}" if r.fix else ""))
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+def utc_text(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def verify_report(host) -> list[str]:
+    """What `enhrec verify` found for one host (verify.Host), the verdict first."""
+    name = f"host {host.server_id}" + (f" ({host.hostname})" if host.hostname else "")
+    if host.lines:
+        span = (f"seq {host.first_seq}..{host.last_seq}, {host.lines} line(s) in "
+                f"{len(host.files)} file(s) ({host.files[0][:10]} .. {host.files[-1][:10]})")
+    else:
+        span = "no chained lines"
+    first = host.first_problem()
+    if first is None:
+        out = [f"{name}: intact: {span}"]
+    else:
+        out = [f"{name}: NOT INTACT: first bad seq {first.seq}: {first.kind}: {first.detail}",
+               f"  {span}"]
+        rest = sorted(host.problems, key=lambda p: p.seq)[1:]
+        more = host.problem_count - 1
+        if more:
+            shown = "; ".join(p.text() for p in rest[:3])
+            out.append(f"  and {more} more problem(s): {shown}{' ...' if more > 3 else ''}")
+    out.append(f"  MACs {_macs_text(host)}")
+    if host.duplicates:
+        out.append(f"  {host.duplicates} exact duplicate line(s) dropped (delivered twice)")
+    for low, high in host.skips[:3]:
+        out.append(f"  seq {low}..{high} skipped by the writer after a machine restart "
+                   "(the prev chain goes on across them)")
+    if host.reordered:
+        out.append(f"  {host.reordered} line(s) stored out of seq order (a copy: the order "
+                   "they were delivered in)")
+    if host.own:
+        out.append("  this host's own log: the order in the files and its end (the chain "
+                   "state) checked too")
+    if host.unchained_before:
+        out.append(f"  {host.unchained_before} line(s) from before the chain began, not "
+                   "protected")
+    for file_name in host.incomplete:
+        out.append(f"  the last line of {file_name} is still being written (not read)")
+    return out
+
+
+def _macs_text(host) -> str:
+    if host.macs != "checked":
+        if host.macs == "not checked":
+            return ("not checked (no --key): a chain rewritten from some line to the end "
+                    "would not show")
+        return host.macs
+    if host.key is None:
+        return "checked"
+    text = f"checked with the key made {utc_text(host.key.start)}"
+    if host.epochs:
+        text += f", epochs {host.epochs[0]}..{host.epochs[1]}"
+    for seq, key in host.key_changes:
+        text += f"; from seq {seq} on the key made {utc_text(key.start)}"
+    if host.unsealed:
+        start, end = chain.epoch_window(host.unsealed_epoch, host.key.start,
+                                        host.key.epoch_seconds)
+        text += (f"; the last {host.unsealed} line(s) (epoch {host.unsealed_epoch}, from "
+                 f"{utc_text(start)}) can still be rewritten on the host until its key moves on "
+                 f"(at its first write after {utc_text(end)}, or `enhrec seal`)")
+    return text

@@ -6,12 +6,14 @@ A new fact about a session (a new column, a new header line) is a field of as_di
 session_header(), from the events Summary.add() has seen.
 """
 
+import os
+
 from enhrec_wrap.events.kinds import COMMAND, DISK, END, NETWORK, START
 from enhrec_wrap.events.timestamps import rfc3339_from_seconds, seconds_between
 from enhrec_wrap.inspect import gaps
 from enhrec_wrap.inspect.output import Progress
 from enhrec_wrap.inspect.query import Filters
-from enhrec_wrap.log import reader, store
+from enhrec_wrap.log import layout, reader, store
 
 
 class Summary:
@@ -58,6 +60,8 @@ class Summary:
     def state(self, log_dir: str) -> str:
         if self.end is not None:
             return "incomplete" if self.end.get("incomplete") else "complete"
+        if self.server_id and not os.path.isdir(layout.open_sessions_dir(log_dir, self.server_id)):
+            return "open"   # a collector's copy: only its host knows whether it still runs
         if self.server_id and store.is_live(log_dir, self.server_id, self.sid):
             return "live"
         return "incomplete"
@@ -83,7 +87,7 @@ class Summary:
         end = self.end or {}
         return {
             "sid": self.sid, "login": who.get("login"), "user": who.get("user"),
-            "server_hostname": who.get("server_hostname"),
+            "server_hostname": who.get("server_hostname"), "server_id": self.server_id,
             "remote": (self.start or {}).get("addr.remote"),
             "start": self.started, "stop": self.stopped(),
             "duration_seconds": _rounded(seconds_between(self.started, self.stopped())),

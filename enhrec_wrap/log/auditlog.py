@@ -4,8 +4,10 @@
     <data_dir>/log/events.log -> <server_id>/YYYY-MM-DD.00:00:00.log
 
 Several wrappers (one per login session) append to the same day file at once, so each batch of
-lines goes out as one append under an exclusive flock. Directories are 0700 and files 0600, owned
-by the writer (root): audit logs reveal what every user ran (files.py).
+lines goes out as one append under an exclusive flock. Each line is sealed into the host's chain
+(chain.py) under the chain state's lock (chainstate.py), which every writer holds for its whole
+batch. Directories are 0700 and files 0600, owned by the writer (root): audit logs reveal what
+every user ran (files.py).
 """
 
 import errno
@@ -15,46 +17,90 @@ import os
 import time
 
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.log import layout
+from enhrec_wrap.log import chain, chainstate, layout
 from enhrec_wrap.log.files import ensure_private_dirs, error, open_private_file, unique_name, write_all
+
+# Read once: a process lives within one boot.
+_BOOT = chainstate.boot_id()
 
 
 class AuditLog:
-    """Appends JSON lines to the current UTC day's file and keeps events.log pointing at it.
+    """Appends JSON lines to the current UTC day's file, sealed into the host's chain, and keeps
+    events.log pointing at it.
 
-    One instance per thread: the flock belongs to the open file, which threads would share.
+    One instance per thread: the flocks belong to the open files, which threads would share.
     """
 
-    def __init__(self, log_dir: str, server_id: str, clock=time.time):
+    def __init__(self, log_dir: str, server_id: str, clock=time.time,
+                 epoch_seconds: int = chainstate.DEFAULT_EPOCH_SECONDS):
         if server_id in ("", ".", "..") or "/" in server_id:
             raise ValueError(f"server id {server_id!r} cannot name a directory")
         self._log_dir = log_dir
         self._server_id = server_id
         self._clock = clock
+        self._epoch_seconds = epoch_seconds
         self._fd = -1
         self._path = ""
         self._lines = 0       # written by us to the file open now
         self._removed = 0     # written by us to files someone removed since
+        self._chain = None
         # Open now, so an unwritable log stops the session before it starts rather than mid-way.
         self._open(self._current_path())
+        self._open_chain()
 
-    def write(self, lines: list[bytes], announce=None) -> None:
-        """Append whole lines (each ending in b"\\n") as one batch no other writer can split.
+    def write(self, lines: list[bytes], announce=None) -> list[bytes]:
+        """Append whole lines (JSON objects, each ending in b"}\\n") as one batch no other writer
+        can split, each sealed with its seq, prev, epoch and mac. Returns the lines as written.
 
         announce(path, st_dev, st_ino, offset, data), when given, is told where the batch goes,
         under the lock and before the write: the ledger of a recorder that may die mid-write."""
         if not lines:
-            return
+            return []
+        state = self._open_chain()
+        try:
+            state.lock()
+        except OSError as err:
+            raise self._error(state.path, err) from None
+        try:
+            return self._write_locked(state, lines, announce)
+        finally:
+            state.unlock()
+
+    def _write_locked(self, state: chainstate.ChainState, lines: list[bytes], announce) -> list[bytes]:
+        # The day is chosen under the chain lock, so the lines of one file are in seq order.
         path = self._current_path()
         self._notice_removal()
         if path != self._path:
             self._open(path)
         try:
-            _locked_append(self._fd, b"".join(lines),
-                           announce and functools.partial(announce, self._path, *self._dev_ino))
+            key, checkpoint = state.load(self._server_id)
+            on_disk = os.fstat(self._fd)
+            name = os.path.basename(self._path)
+            fast = checkpoint is not None and checkpoint.describes(name, on_disk, _BOOT)
+            if not fast:
+                checkpoint = self._find_chain_end(key, checkpoint, on_disk.st_size)
+            epoch = chain.epoch_at(self._clock(), key.start, key.epoch_seconds)
+            # Reserved before use and fsync-ed: a seq is never handed out twice (chainstate.py).
+            if chainstate.advance(key, epoch, checkpoint.seq + len(lines)):
+                state.save_key(key)
+            sealed, last_hash = chain.seal(lines, checkpoint.seq + 1, checkpoint.prev, key.epoch,
+                                           key.key)
+        except OSError as err:
+            raise self._error(state.path, err) from None
+        try:
+            end = _locked_append(self._fd, b"".join(sealed),
+                                 announce and functools.partial(announce, self._path, *self._dev_ino),
+                                 cut_partial_tail=not fast)
         except OSError as err:
             raise self._error(self._path, err) from None
         self._lines += len(lines)
+        try:
+            state.save_checkpoint(chainstate.Checkpoint(
+                checkpoint.seq + len(lines), last_hash, name, on_disk.st_dev, on_disk.st_ino, end,
+                _BOOT))
+        except OSError:
+            pass   # the lines are written; the next batch finds the chain's end in the file
+        return sealed
 
     def removed(self) -> int:
         """How many of the lines written here went with a file someone removed (or replaced by
@@ -67,10 +113,42 @@ class AuditLog:
             return
         if os.fstat(self._fd).st_nlink == 0:
             self._removed += self._lines
-        self.close()   # the next write makes the file again, where readers look
+        # The next write makes the file again, where readers look. Only the day file: the chain
+        # state (whose lock a writer may hold now) goes on, and seq with it.
+        self._close_day_file()
+
+    def _find_chain_end(self, key, checkpoint, size: int) -> chainstate.Checkpoint:
+        found = chainstate.reconcile(checkpoint, os.path.join(self._log_dir, self._server_id),
+                                     self._path, size)
+        if checkpoint is not None and checkpoint.boot and checkpoint.boot != _BOOT:
+            # The machine restarted: lines written before it, and perhaps shipped, may not have
+            # reached the disk (nor the checkpoint), so go on past every seq that was reserved.
+            found.seq = max(found.seq, key.reserved)
+        return found
+
+    def _open_chain(self) -> chainstate.ChainState:
+        if self._chain is not None and self._chain.still_linked():
+            return self._chain
+        if self._chain is not None:
+            self._chain.close()
+            self._chain = None
+        data_dir = os.path.dirname(self._log_dir)
+        try:
+            self._chain = chainstate.ChainState.open(
+                data_dir, self._server_id, os.path.join(self._log_dir, self._server_id),
+                self._epoch_seconds, self._clock)
+        except OSError as err:
+            raise self._error(layout.chain_state_path(data_dir), err) from None
+        return self._chain
 
     def close(self) -> None:
-        """Close the day file; a later write() opens the current one again."""
+        """Close the day file and the chain state; a later write() opens them again."""
+        self._close_day_file()
+        if self._chain is not None:
+            self._chain.close()
+            self._chain = None
+
+    def _close_day_file(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -106,7 +184,7 @@ class AuditLog:
             os.close(fd)
             raise
         # Switch only once everything succeeded, so a failed switch is retried by the next write.
-        self.close()
+        self._close_day_file()
         st = os.fstat(fd)
         self._fd, self._path, self._dev_ino = fd, path, (st.st_dev, st.st_ino)
         self._lines = 0
@@ -136,11 +214,14 @@ class AuditLog:
         return error(f"cannot write the audit log {path}", err, self._log_dir)
 
 
-def _locked_append(fd: int, data: bytes, announce=None) -> None:
+def _locked_append(fd: int, data: bytes, announce=None, cut_partial_tail=False) -> int:
+    """Appends under the day file's flock; returns the file's size after."""
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         # Under the lock the end of the file is ours alone, so this is where our batch starts.
         start = os.lseek(fd, 0, os.SEEK_END)
+        if cut_partial_tail:
+            start = _cut_partial_line(fd, start)
         if announce is not None:
             announce(start, data)
         try:
@@ -152,6 +233,33 @@ def _locked_append(fd: int, data: bytes, announce=None) -> None:
             raise
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+    return start + len(data)
+
+
+def _cut_partial_line(fd: int, size: int) -> int:
+    """A writer killed in the middle of a line left it without its newline (every writer holds
+    the chain lock while it writes, and we hold it now): take that piece out, so our first line
+    does not glue onto it. Returns the size after."""
+    if size == 0:
+        return size
+    # Our fd only appends: read through another one to the same file.
+    rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.pread(rfd, 1, size - 1) == b"\n":
+            return size
+        low = size
+        while low > 0:
+            step = min(low, 1 << 16)
+            data = os.pread(rfd, step, low - step)
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                low = low - step + cut + 1
+                break
+            low -= step
+    finally:
+        os.close(rfd)
+    os.ftruncate(fd, low)
+    return low
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,6 +1,7 @@
 """Where the audit log's files are, and how their names are read back: the one place that knows.
 
     <data_dir>/host_uuid                                         the server id (Teleport's file)
+    <data_dir>/enhrec_chain                                      ours: the chain's seq, key (chainstate.py)
     <data_dir>/log/                                              the log dir
       events.log -> <server_id>/YYYY-MM-DD.00:00:00.log          the current UTC day's file
       <server_id>/                                               a server dir, one per server id
@@ -24,6 +25,7 @@ import time
 from enhrec_wrap.events.kinds import NAMESPACE
 
 HOST_UUID = "host_uuid"
+CHAIN_STATE = "enhrec_chain"
 LOG = "log"
 CURRENT_LINK = "events.log"
 SESSION_FILES = os.path.join("sessions", NAMESPACE)
@@ -51,6 +53,10 @@ def is_uuid(text: str) -> bool:
 
 def host_uuid_path(data_dir: str) -> str:
     return os.path.join(data_dir, HOST_UUID)
+
+
+def chain_state_path(data_dir: str) -> str:
+    return os.path.join(data_dir, CHAIN_STATE)
 
 
 def log_dir(data_dir: str) -> str:

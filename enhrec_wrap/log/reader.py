@@ -10,6 +10,7 @@ data ends; a file that is not a regular file (a FIFO would block the reader fore
 or damaged is named in Stats.skipped_files, with what was done about it.
 """
 
+import bisect
 import os
 import stat
 import zlib
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from enhrec_wrap.log import layout
+from enhrec_wrap.log import chain, layout
 
 _CHUNK = 1 << 20
 _DAY = 86400
@@ -36,6 +37,7 @@ class Stats:
     bytes_read: int = 0
     corrupt_lines: int = 0          # lines that are not a JSON object
     long_lines: int = 0             # lines longer than MAX_LINE_BYTES, skipped unread
+    duplicates: int = 0             # lines delivered twice (Duplicates), dropped
     truncated_files: list = field(default_factory=list)   # ending in an unfinished line or stream
     skipped_files: list = field(default_factory=list)     # (path, what was wrong and done)
 
@@ -229,6 +231,73 @@ def events_of(lines, stats: Stats | None = None):
             yield event, line
 
 
+class Duplicates:
+    """Drops a line whose seq was read before in the same day file: RELP delivers at least once,
+    so a collector's copy can hold a line twice, and a line sent again goes to the same day file
+    as its first copy. The same seq with other bytes is no duplicate but a sign of tampering
+    (`enhrec verify` names it), so it is kept when the first copy is among the file's last RECENT
+    lines, where resent lines are; older repeats are dropped by seq alone. Lines without a seq
+    (written before the chain) always pass. `key` names the file (or, when following, the host)."""
+
+    # RELP's window is 1024 lines, and imfile re-reads at most 1000 after a crash
+    # (conf/rsyslog/enhrec-forwarder.conf.in).
+    RECENT = 4096
+
+    def __init__(self, stats: "Stats"):
+        self.stats = stats
+        self.seen = {}
+
+    def fresh(self, key: str, line: bytes) -> bool:
+        t = chain.trailer(line)
+        if t is None:
+            return True
+        seen = self.seen.get(key)
+        if seen is None:
+            seen = self.seen[key] = (_SeqSet(), {})
+        seqs, recent = seen
+        if seqs.add(t.seq):
+            recent[t.seq] = hash(line)
+            if len(recent) > self.RECENT:
+                del recent[next(iter(recent))]
+            return True
+        first = recent.get(t.seq)
+        if first is not None and first != hash(line):
+            return True
+        self.stats.duplicates += 1
+        return False
+
+    def forget(self, key: str) -> None:
+        self.seen.pop(key, None)
+
+
+class _SeqSet:
+    """A set of integers kept as sorted, disjoint ranges: a host's seqs are one range or few."""
+
+    def __init__(self):
+        self.starts = []
+        self.ends = []
+
+    def add(self, n: int) -> bool:
+        """False when n was in the set already."""
+        starts, ends = self.starts, self.ends
+        i = bisect.bisect_right(starts, n) - 1
+        if i >= 0 and n <= ends[i]:
+            return False
+        left = i >= 0 and ends[i] + 1 == n
+        right = i + 1 < len(starts) and starts[i + 1] == n + 1
+        if left and right:
+            ends[i] = ends[i + 1]
+            del starts[i + 1], ends[i + 1]
+        elif left:
+            ends[i] = n
+        elif right:
+            starts[i + 1] = n
+        else:
+            starts.insert(i + 1, n)
+            ends.insert(i + 1, n)
+        return True
+
+
 # --- the directory --------------------------------------------------------------------------
 
 class LogDir:
@@ -384,15 +453,17 @@ def session_lines(log: LogDir, sid: str, stats: Stats | None = None, directory: 
 
 def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None = None,
                must_contain: tuple[bytes, ...] = (), progress=None):
-    """(event, line) from the daily files in [first_day, last_day], oldest file first.
-    Lines lacking any of `must_contain` are skipped before they are parsed (a cheap pre-filter
-    for the lines of one session: a damaged line is counted only when it names it)."""
+    """(event, line) from the daily files in [first_day, last_day] of every host, oldest file
+    first, without duplicates (Duplicates). Lines lacking any of `must_contain` are skipped
+    before they are parsed (a cheap pre-filter for the lines of one session: a damaged line is
+    counted only when it names it)."""
     stats = stats if stats is not None else Stats()
     files = log.day_files(first_day, last_day)
     total = sum(_size(path) for _, path in files)
     if progress:
         progress.start(total)
     done = 0
+    duplicates = Duplicates(stats)
     for _, path in files:
         before = stats.bytes_read
         try:
@@ -401,11 +472,15 @@ def day_events(log: LogDir, first_day=None, last_day=None, stats: Stats | None =
                     progress.update(done + stats.bytes_read - before, os.path.basename(path))
                 if must_contain and not all(needle in line for needle in must_contain):
                     continue
+                if not duplicates.fresh(path, line):
+                    continue
                 event = parse(line, stats)
                 if event is not None:
                     yield event, line
         except FileNotFoundError:
             continue   # removed (rotated away) since it was listed
+        finally:
+            duplicates.forget(path)
         done += stats.bytes_read - before
     if progress:
         progress.finish()
@@ -474,38 +549,66 @@ def _whole_line(line: bytes, terminated: bool, skipped: bool, stats: Stats) -> b
     return line
 
 
+def newest_day_file(server_dir: str) -> str | None:
+    try:
+        names = [n for n in os.listdir(server_dir) if layout.day_of_file(n)]
+    except FileNotFoundError:
+        return None
+    return os.path.join(server_dir, max(names)) if names else None
+
+
 class Follower:
-    """The lines appended to events.log, following it to the next day's file at midnight."""
+    """The lines appended to each host's newest day file (a host's own log has one host, a
+    collector's many), following each to the next day's file at midnight, and to a file made
+    again under the same name (logrotate) from its start. The files there at the first poll are
+    followed from their end (from_end) or start; hosts and days that appear later, from their
+    start."""
+
+    def __init__(self, log: LogDir, from_end: bool = True, stats: Stats | None = None):
+        self.log = log
+        self.from_end = from_end
+        self.stats = stats if stats is not None else Stats()
+        self.tails = {}
+        self.polled = False
+
+    def position(self, server_id: str, path: str, offset: int) -> None:
+        """Follow `path` of that host from byte `offset` (where the caller stopped reading)."""
+        self.tails[server_id] = _Tail(path, offset, self.stats)
+
+    def poll(self) -> list[bytes]:
+        lines = []
+        for server in self.log.server_ids():
+            newest = newest_day_file(layout.server_dir(self.log.path, server))
+            if newest is None:
+                continue
+            tail = self.tails.get(server)
+            if tail is None:
+                start = _size(newest) if self.from_end and not self.polled else 0
+                tail = self.tails[server] = _Tail(newest, start, self.stats)
+            lines += tail.read_new()
+            if newest != tail.path:
+                # A new day: the old file may still get a last batch from a writer that opened
+                # it before midnight, read just now; then start the new one.
+                tail = self.tails[server] = _Tail(newest, 0, self.stats)
+                lines += tail.read_new()
+        self.polled = True
+        return lines
+
+
+class _Tail:
+    """One file being followed, from byte `offset` of the file that has its name now."""
 
     # Read at most this much per poll, so that a huge append is taken in steps.
     MAX_READ = 16 << 20
 
-    def __init__(self, log: LogDir, from_end: bool = True, stats: Stats | None = None):
-        self.log = log
-        self.path = None
-        self.offset = 0
-        self.from_end = from_end
-        self.stats = stats if stats is not None else Stats()
-        self.lines = LineSplitter(self.stats)
+    def __init__(self, path: str, offset: int, stats: Stats):
+        self.path = path
+        self.offset = offset
+        self.stats = stats
+        self.lines = LineSplitter(stats)
         self.file_id = None   # (st_dev, st_ino) of the file being read
 
-    def poll(self) -> list[bytes]:
-        current = self.log.current_file()
-        lines = []
-        if self.path is None:
-            if current is None:
-                return lines
-            self.path = current
-            self.offset = _size(current) if self.from_end else 0
-        lines += self._read_new()
-        if current is not None and current != self.path:
-            # events.log moved on (a new day): the old file may still get a last batch from a
-            # writer that opened it before midnight, read just now; then start the new one.
-            self.path, self.offset, self.lines = current, 0, LineSplitter(self.stats)
-            lines += self._read_new()
-        return lines
-
-    def _read_new(self) -> list[bytes]:
+    def read_new(self) -> list[bytes]:
         try:
             f = open_regular(self.path, self.stats)
         except FileNotFoundError:
@@ -516,7 +619,7 @@ class Follower:
             st = os.fstat(f.fileno())
             size = f.seek(0, os.SEEK_END)
             if size < self.offset or (st.st_dev, st.st_ino) != self.file_id:
-                if self.file_id is not None or not self.from_end:
+                if self.file_id is not None or size < self.offset:
                     self.offset = 0   # truncated, or another file under the name (logrotate)
                 self.lines = LineSplitter(self.stats)
                 self.file_id = (st.st_dev, st.st_ino)

@@ -101,7 +101,8 @@ class Session:
         self.ledger = watchdog.ledger if watchdog else Ledger(new_page())
         self.sid = events.random_uuid()
         self.server_id = load_or_create_server_id(config.data_dir)
-        self.log = AuditLog(config.log_dir, self.server_id, clock=clock)
+        self.log = AuditLog(config.log_dir, self.server_id, clock=clock,
+                            epoch_seconds=config.key_epoch_seconds)
         # The second sink: the session's own files, and the lock that marks it as not ended.
         try:
             self.store = SessionStore.create(config.log_dir, self.server_id, self.sid)
@@ -354,17 +355,23 @@ class Session:
         undecodable = self.recording.undecodable() if self.recording else {}
         ledger.begin_batch(made[0]["ei"], made[-1]["ei"] + 1, settled, undecodable)
         logged = True
-        for sink, write in (("audit_log", lambda: self.log.write(lines, announce=ledger.writing)),
-                            ("session_files", lambda: self.store.write(made, lines))):
-            try:
-                write()
-                self.logged = True
-            except EnhrecError as e:
-                if strict:
-                    raise
-                logged = logged and sink != "audit_log"
-                # The store reports failed batches late (it writes in a thread): their count.
-                self._log_failed(sink, e, getattr(e, "unwritten", len(lines)))
+        try:
+            # The session files then get the lines as sealed into the host's chain, byte for byte.
+            lines = self.log.write(lines, announce=ledger.writing)
+            self.logged = True
+        except EnhrecError as e:
+            if strict:
+                raise
+            logged = False
+            self._log_failed("audit_log", e, len(lines))
+        try:
+            self.store.write(made, lines)
+            self.logged = True
+        except EnhrecError as e:
+            if strict:
+                raise
+            # The store reports failed batches late (it writes in a thread): their count.
+            self._log_failed("session_files", e, getattr(e, "unwritten", len(lines)))
         ended = logged and made[-1]["event"] == events.SESSION_END[0]
         ledger.end_batch(self.unwritten.get("audit_log", 0),
                          self.unwritten.get("session_files", 0), ended)

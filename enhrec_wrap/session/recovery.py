@@ -211,9 +211,10 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> str | None
 def _write_end(config, server_id, sid, stored: _Seen, daily: _Seen, end: dict, line: bytes, clock):
     """session.end to each sink that lacks one."""
     if not daily.has_end:
-        audit = AuditLog(config.log_dir, server_id, clock=clock)
+        audit = AuditLog(config.log_dir, server_id, clock=clock,
+                         epoch_seconds=config.key_epoch_seconds)
         try:
-            audit.write([line])
+            [line] = audit.write([line])
         finally:
             audit.close()
     if not stored.has_end:

@@ -141,7 +141,7 @@ def _write(session: dict, made: list):
     lines = [events.encode(e) for e in made]
     log = AuditLog(session["log_dir"], session["server_id"])
     try:
-        log.write(lines)
+        lines = log.write(lines)   # as sealed into the chain, for the session files too
     finally:
         log.close()
     writer = store.SessionStore.continue_session(session["log_dir"], session["server_id"],

@@ -31,6 +31,8 @@ DROP_IN = REPO / "conf" / "sshd_config.d" / "enhrec-wrap.conf"
 SUDOERS_SRC = REPO / "conf" / "sudoers.d" / "enhrec-wrap"
 PTY_DRIVER = REPO / "scripts" / "pty_session.py"
 WRAPPER = "/usr/local/bin/enhrec-wrap"
+ENHREC = "/usr/local/bin/enhrec"
+VERIFICATION_KEY = "verification.key"   # in work_dir
 SSHD = "/usr/sbin/sshd"
 CONFIG_PATH = "/etc/enhrec-wrap/enhrec.yaml"
 CONFIG_BACKUP = CONFIG_PATH + ".e2e-backup"
@@ -262,6 +264,12 @@ def data_dir(work_dir):
         fd = os.open(CONFIG_PATH, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with open(fd, "w") as f:
             f.write(f"teleport:\n  data_dir: {data}\n")
+        # The chain key, made before any session as `make install` makes it; its verification
+        # key is kept for test_fleet.py, which checks every line's MAC.
+        keygen = _run([ENHREC, "keygen"])
+        assert keygen.returncode == 0, f"enhrec keygen failed: {keygen.stderr}"
+        with open(os.path.join(work_dir, VERIFICATION_KEY), "w") as f:
+            f.write(keygen.stdout)
         yield data
     finally:
         if had_config:
@@ -405,6 +413,12 @@ def _tail(path):
 @pytest.fixture
 def host(sshd):
     return sshd
+
+
+@pytest.fixture(scope="session")
+def verification_key(data_dir, work_dir):
+    """The file with the verification key of the chain key made with data_dir (test_fleet.py)."""
+    return os.path.join(work_dir, VERIFICATION_KEY)
 
 
 @pytest.fixture

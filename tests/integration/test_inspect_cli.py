@@ -159,7 +159,7 @@ def test_doctor(recorded):
     lines = result.stdout.splitlines()
     names = [x.split(":")[0].split(None, 1)[1] for x in lines[:-1]]
     assert names == ["root", "kernel", "BTF", "tracepoints", "bcc", "kernel headers", "cgroup2",
-                     "config", "data_dir", "stale sessions", "kernel programs"]
+                     "config", "data_dir", "chain key", "stale sessions", "kernel programs"]
     assert all(x.startswith(("ok ", "warn ")) for x in lines[:-1]), result.stdout
     assert lines[-1] == "recording works on this host"
     assert enhrec(recorder, "doctor", "--repair").returncode == 0

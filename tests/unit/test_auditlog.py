@@ -12,7 +12,7 @@ import uuid
 import orjson
 import pytest
 
-from enhrec_wrap.log import auditlog
+from enhrec_wrap.log import auditlog, chain
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import load_or_create_server_id
 from enhrec_wrap.errors import EnhrecError
@@ -23,6 +23,12 @@ NOON = calendar.timegm((2024, 3, 5, 12, 0, 0))
 DAY_NAME = "2024-03-05.00:00:00.log"
 # Forked children inherit the test's state; "fork" is spelled out because 3.14 changes the default.
 FORK = multiprocessing.get_context("fork")
+
+def unsealed(line):
+    """The event as it was before sealing: the chain fields start at the line's last ',"seq":'
+    (a quote inside a JSON string is escaped, so the event cannot hold that text)."""
+    return line[:line.rindex(b',"seq":')] + b"}\n"
+
 
 
 def mode_of(path):
@@ -35,6 +41,12 @@ def line(**fields):
 
 def fixed(t):
     return lambda: t
+
+
+def events_of(data):
+    """The day file's lines without their chain fields (test_chain.py checks those)."""
+    lines = data.splitlines(keepends=True)
+    return b"".join(unsealed(x) if chain.trailer(x) else x for x in lines)
 
 
 @pytest.fixture
@@ -166,7 +178,7 @@ def test_day_file_and_symlink_for_a_fixed_clock(log, log_dir):
     log.write([line(ei=0, event="session.start"), line(ei=1, event="session.end")])
 
     with open(link, "rb") as f:
-        assert [orjson.loads(x) for x in f] == [
+        assert [orjson.loads(events_of(x)) for x in f] == [
             {"ei": 0, "event": "session.start"},
             {"ei": 1, "event": "session.end"},
         ]
@@ -222,9 +234,9 @@ def test_session_crossing_midnight_switches_file_and_symlink(tmp_path, log_dir):
     log.close()
 
     with open(os.path.join(log_dir, SID, "2024-12-31.00:00:00.log"), "rb") as f:
-        assert f.read() == line(ei=0, at="before")
+        assert events_of(f.read()) == line(ei=0, at="before")
     with open(os.path.join(log_dir, SID, "2025-01-01.00:00:00.log"), "rb") as f:
-        assert f.read() == line(ei=1, at="after") + line(ei=2, at="after")
+        assert events_of(f.read()) == line(ei=1, at="after") + line(ei=2, at="after")
     assert os.readlink(link) == f"{SID}/2025-01-01.00:00:00.log"
     # No temporary symlink was left behind.
     assert sorted(os.listdir(log_dir)) == [SID, "events.log"]
@@ -249,7 +261,7 @@ def test_removed_directory_is_recreated_and_recording_goes_on(log, log_dir):
     log.write([line(ei=1)])
 
     with open(day_file, "rb") as f:
-        assert f.read() == line(ei=1)
+        assert events_of(f.read()) == line(ei=1)
     assert mode_of(day_file) == 0o600
 
 
@@ -261,7 +273,7 @@ def test_write_after_close_reopens(log, log_dir):
     log.write([line(ei=1)])
 
     with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
-        assert f.read() == line(ei=0) + line(ei=1)
+        assert events_of(f.read()) == line(ei=0) + line(ei=1)
 
 
 def test_partial_writes_are_completed(log, log_dir, monkeypatch):
@@ -279,7 +291,7 @@ def test_partial_writes_are_completed(log, log_dir, monkeypatch):
     monkeypatch.undo()
 
     with open(day_file, "rb") as f:
-        assert f.read() == big + line(ei=1)
+        assert events_of(f.read()) == big + line(ei=1)
 
 
 # ---------------------------------------------------------------- concurrency
@@ -352,7 +364,7 @@ def test_disk_full_raises_one_line_with_the_fix(log, log_dir, monkeypatch):
         f"cannot write the audit log {day_file}: No space left on device: free disk space in {log_dir}"
     )
     with open(day_file, "rb") as f:
-        assert f.read() == line(ei=0)
+        assert events_of(f.read()) == line(ei=0)
 
 
 def test_half_written_batch_is_removed_on_failure(log, log_dir, monkeypatch):
@@ -369,7 +381,7 @@ def test_half_written_batch_is_removed_on_failure(log, log_dir, monkeypatch):
     # The next batch starts on a clean line instead of gluing onto a fragment.
     log.write([line(ei=2)])
     with open(day_file, "rb") as f:
-        assert f.read() == line(ei=0) + line(ei=2)
+        assert events_of(f.read()) == line(ei=0) + line(ei=2)
 
 
 def test_unwritable_log_dir_fails_in_the_constructor(tmp_path):
@@ -453,7 +465,10 @@ def test_removed_day_file_is_counted_and_made_again(log, log_dir):
     log.write([b'{"a":4}\n'])
     assert log.removed() == 3
     with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
-        assert f.read() == b'{"a":4}\n'
+        data = f.read()
+    assert events_of(data) == b'{"a":4}\n'
+    # The chain state outlived the log dir: seq goes on, and verify names 1..3 as missing.
+    assert chain.trailer(data).seq == 4
 
 
 def test_renamed_day_file_loses_nothing_and_counts_nothing(log, log_dir):
@@ -463,4 +478,20 @@ def test_renamed_day_file_loses_nothing_and_counts_nothing(log, log_dir):
     log.write([b'{"a":2}\n'])
     assert log.removed() == 0
     with open(day, "rb") as f:
-        assert f.read() == b'{"a":2}\n'
+        data = f.read()
+    assert events_of(data) == b'{"a":2}\n'
+    assert chain.trailer(data).seq == 2
+
+
+def test_a_removal_noticed_by_a_write_keeps_the_chain_going(log, log_dir):
+    """The write notices it under the chain lock: only the day file is closed and made again,
+    the chain state (whose lock it holds) stays, so the batch is sealed as the next seq."""
+    log.write([b'{"a":1}\n', b'{"a":2}\n'])
+    os.unlink(os.path.join(log_dir, SID, DAY_NAME))
+    log.write([b'{"a":3}\n'])
+    log.write([b'{"a":4}\n'])
+    assert log.removed() == 2
+    with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
+        lines = f.readlines()
+    assert [chain.trailer(x).seq for x in lines] == [3, 4]
+    assert chain.trailer(lines[1]).prev == chain.line_hash(lines[0])

@@ -85,7 +85,8 @@ def test_config_fields_match_the_architecture():
                      "command_buffer_size", "disk_buffer_size", "network_buffer_size",
                      "cgroup_path", "background_processes", "on_log_failure",
                      "idle_unload_seconds", "refuse_io_uring", "refuse_32bit",
-                     "tty_recording", "record_input", "tty_recording_max_bytes"]
+                     "tty_recording", "record_input", "tty_recording_max_bytes",
+                     "key_epoch_seconds"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().enabled = False
 
@@ -96,7 +97,8 @@ def test_built_in_defaults_when_the_default_file_is_absent(monkeypatch, tmp_path
     assert cfg == Config(source="built-in defaults", nodename=socket.gethostname(),
                          data_dir="/var/lib/teleport", enabled=True, command_buffer_size=8,
                          disk_buffer_size=128, network_buffer_size=8, cgroup_path="/cgroup2",
-                         background_processes="kill", on_log_failure="close")
+                         background_processes="kill", on_log_failure="close",
+                         key_epoch_seconds=3600)
     assert cfg.log_dir == "/var/lib/teleport/log"
 
 
@@ -217,9 +219,17 @@ def test_unknown_key_with_suggestion(write):
 def test_unknown_key_without_suggestion_lists_the_allowed_keys(write):
     path = write("enhrec: {zzz: 1}\n")
     assert error_of(path) == (f"{path}: enhrec.zzz: unknown key "
-                              "(allowed: background_processes, idle_unload_seconds, on_log_failure, "
-                              "record_input, refuse_32bit, refuse_io_uring, tty_recording, "
-                              "tty_recording_max_bytes)")
+                              "(allowed: background_processes, idle_unload_seconds, "
+                              "key_epoch_seconds, on_log_failure, record_input, refuse_32bit, "
+                              "refuse_io_uring, tty_recording, tty_recording_max_bytes)")
+
+
+def test_key_epoch_is_a_number_of_seconds(write):
+    assert load_config(write("enhrec: {key_epoch_seconds: 60}\n")).key_epoch_seconds == 60
+    for bad in ("0", "true", "1h", str(7 * 86400 + 1)):
+        path = write(f"enhrec: {{key_epoch_seconds: {bad}}}\n")
+        assert error_of(path).startswith(f"{path}: enhrec.key_epoch_seconds: must be a number of "
+                                         "seconds from 1 to 604800, got ")
 
 
 def test_unknown_key_in_teleport_section(write):

@@ -280,6 +280,14 @@ def daily_events(config, sid):
     return [e for e, _ in reader.day_events(reader.LogDir(config.log_dir)) if e["sid"] == sid]
 
 
+CHAIN_FIELDS = ("seq", "prev", "epoch", "mac")
+
+
+def unchained(events):
+    """The events without the chain fields the daily file's writer sealed them with."""
+    return [{k: v for k, v in e.items() if k not in CHAIN_FIELDS} for e in events]
+
+
 def test_check_finds_stale_sessions_and_changes_nothing(config):
     crashed_session(config, SID, session_events(5))
     report = recovery.check(config)
@@ -541,10 +549,12 @@ def test_repair_copies_the_sessions_own_end_where_it_is_missing(config):
     audit.close()
     report = recovery.repair(config)
     assert report.errors == [] and report.copied == [SID] and report.repaired == []
-    for got in (daily_events(config, SID),
-                reader.session_events(reader.LogDir(config.log_dir), SID)):
+    daily = daily_events(config, SID)
+    stored = reader.session_events(reader.LogDir(config.log_dir), SID)
+    for got in (daily, stored):
         assert [e["ei"] for e in got] == list(range(5))
-        assert got[-1] == end
+        assert unchained(got[-1:]) == [end]
+    assert stored[-1] == daily[-1]   # the daily file's line as sealed, byte for byte
     assert not os.path.exists(layout.lock_path(config.log_dir, SERVER, SID))
 
 
@@ -558,7 +568,7 @@ def test_repair_copies_the_stored_end_to_the_daily_file(config):
     audit.close()
     report = recovery.repair(config)
     assert report.copied == [SID]
-    assert daily_events(config, SID) == events
+    assert unchained(daily_events(config, SID)) == events
 
 
 def test_a_recorder_that_died_closing_after_its_end_gets_no_second_one(config, monkeypatch):
@@ -587,7 +597,8 @@ def test_a_recorder_that_died_closing_after_its_end_gets_no_second_one(config, m
     assert os.path.exists(lock_path)
     assert recovery.repair(config).copied == [SID]
     stored = reader.session_events(reader.LogDir(config.log_dir), SID)
-    assert stored == events + [end]
+    assert unchained(stored) == events + [end]
+    assert stored[-1] == daily_events(config, SID)[-1]
 
 
 # --- files removed under the recorder (issue 11) ----------------------------------------------
