@@ -42,7 +42,7 @@ WATCHDOG_DIED = ("the session watchdog died, so the session is ended (it may not
                  "one); see `enhrec doctor`")
 # session.start's initial_command keeps this much of the command (its bytes and one for each
 # argument's end, as the kernel counts them): 2 MiB of arguments, escaped, would make a line of
-# 10 MB, longer than readers take (reader.MAX_LINE_BYTES). The exec events hold 32 KiB.
+# 10 MB, longer than readers take (file_lines.MAX_LINE_BYTES). The exec events hold 32 KiB.
 MAX_INITIAL_COMMAND_BYTES = 64 << 10
 
 
