@@ -65,8 +65,8 @@ class Session:
                  privileged=None):
         self.config = config
         self.request = request
-        # Started at the wrapper's start (cli/wrap.py); a session that records nothing
-        # (enabled: false) has nothing for one to guard.
+        # Made at the wrapper's start (cli/wrap.py), its shell started by arm(); a session
+        # that records nothing (enabled: false) has nothing for one to guard.
         self.watchdog = watchdog
         # Everything else that needs root: the cgroup, the kernel side, the fork (privileged.py).
         self.privileged = privileged or Privileged()
