@@ -1,9 +1,12 @@
 """The session's ordering rules, without root: lifecycle.run with fakes of its root-only parts
 (session/privileged.py: the cgroup, the kernel side, the fork; and the watchdog), which write
-down every call in order. The log is real: its files in a temporary data_dir."""
+down every call in order. The log is real: its files in a temporary data_dir. Then the child's
+own order between its fork and its exec (session/child.py), in a real forked process."""
 
 import os
+import shutil
 import signal
+import sys
 
 import orjson
 import pytest
@@ -13,7 +16,7 @@ from enhrec_wrap.errors import EnhrecError, Failure
 from enhrec_wrap.host.privileges import Account
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.store import SessionStore
-from enhrec_wrap.session import lifecycle
+from enhrec_wrap.session import child, lifecycle
 from enhrec_wrap.session.child import FORWARDED_SIGNALS, TERMINAL_SIGNALS
 from enhrec_wrap.session.ledger import Ledger, new_page
 from enhrec_wrap.session.lifecycle import Request
@@ -327,3 +330,68 @@ def test_the_audit_log_is_closed_when_the_session_store_cannot_be_made(session_s
     with pytest.raises(EnhrecError, match="^cannot make the session's files: as the test wants$"):
         lifecycle.Session(config, request, watchdog, privileged=privileged)
     assert open_fds() == before
+
+
+# --- the child's side, between its fork and its exec ------------------------------------------
+
+def child_side(tmp_path, command):
+    """child._child run in a forked process, with the calls that need root (priority, seccomp,
+    the privilege drop) and the exec written down instead of made: what it did, in order, and
+    the files it opened (a Python audit hook sees every open), as the fake exec reports them on
+    the error pipe."""
+    account = Account("alice", os.getuid(), os.getgid(), str(tmp_path), "/bin/sh")
+    request = Request(account=account, user="alice", command=command, interactive=False,
+                      cwd=str(tmp_path))
+    plan = child.make_plan(request, "a-sid", (True, True))   # as fork_child: in the parent
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe()
+    wrappers_fd = os.open(os.devnull, os.O_RDONLY)   # one of the wrapper's, say the log's
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(go_w)
+            os.close(err_r)
+            done = []
+
+            def audit(event, args):
+                if event == "open":
+                    done.append(f"open {args[0]}")
+                elif event == "os.chdir":
+                    done.append("chdir")
+
+            def execve(program, argv, env):
+                closed = []
+                try:
+                    os.fstat(wrappers_fd)
+                except OSError:
+                    closed.append("the wrapper's fd closed")
+                os.write(err_w, orjson.dumps(done + closed + [f"exec {program}"]))
+                os._exit(0)
+
+            child.priority.restore_caller = lambda: done.append("restore_caller")
+            child.seccomp.install = lambda seccomp_filter: done.append("seccomp.install")
+            child.drop_privileges = lambda account, groups: done.append(
+                f"drop_privileges {account.uid} {sorted(groups)}")
+            child.os.execve = execve
+            sys.addaudithook(audit)
+            child._child(plan, go_r, err_w)
+        finally:
+            os._exit(99)
+    os.close(go_r)
+    os.close(err_w)
+    os.close(wrappers_fd)
+    os.write(go_w, b"g")
+    os.close(go_w)
+    with os.fdopen(err_r, "rb") as f:
+        report = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    return orjson.loads(report), plan
+
+
+def test_the_child_drops_its_privileges_last_and_opens_no_file(tmp_path):
+    done, plan = child_side(tmp_path, ["true", "x"])
+    # No "open ...": a file opened here could be recorded, the child may be in the cgroup.
+    assert done == ["restore_caller", "seccomp.install",
+                    f"drop_privileges {os.getuid()} {sorted(plan.groups)}", "chdir",
+                    "the wrapper's fd closed", f"exec {shutil.which('true', path=plan.env['PATH'])}"]
