@@ -392,6 +392,7 @@ def child_side(tmp_path, command):
 def test_the_child_drops_its_privileges_last_and_opens_no_file(tmp_path):
     done, plan = child_side(tmp_path, ["true", "x"])
     # No "open ...": a file opened here could be recorded, the child may be in the cgroup.
+    program = shutil.which("true", path=plan.env["PATH"])
     assert done == ["restore_caller", "seccomp.install",
                     f"drop_privileges {os.getuid()} {sorted(plan.groups)}", "chdir",
-                    "the wrapper's fd closed", f"exec {shutil.which('true', path=plan.env['PATH'])}"]
+                    "the wrapper's fd closed", f"exec {program}"]
