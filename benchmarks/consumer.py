@@ -56,7 +56,7 @@ def run_loop(session):
         os.close(null)
     if failure:
         raise failure
-    os.waitid(os.P_PID, session.child, os.WEXITED | os.WNOWAIT)
+    os.waitid(os.P_PID, session.child.pid, os.WEXITED | os.WNOWAIT)
 
 
 def ring_bytes_used(session) -> int:
@@ -75,7 +75,7 @@ def consume(session) -> int:
         session.poll()
         if session.factory.next_ei == made:
             break
-    session.store.flush()   # written means in the files: the store compresses in a thread
+    session.sinks.store.flush()   # written means in the files: the store compresses in a thread
     return session.factory.next_ei - before
 
 
@@ -129,7 +129,7 @@ def main():
         session.start_recording()
         session.write_start()
         if no_files:
-            session.store.write = lambda made, lines: None
+            session.sinks.store.write = lambda made, lines: None
         run_loop(session)
         record_bytes = ring_bytes_used(session) / n
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

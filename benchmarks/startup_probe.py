@@ -84,13 +84,13 @@ STEPS = [
     ("enhrec_wrap.session.lifecycle", "Session", "start_child"),
     ("os", None, "fork"),   # the session's child
     ("enhrec_wrap.host.cgroup", "SessionCgroup", "add"),
-    ("enhrec_wrap.session.lifecycle", None, "_read_all"),   # until the child's exec succeeded
+    ("enhrec_wrap.session.child", None, "_read_all"),   # until the child's exec succeeded
     ("enhrec_wrap.session.lifecycle", "Session", "wait_child"),
     ("enhrec_wrap.session.lifecycle", "Session", "finish_lingering"),
     ("enhrec_wrap.session.lifecycle", "Session", "write_end"),
     ("enhrec_wrap.session.lifecycle", "Session", "close"),
-    ("enhrec_wrap.session.lifecycle", "SessionStore", "close"),
-    ("enhrec_wrap.session.lifecycle", "AuditLog", "close"),
+    ("enhrec_wrap.log.store", "SessionStore", "close"),
+    ("enhrec_wrap.log.auditlog", "AuditLog", "close"),
     ("enhrec_wrap.host.cgroup", "SessionCgroup", "remove"),
     ("enhrec_wrap.session.recording", "Recording", "close"),
 ]

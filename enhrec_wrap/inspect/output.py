@@ -7,7 +7,7 @@ import click
 import orjson
 
 from enhrec_wrap.inspect import gaps
-from enhrec_wrap.log.reader import MAX_LINE_BYTES
+from enhrec_wrap.log.file_lines import MAX_LINE_BYTES
 
 PROG = "enhrec"
 

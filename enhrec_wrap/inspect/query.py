@@ -18,7 +18,7 @@ from enhrec_wrap.events.timestamps import rfc3339_from_seconds
 from enhrec_wrap.inspect import gaps
 from enhrec_wrap.inspect.text import KIND_WORDS
 from enhrec_wrap.inspect.times import parse_time
-from enhrec_wrap.log import layout, reader
+from enhrec_wrap.log import file_lines, layout, reader
 
 EVENT_ALIASES = {
     "start": START, "end": END,
@@ -221,7 +221,7 @@ def newest(path: str, end: int, filters: Filters, count: int, stats: reader.Stat
     found = []
     seen = {}
     if count:
-        for line in reader.reverse_lines(path, end, stats=stats):
+        for line in file_lines.reverse_lines(path, end, stats=stats):
             e = reader.parse(line, stats)
             if e is None:
                 continue

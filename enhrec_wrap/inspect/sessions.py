@@ -13,7 +13,7 @@ from enhrec_wrap.events.timestamps import rfc3339_from_seconds, seconds_between
 from enhrec_wrap.inspect import gaps
 from enhrec_wrap.inspect.output import Progress
 from enhrec_wrap.inspect.query import Filters
-from enhrec_wrap.log import layout, reader, store
+from enhrec_wrap.log import layout, reader, session_lock
 
 
 class Summary:
@@ -62,7 +62,7 @@ class Summary:
             return "incomplete" if self.end.get("incomplete") else "complete"
         if self.server_id and not os.path.isdir(layout.open_sessions_dir(log_dir, self.server_id)):
             return "open"   # a collector's copy: only its host knows whether it still runs
-        if self.server_id and store.is_live(log_dir, self.server_id, self.sid):
+        if self.server_id and session_lock.is_live(log_dir, self.server_id, self.sid):
             return "live"
         return "incomplete"
 

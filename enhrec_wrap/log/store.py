@@ -20,38 +20,29 @@ index with the `ei` it starts at, as the reference lists its parts. A part (and 
 made for a batch that then failed is taken away again, so a disk that stays full makes no empty
 parts, and what a failure costs is exactly the events of the batches that failed.
 
-The lock file says "this session has not been ended": it is created (and flock-ed by the
-recorder for as long as it runs) before anything else, and removed only once session.end is
-written. A lock file nobody holds is a session whose recorder died: see recovery.py.
+The store holds the session's lock file (session_lock.py), which says "this session has not been
+ended"; each file is one GzStream (gz_stream.py).
 """
 
 import collections
-import fcntl
 import os
 import threading
-import time
-import zlib
 
 import orjson
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.events.kinds import COMMAND, DISK, NETWORK
 from enhrec_wrap.log import layout
-from enhrec_wrap.log.files import FILE_MODE, ensure_private_dirs, error, open_private_file, write_all
+from enhrec_wrap.log.files import ensure_private_dirs, error, open_private_file, write_all
+from enhrec_wrap.log.gz_stream import GzStream, gzip_member
 from enhrec_wrap.log.layout import ALL_EVENTS
+from enhrec_wrap.log.session_lock import OpenLock, still_there
 
 # A file of its own for each kernel kind, beside the file of all events.
 KIND_STREAMS = (COMMAND, DISK, NETWORK)
 
-# Fast over small: every event is compressed twice (all events, and its kind's file) on the
-# recorder's hot path; JSON lines still shrink several times.
-_LEVEL = 1
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
 # Batches waiting for the writer thread; beyond this the recorder waits for it.
 MAX_PENDING_BYTES = 16 << 20
-# A lock file gets its name microseconds after it is made (OpenLock.create): a hidden one this
-# old belongs to a recorder that died in between, a younger one may be about to be named.
-UNNAMED_LOCK_GRACE_SECONDS = 30.0
 
 
 def last_parts(log_dir: str, server_id: str, sid: str) -> dict[str, int]:
@@ -75,166 +66,6 @@ def index_line(sid: str, part: int, stream: str, first_ei: int) -> bytes:
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
 
-class OpenLock:
-    """The session's lock file: exists from the start until the session is properly ended, and
-    is flock-ed by whoever is writing the session (its recorder, or a repair)."""
-
-    def __init__(self, path: str, fd: int):
-        self.path = path
-        self.fd = fd
-
-    @classmethod
-    def create(cls, log_dir: str, server_id: str, sid: str) -> "OpenLock":
-        directory = layout.open_sessions_dir(log_dir, server_id)
-        path = layout.lock_path(log_dir, server_id, sid)
-        # Locked under a hidden name first: a lock file that can be seen is always held.
-        hidden = layout.hidden_lock_path(log_dir, server_id, sid)
-        fd = -1
-        try:
-            ensure_private_dirs(log_dir, directory)
-            fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         FILE_MODE)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.rename(hidden, path)
-        except OSError as err:
-            if fd >= 0:
-                os.close(fd)   # a hidden leftover is removed by recovery
-            raise error(f"cannot create the session lock {path}", err, directory) from None
-        return cls(path, fd)
-
-    @classmethod
-    def try_take(cls, path: str) -> "OpenLock | None":
-        """The lock of a session nobody is writing, or None when it is held or already gone."""
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Whoever held it before us may have ended the session and removed the file meanwhile.
-            if os.fstat(fd).st_nlink == 0:
-                raise BlockingIOError
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return cls(path, fd)
-
-    def gone(self) -> bool:
-        """Whether someone removed our lock file (or put another in its place): a session
-        without one would not be found by recovery if its recorder died."""
-        return not _still_there(self.fd, self.path)
-
-    def release(self, ended: bool) -> None:
-        """Ended: the file goes (there is nothing to repair). Else it stays, unheld, for recovery."""
-        if self.fd < 0:
-            return
-        if ended:
-            try:
-                os.unlink(self.path)   # before unlocking, so no one takes a lock on a dead name
-            except FileNotFoundError:
-                pass
-        os.close(self.fd)
-        self.fd = -1
-
-
-def stale_locks(log_dir: str, server_id: str):
-    """(sid, its lock, now ours) for each session whose lock nobody holds: its recorder is gone
-    (recovery.py ends it). The caller releases each lock. Hidden lock files of recorders that
-    died before naming theirs are removed on the way."""
-    directory = layout.open_sessions_dir(log_dir, server_id)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    for name in names:
-        path = os.path.join(directory, name)
-        if layout.is_hidden_lock_file(name):
-            _drop_unnamed(path)
-            continue
-        sid = layout.sid_of_lock_file(name)
-        if sid:
-            lock = OpenLock.try_take(path)
-            if lock is not None:   # else live, or just repaired by someone else
-                yield sid, lock
-
-
-def _drop_unnamed(path: str) -> None:
-    lock = OpenLock.try_take(path)
-    if lock is not None:
-        lock.release(ended=time.time() - os.fstat(lock.fd).st_mtime > UNNAMED_LOCK_GRACE_SECONDS)
-
-
-def is_live(log_dir: str, server_id: str, sid: str) -> bool:
-    """Whether a recorder is writing the session now: it holds the session's lock."""
-    try:
-        fd = os.open(layout.lock_path(log_dir, server_id, sid),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def gzip_member(data: bytes) -> bytes:
-    """One batch as a whole gzip member: gzip files may hold any number of them, one after the
-    other (RFC 1952; zcat, Go's reader and ours read them all)."""
-    return zlib.compress(data, _LEVEL, _GZIP_WBITS)
-
-
-class _GzStream:
-    """One gzip file written by one writer, a member per batch: each batch is complete on disk
-    once written (a recorder that dies leaves only whole members, and at most a torn last one),
-    and a batch of one kind of event is compressed once for events.gz and for its kind's file."""
-
-    def __init__(self, path: str, stream: str, part: int, first_ei: int):
-        self.path = path
-        self.stream = stream
-        self.part = part
-        self.first_ei = first_ei   # its index line's `index`
-        self.events = 0            # for the file of every event: how many it holds
-        self.fd = open_private_file(path)
-        self.size = self.opened_at = os.lseek(self.fd, 0, os.SEEK_END)
-        self.broken = False
-        if self.size == 0:
-            try:
-                self._put(gzip_member(b""))   # a valid gzip file from the start, even if empty
-            except OSError:
-                _discard(self)
-                raise
-
-    def append(self, member: bytes) -> None:
-        self._put(member)
-
-    def gone(self) -> bool:
-        return not _still_there(self.fd, self.path)
-
-    def cut_back(self, size: int) -> None:
-        """Back to `size`, the end of an earlier batch: what is there stays a readable file.
-        It is written no more (broken): the stream goes on in a new part."""
-        self.broken = True
-        try:
-            os.ftruncate(self.fd, size)
-        except OSError:
-            pass   # best effort while already failing; the caller reports the write error
-        self.size = size
-
-    def finish(self) -> None:
-        os.close(self.fd)
-
-    def _put(self, chunk: bytes) -> None:
-        try:
-            write_all(self.fd, chunk)
-        except OSError:
-            self.cut_back(self.size)
-            raise
-        self.size += len(chunk)
-
-
 class SessionStore:
     """Writes one session's files. Files appear with the first event (session.start), so a
     session that fails before it starts leaves nothing behind.
@@ -252,7 +83,7 @@ class SessionStore:
         self.log_dir, self.server_id = log_dir, server_id
         self.sid = sid
         self.lock = lock
-        self._streams: dict[str, _GzStream] = {}
+        self._streams: dict[str, GzStream] = {}
         self._parts: dict[str, int] = {}
         self._index_fd = -1
         self._index_size = 0
@@ -398,13 +229,13 @@ class SessionStore:
         appending to them would lose every later event without a word. Each stream goes on in
         a new part; what an events file held is counted (a renamed one still holds it)."""
         for stream, gz in list(self._streams.items()):
-            if gz.gone():
+            if not still_there(gz.fd, gz.path):
                 if stream == ALL_EVENTS and os.fstat(gz.fd).st_nlink == 0:
                     self._removed += gz.events
                 self._streams.pop(stream)
                 os.close(gz.fd)
                 self._parts[stream] = gz.part + 1
-        if self._index_fd >= 0 and not _still_there(self._index_fd, self._index_path()):
+        if self._index_fd >= 0 and not still_there(self._index_fd, self._index_path()):
             os.close(self._index_fd)
             self._index_fd, self._index_size = -1, 0
 
@@ -420,7 +251,7 @@ class SessionStore:
         for stream, gz, size, made in taken:
             if made:
                 self._streams.pop(stream)
-                _discard(gz)
+                gz.discard()
             else:
                 gz.cut_back(size)
         self._cut_index(index_size)
@@ -454,7 +285,7 @@ class SessionStore:
         if failure:
             raise failure
 
-    def _stream(self, stream: str, first_ei: int) -> tuple[_GzStream, bool]:
+    def _stream(self, stream: str, first_ei: int) -> tuple[GzStream, bool]:
         """The stream's current file, and whether it was made now (for this batch)."""
         current = self._streams.get(stream)
         if current is not None and not current.broken:
@@ -468,13 +299,13 @@ class SessionStore:
         first_ei = first_ei if part else 0
         try:
             self._ensure_index()
-            new = _GzStream(path, stream, part, first_ei)
+            new = GzStream(path, stream, part, first_ei)
         except OSError as err:
             raise self._error(path, err) from None
         try:
             write_all(self._index_fd, index_line(self.sid, part, stream, first_ei))
         except OSError as err:
-            _discard(new)
+            new.discard()
             self._cut_index(self._index_size)
             raise self._error(self._index_path(), err) from None
         self._index_size = os.lseek(self._index_fd, 0, os.SEEK_END)
@@ -517,27 +348,6 @@ class SessionStore:
 
     def _error(self, path: str, err: OSError) -> EnhrecError:
         return error(f"cannot write the session file {path}", err, self.dir)
-
-
-def _still_there(fd: int, path: str) -> bool:
-    """Whether the file open at fd is still the one at path."""
-    try:
-        on_disk = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    ours = os.fstat(fd)
-    return ours.st_nlink > 0 and (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
-
-
-def _discard(gz: _GzStream) -> None:
-    """A part made for a batch that failed: it goes, as if never made (a file that was already
-    there is only cut back: what it held is not ours to remove)."""
-    if gz.opened_at:
-        gz.cut_back(gz.opened_at)
-        os.close(gz.fd)
-        return
-    os.close(gz.fd)
-    _unlink_quietly(gz.path)
 
 
 def _unlink_quietly(path: str) -> None:

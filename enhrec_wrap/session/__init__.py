@@ -1,1 +1,1 @@
-"""One recorded session's life: start, child, watchdog, end, and recovery."""
+"""One recorded session's life: start, child, sinks, watchdog, end, and recovery."""

@@ -4,6 +4,10 @@ Order matters and is the point of this module: the programs are attached and fil
 session's cgroup before the child may exec anything, and the child is inside the cgroup before it
 runs a single instruction of the user's program. Whatever fails before the exec stops the session
 with nothing run (fail closed).
+
+Beside it: the child's side of the fork (child.py), the two sinks every batch goes to and what
+their failures do (sinks.py), and the root-only operations, reached through one object that a
+test can replace (privileged.py).
 """
 
 import os
@@ -14,24 +18,16 @@ from dataclasses import dataclass, field
 
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.session import recovery, terminal
-from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import load_or_create_server_id
-from enhrec_wrap.host.cgroup import SessionCgroup
-from enhrec_wrap.errors import EnhrecError, Failure
-from enhrec_wrap.host import priority
-from enhrec_wrap.host.privileges import Account, drop_privileges, supplementary_groups
-from enhrec_wrap.log.store import SessionStore
-from enhrec_wrap.session import seccomp
+from enhrec_wrap.errors import EnhrecError
+from enhrec_wrap.host.privileges import Account
 from enhrec_wrap.session.backpressure import Backpressure
+from enhrec_wrap.session.child import (FORWARDED_SIGNALS, TERMINAL_SIGNALS, login_environment,
+                                       make_plan)
 from enhrec_wrap.session.ledger import Ledger, new_page
+from enhrec_wrap.session.privileged import Privileged
+from enhrec_wrap.session.sinks import Sinks, tell_user
 
-# The session's exit status (session.end's exit_status) when its command never ran, as env(1)
-# and shells give it: the forked child exits with it.
-NOT_STARTED_STATUS = {
-    Failure.COMMAND_NOT_FOUND: 127,
-    Failure.COMMAND_NOT_EXECUTABLE: 126,
-    Failure.FAILED: 125,
-}
 POLL_SECONDS = 0.05
 RECORDED_AT_NODE = "node"
 # After SIGHUP/SIGTERM the session gets this long to exit on its own before cgroup.kill.
@@ -44,18 +40,10 @@ END_LOG_FAILURE = "log_failure"    # the log could not be written (on_log_failur
 END_WATCHDOG_DIED = "watchdog_died"
 WATCHDOG_DIED = ("the session watchdog died, so the session is ended (it may not run without "
                  "one); see `enhrec doctor`")
-# Signals a terminal sends to its foreground group: the session's to handle, not the wrapper's.
-TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
-FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
-# Everything the child must get back to default: Python ignores SIGPIPE and SIGXFSZ itself.
-CHILD_DEFAULT_SIGNALS = TERMINAL_SIGNALS + FORWARDED_SIGNALS + (signal.SIGPIPE, signal.SIGXFSZ)
-KEPT_ENVIRONMENT = ("TERM", "LANG")
 # session.start's initial_command keeps this much of the command (its bytes and one for each
 # argument's end, as the kernel counts them): 2 MiB of arguments, escaped, would make a line of
-# 10 MB, longer than readers take (reader.MAX_LINE_BYTES). The exec events hold 32 KiB.
+# 10 MB, longer than readers take (file_lines.MAX_LINE_BYTES). The exec events hold 32 KiB.
 MAX_INITIAL_COMMAND_BYTES = 64 << 10
-USER_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
-ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -72,57 +60,29 @@ class Request:
     client_fds: tuple = ()           # outputs whose reader vanishing means the client is gone
 
 
-def login_environment(request: Request, sid: str, inherited=os.environ) -> dict:
-    """A clean login environment, as login(1) and `su -` build it; nothing else is inherited."""
-    account = request.account
-    env = {name: inherited[name] for name in KEPT_ENVIRONMENT if name in inherited}
-    env.update(HOME=account.home, USER=account.name, LOGNAME=account.name, SHELL=account.shell,
-               PATH=ROOT_PATH if account.uid == 0 else USER_PATH)
-    env.update(request.environment)
-    env["ENHREC_SESSION_ID"] = sid
-    return env
-
-
-def child_argv(request: Request) -> tuple[str, list[str]]:
-    """(file to exec, argv): the command as given, or the login shell with a `-` argv[0]."""
-    if request.command:
-        return request.command[0], list(request.command)
-    shell = request.account.shell
-    return shell, ["-" + os.path.basename(shell)]
-
-
 class Session:
-    def __init__(self, config, request: Request, watchdog=None, clock=time.time):
+    def __init__(self, config, request: Request, watchdog=None, clock=time.time,
+                 privileged=None):
         self.config = config
         self.request = request
-        # Forked at the wrapper's start (cli/wrap.py); a session that records nothing
-        # (enabled: false) has nothing for one to guard.
+        # Made at the wrapper's start (cli/wrap.py), its shell started by arm(); a session
+        # that records nothing (enabled: false) has nothing for one to guard.
         self.watchdog = watchdog
+        # Everything else that needs root: the cgroup, the kernel side, the fork (privileged.py).
+        self.privileged = privileged or Privileged()
         self.ledger = watchdog.ledger if watchdog else Ledger(new_page())
         self.sid = events.random_uuid()
         self.server_id = load_or_create_server_id(config.data_dir)
-        self.log = AuditLog(config.log_dir, self.server_id, clock=clock,
-                            epoch_seconds=config.key_epoch_seconds)
-        # The second sink: the session's own files, and the lock that marks it as not ended.
-        try:
-            self.store = SessionStore.create(config.log_dir, self.server_id, self.sid)
-        except BaseException:
-            self.log.close()   # run() never gets a Session to close
-            raise
-        self.log_failure = None      # the first write failure, told to the user once
-        self.write_failures = 0
-        self.unwritten = {}          # sink -> events it could not take
+        self.sinks = Sinks(config, self.server_id, self.sid, self.ledger, clock,
+                           end_session=self._end_for_log_failure)
         self.ended = False           # session.end is in both sinks
-        self.logged = False          # a sink took a batch: there is a session to end
         self.end_reason = END_EXITED
         self.factory = events.EventFactory(self.sid, self.server_id, config.nodename,
                                            request.account.name, request.user, config.cluster)
         self.cgroup = None
         self.recording = None
         self.backpressure = None
-        self.child = None
-        self._child_pipes = None
-        self.child_pidfd = -1
+        self.child = None            # child.Child, once forked
         self.hangup_deadline = None
         self.start_ns = time.time_ns()
         self.terminal = None         # the session's own pty and its relay, when it has a terminal
@@ -144,17 +104,16 @@ class Session:
             return
         if self.watchdog is None:
             raise EnhrecError("a recorded session needs its watchdog: start it with enhrec-wrap")
-        from enhrec_wrap.session.recording import Recording   # the kernel side, when recording
-        self.cgroup = SessionCgroup.create(self.config.cgroup_path, self.sid)
-        self.recording = Recording.start(self.config, self.cgroup.id, self.ledger)
+        self.cgroup = self.privileged.create_cgroup(self.config.cgroup_path, self.sid)
+        self.recording = self.privileged.start_recording(self.config, self.cgroup.id, self.ledger)
         self.backpressure = Backpressure(self.cgroup, self.recording.reader)
-        self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
+        self.watchdog.arm(self._watchdog_brief(), self.sinks.store.lock.fd, self.cgroup.lock_fd)
         self.recording.wake_on(self.watchdog.pidfd)
 
     def _watchdog_brief(self) -> dict:
         """What the watchdog needs to end the session if we die (salvage.py)."""
         return {"sid": self.sid, "server_id": self.server_id, "log_dir": self.config.log_dir,
-                "lock_path": self.store.lock.path, "cgroup_dir": self.cgroup.path,
+                "lock_path": self.sinks.store.lock.path, "cgroup_dir": self.cgroup.path,
                 "cgroup_id": self.cgroup.id, "version": self.recording.version,
                 "idle_unload_seconds": self.config.idle_unload_seconds,
                 "envelope": self.factory.envelope, "end_fields": self._end_fields()}
@@ -183,67 +142,29 @@ class Session:
         """Forks the child, which waits for its go. It opens no file before its exec (its
         seccomp filter, its groups and the module that looks its program up are made here),
         so none of the wrapper's set-up of it can be recorded, whenever it reaches the cgroup."""
-        path, argv = child_argv(self.request)
-        env = login_environment(self.request, self.sid)
-        cwd = self.request.cwd
-        if cwd is None and self.request.command is None:
-            cwd = self.request.account.home
-        account = self.request.account
-        groups = supplementary_groups(account)
-        seccomp_filter = seccomp.build(*self._refusals())
-        if "/" not in path:
-            import shutil   # for the child's lookup of the program, imported here
-        go_r, go_w = os.pipe()
-        err_r, err_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(go_w)
-            os.close(err_r)
-            _child(account, groups, path, argv, env, cwd, go_r, err_w, seccomp_filter,
-                   self.terminal)
-        os.close(go_r)
-        os.close(err_w)
-        self.child = pid
-        self._child_pipes = (go_w, err_r)
+        plan = make_plan(self.request, self.sid, self._refusals())
+        self.child = self.privileged.fork_child(plan, self.terminal)
         if self.terminal:
             self.terminal.after_spawn()
 
     def start_child(self):
         """Lets the child run, once it is in the cgroup and the rings are registered. Returns
         an EnhrecError when the exec failed (command not found ...), else None."""
-        go_w, err_r = self._child_pipes
-        pid = self.child
+        child = self.child
         try:
             if self.cgroup:
                 # Its write waits for an RCU grace period after a quiet spell (11-14 ms here).
                 # Made in a thread beside the registration's it was slower, not faster: the
                 # pending migration holds every fork on the host back, the watchdog's too.
-                self.cgroup.add(pid)
-                self.child_pidfd = os.pidfd_open(pid)
-                self.recording.wake_on(self.child_pidfd)   # its exit is written at once
+                self.cgroup.add(child.pid)
+                self.recording.wake_on(child.watch())   # its exit is written at once
                 self.recording.wait_registered()
         except BaseException:
-            os.kill(pid, signal.SIGKILL)   # never let it run unrecorded
-            os.waitpid(pid, 0)
-            self.child = None
-            os.close(go_w)
-            os.close(err_r)
+            child.abort()   # never let it run unrecorded
             raise
         if self.terminal:
             self.terminal.hand_over()
-        try:
-            os.write(go_w, b"g")
-        except BrokenPipeError:
-            pass   # the child failed during its set-up; its reason is on the error pipe
-        finally:
-            os.close(go_w)
-        failure = _read_all(err_r)
-        os.close(err_r)
-        if failure:
-            # A name that is not UTF-8 is shown with its bytes as \xNN, on one line.
-            kind, _, message = failure.decode(errors="backslashreplace").partition(":")
-            return EnhrecError(message, Failure[kind])
-        return None
+        return child.release()
 
     # -- while it runs -----------------------------------------------------------------------
 
@@ -255,10 +176,7 @@ class Session:
 
     def _forward(self, signum, _frame):
         if self.child:
-            try:
-                os.kill(self.child, signum)
-            except ProcessLookupError:
-                pass
+            self.child.send(signum)
         if self.hangup_deadline is None:
             self.hangup_deadline = time.monotonic() + HANGUP_GRACE_SECONDS
             self.end_reason = END_HANGUP if signum == signal.SIGHUP else END_TERMINATED
@@ -275,9 +193,8 @@ class Session:
             self.poll()
             self._check_client()
             self._check_terminal()
-            pid, status = os.waitpid(self.child, os.WNOHANG)
-            if pid:
-                self.child = None
+            status = self.child.wait()
+            if status is not None:
                 return status
             if self.hangup_deadline and time.monotonic() > self.hangup_deadline and self.cgroup:
                 self.cgroup.kill()   # the client is gone: nothing may go on without it
@@ -304,7 +221,7 @@ class Session:
         """A failed write of the terminal recording is a failed write of the log."""
         if self.terminal:
             for message in self.terminal.failures():
-                self._failed(EnhrecError(message))
+                self.sinks.failed(EnhrecError(message))
 
     def finish_terminal(self):
         """Once nothing of the session runs: the relay's last output, and its summary."""
@@ -318,13 +235,13 @@ class Session:
         if self.recording is None:
             time.sleep(POLL_SECONDS)
             return
-        records = self.recording.poll(POLL_SECONDS, flush=self.child is None or self._child_exited())
+        records = self.recording.poll(POLL_SECONDS, flush=self.child is None or self.child.exited())
         self.backpressure.update()   # paused while its records pile up, before they are built
         if records:
             self._write(self.recording.events(records, self.factory, self._keep_up))
         if self.end_reason != END_WATCHDOG_DIED and not self.watchdog.alive():
             self.end_reason = END_WATCHDOG_DIED
-            _tell_user(WATCHDOG_DIED)
+            tell_user(WATCHDOG_DIED)
             self.cgroup.kill()
 
     def _keep_up(self):
@@ -340,42 +257,15 @@ class Session:
             return False, False
         return self.config.refuse_io_uring, self.config.refuse_32bit
 
-    def _child_exited(self) -> bool:
-        return bool(select.select([self.child_pidfd], [], [], 0)[0]) if self.child_pidfd >= 0 else True
-
     def _write(self, made, strict=False):
-        """Each event to both sinks, reported to the ledger around it (ledger.py). `strict`
-        (before the session's program runs): a failure raises, so nothing runs. Otherwise
-        on_log_failure decides (_log_failed)."""
+        """Each event to both sinks (sinks.py). `strict` (before the session's program runs):
+        a failure raises, so nothing runs. Otherwise on_log_failure decides."""
         if not made:
             return
-        lines = [events.encode(e) for e in made]
-        ledger = self.ledger
-        settled = self.recording.settled() if self.recording else ledger.state.settled
+        settled = self.recording.settled() if self.recording else self.ledger.state.settled
         undecodable = self.recording.undecodable() if self.recording else {}
-        ledger.begin_batch(made[0]["ei"], made[-1]["ei"] + 1, settled, undecodable)
-        logged = True
-        try:
-            # The session files then get the lines as sealed into the host's chain, byte for byte.
-            lines = self.log.write(lines, announce=ledger.writing)
-            self.logged = True
-        except EnhrecError as e:
-            if strict:
-                raise
-            logged = False
-            self._log_failed("audit_log", e, len(lines))
-        try:
-            self.store.write(made, lines)
-            self.logged = True
-        except EnhrecError as e:
-            if strict:
-                raise
-            # The store reports failed batches late (it writes in a thread): their count.
-            self._log_failed("session_files", e, getattr(e, "unwritten", len(lines)))
-        ended = logged and made[-1]["event"] == events.SESSION_END[0]
-        ledger.end_batch(self.unwritten.get("audit_log", 0),
-                         self.unwritten.get("session_files", 0), ended)
-        if self.store.lock.gone():
+        self.sinks.write(made, settled, undecodable, strict)
+        if self.sinks.store.lock.gone():
             self._renew_lock()
 
     def _renew_lock(self):
@@ -383,35 +273,21 @@ class Session:
         could not find the session if we died. A new one, handed to a new watchdog too (a second
         arm starts one holding it, then retires the old)."""
         try:
-            self.store.renew_lock()
+            self.sinks.store.renew_lock()
         except EnhrecError as e:
-            self._log_failed("session_files", e, 0)
+            self.sinks.log_failed("session_files", e, 0)
             return
         if self.watchdog and self.watchdog.armed:
-            self.watchdog.arm(self._watchdog_brief(), self.store.lock.fd, self.cgroup.lock_fd)
+            self.watchdog.arm(self._watchdog_brief(), self.sinks.store.lock.fd, self.cgroup.lock_fd)
             self.recording.wake_on(self.watchdog.pidfd)   # the new one's death wakes us too
 
-    def _log_failed(self, sink, error, count):
-        """`close` ends the session at the first failure (fail closed); `continue` keeps it and
-        counts what could not be written. Either way the user is told, once."""
-        self.write_failures += 1
-        self.unwritten[sink] = self.unwritten.get(sink, 0) + count
-        self._failed(error)
-
-    def _failed(self, error):
-        if self.log_failure is not None:
-            return
-        self.log_failure = error
-        if self.config.on_log_failure == "continue":
-            _tell_user(f"{error}; the session goes on and what cannot be written is lost "
-                       "(on_log_failure: continue)")
-            return
-        _tell_user(f"{error}; the session is ended (on_log_failure: close)")
+    def _end_for_log_failure(self):
+        """on_log_failure `close`: the log could not be written, so the session is ended."""
         self.end_reason = END_LOG_FAILURE
         if self.cgroup:
             self.cgroup.kill()
         elif self.child:
-            os.kill(self.child, signal.SIGKILL)
+            self.child.send(signal.SIGKILL)
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -440,40 +316,25 @@ class Session:
             fields["killed_processes"] = killed
             if not all(self._refusals()):
                 fields["partially_audited"] = True   # io_uring or 32-bit calls were allowed
-        self._count_store_failures()
+        self.sinks.count_store_failures()
         fields.update(session_stop=events.rfc3339(time.time_ns()), exit_status=exit_status,
                       end_reason=self.end_reason)
-        if self.unwritten:
-            fields["unwritten_events"] = dict(self.unwritten)
-        removed = {"audit_log": self.log.removed(), "session_files": self.store.removed_events()}
+        if self.sinks.unwritten:
+            fields["unwritten_events"] = dict(self.sinks.unwritten)
+        removed = self.sinks.removed()
         if any(removed.values()):
             fields["removed_events"] = {k: v for k, v in removed.items() if v}
         if self.terminal_summary is not None:
             fields["terminal_recording"] = self.terminal_summary
-        failures = self.write_failures
+        failures = self.sinks.write_failures
         self._write([self.factory.make(events.SESSION_END, **fields)])
-        self.ended = self.write_failures == failures
-
-    def _count_store_failures(self):
-        """Waits until every batch given to the store is in its files, or counted: it reports a
-        failure late (from its thread), and session.end must count them all."""
-        try:
-            self.store.flush()
-        except EnhrecError as e:
-            self._log_failed("session_files", e, e.unwritten)
-            # The last batch's end_batch again: only its counts change, so that the ledger has
-            # them should we die before session.end is written.
-            self.ledger.end_batch(self.unwritten.get("audit_log", 0),
-                                  self.unwritten.get("session_files", 0))
+        self.ended = self.sinks.write_failures == failures
 
     def close(self):
         """Undo of everything set up: runs whatever happened before. The watchdog goes last: a
         death before that is still its to handle."""
         if self.child:
-            os.kill(self.child, signal.SIGKILL)
-            os.waitpid(self.child, 0)
-        if self.child_pidfd >= 0:
-            os.close(self.child_pidfd)
+            self.child.close()
         if self.cgroup:
             if self.cgroup.populated():
                 self.cgroup.kill_and_wait()
@@ -488,23 +349,18 @@ class Session:
             if watchdog_alive:
                 release = self.recording.release_order(self.config.idle_unload_seconds)
             self.recording.close(None if watchdog_alive else self.config.idle_unload_seconds)
-        self.log.close()
-        try:
-            # Not ended (session.end missing somewhere): the lock file stays for recovery. A
-            # session that logged nothing (it failed before its start) has nothing to repair.
-            self.store.close(ended=self.ended or not self.logged)
-        except EnhrecError as e:
-            self._log_failed("session_files", e, getattr(e, "unwritten", 0))
+        self.sinks.close(self.ended)
         if self.cgroup:
             self.cgroup.close()
         if self.watchdog:
             self.watchdog.stop(release)
 
 
-def run(config, request: Request, watchdog) -> int:
-    """Runs a recorded session; returns the exit status (the command's, or 128+signal)."""
+def run(config, request: Request, watchdog, privileged=None) -> int:
+    """Runs a recorded session; returns the exit status (the command's, or 128+signal).
+    `privileged`: the root-only operations (privileged.py), by default the real ones."""
     recovery.repair_at_start(config)   # sessions whose recorder died: end them, free their cgroups
-    session = Session(config, request, watchdog)
+    session = Session(config, request, watchdog, privileged=privileged)
     try:
         session.open_terminal()
         session.start_recording()
@@ -555,16 +411,6 @@ def _outputs_closed(fds) -> bool:
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
-def _tell_user(message: str) -> None:
-    """For a failure while the session runs, which cannot wait for cli/wrap.py: the session goes on
-    (or is being ended) and the user must know now. Raw mode on a terminal needs the \\r."""
-    try:
-        end = "\r\n" if os.isatty(2) else "\n"
-        os.write(2, f"enhrec-wrap: {message}{end}".encode(errors="replace"))
-    except OSError:
-        pass
-
-
 def _terminal_size() -> str | None:
     for fd in (0, 1, 2):
         try:
@@ -573,76 +419,3 @@ def _terminal_size() -> str | None:
         except OSError:
             continue
     return None
-
-
-def _read_all(fd) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def _child(account, groups, path, argv, env, cwd, go_fd, err_fd, seccomp_filter,
-           session_terminal=None):
-    """In the forked child: never returns. Reports a failure as b"<Failure name>:<message>" on
-    err_fd (close-on-exec, so a successful exec reports nothing).
-
-    All set-up happens before the go signal, outside the session's cgroup, so that the recording
-    starts with the user's own program and not with the wrapper's preparations."""
-    try:
-        if session_terminal:
-            session_terminal.child_side()
-        _prepare_child(account, groups, cwd, (go_fd, err_fd), seccomp_filter)
-        program = _find_program(path, env["PATH"])
-        if os.read(go_fd, 1) != b"g":
-            # The parent could not put us in the cgroup: run nothing.
-            os._exit(NOT_STARTED_STATUS[Failure.FAILED])
-        os.close(go_fd)
-    except EnhrecError as e:
-        _report(err_fd, e.failure, str(e))
-    except BaseException as e:  # noqa: BLE001 - the child must never return into the parent
-        _report(err_fd, Failure.FAILED, f"cannot start the session: {e}")
-    try:
-        os.execve(program, argv, env)
-    except FileNotFoundError:
-        _report(err_fd, Failure.COMMAND_NOT_FOUND, f"{path}: command not found")
-    except BaseException as e:  # noqa: BLE001
-        _report(err_fd, Failure.COMMAND_NOT_EXECUTABLE, f"{path}: {getattr(e, 'strerror', None) or e}")
-
-
-def _prepare_child(account, groups, cwd, keep_fds, seccomp_filter):
-    for sig in CHILD_DEFAULT_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-    low = 3   # nothing of the wrapper's (log, BPF maps) may reach the user's program
-    for fd in sorted(keep_fds):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
-    priority.restore_caller()    # the recorder's boost is not the session's
-    seccomp.install(seccomp_filter)   # as root: without no_new_privs, setuid programs still work
-    drop_privileges(account, groups)
-    if cwd is not None:
-        try:
-            os.chdir(cwd)
-        except OSError:
-            os.chdir("/")   # as login(1) does when the home directory is unusable
-
-
-def _find_program(path, search_path):
-    """The file execvp would run, looked up as the session's user."""
-    if "/" in path:
-        return path
-    import shutil   # imported by fork_child already: no file is opened here
-    found = shutil.which(path, path=search_path)
-    if found is None:
-        raise EnhrecError(f"{path}: command not found", Failure.COMMAND_NOT_FOUND)
-    return found
-
-
-def _report(fd, failure, message):
-    try:
-        os.write(fd, f"{failure.name}:{message}".encode(errors="surrogateescape"))
-    finally:
-        os._exit(NOT_STARTED_STATUS.get(failure, NOT_STARTED_STATUS[Failure.FAILED]))

@@ -1,8 +1,8 @@
 """Sessions whose recorder died (SIGKILL, OOM, power loss): finding them and ending them.
 
-A session is stale when its lock file (store.OpenLock) exists and nobody holds it: a recorder
-holds it from before its cgroup exists until after session.end is written, so a lock that can
-be taken belongs to a recorder that is gone. For each stale session, repair:
+A session is stale when its lock file (session_lock.OpenLock) exists and nobody holds it: a
+recorder holds it from before its cgroup exists until after session.end is written, so a lock
+that can be taken belongs to a recorder that is gone. For each stale session, repair:
   - takes the lock (so that two repairs never end the same session twice),
   - writes session.end with `incomplete: true` and `session_stop` = the last event seen, numbered
     after the last `ei` found, to the daily log and the session files where it is missing; when
@@ -28,7 +28,7 @@ from enhrec_wrap.events import teleport as events
 from enhrec_wrap.host.cgroup import SessionCgroup, is_cgroup2_mount, leaf_dir, parent_dir
 from enhrec_wrap.kernel.host import (PIN_ROOT, HostLock, drop_session, pinned_versions,
                                      sessions_of)
-from enhrec_wrap.log import layout, reader, store
+from enhrec_wrap.log import layout, reader, session_lock, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import read_server_id
 
@@ -249,7 +249,7 @@ def _stale_sessions(config):
     releases the lock."""
     server_id = read_server_id(config.data_dir)
     if server_id:
-        for sid, lock in store.stale_locks(config.log_dir, server_id):
+        for sid, lock in session_lock.stale_locks(config.log_dir, server_id):
             yield server_id, sid, lock
 
 

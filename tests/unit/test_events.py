@@ -233,13 +233,13 @@ def test_a_command_of_2_mib_is_cut_so_that_session_start_stays_a_line_readers_ta
     """The kernel passes up to 2 MiB of arguments; escaped, they would make session.start a
     line of 10 MB. Its initial_command keeps the first 64 KiB (1 byte counted per argument's
     end, as the kernel counts its NUL) and says it was cut."""
-    from enhrec_wrap.log import reader
+    from enhrec_wrap.log import file_lines
     from enhrec_wrap.session import lifecycle
     args = [os.fsdecode(b"\xff" * (128 << 10))] * 16
     start, _ = session_events(tmp_path, ["/bin/echo"] + args)
     with open(tmp_path / "log" / "events.log", "rb") as f:
         first = f.readline()
-    assert len(first) <= reader.MAX_LINE_BYTES
+    assert len(first) <= file_lines.MAX_LINE_BYTES
     assert start["initial_command_truncated"] is True
     kept = [events.unescape(a) for a in start["initial_command"]]
     assert kept[0] == b"/bin/echo"

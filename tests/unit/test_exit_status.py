@@ -4,14 +4,14 @@ import pytest
 
 from enhrec_wrap.cli import enhrec, wrap
 from enhrec_wrap.errors import EnhrecError, Failure
-from enhrec_wrap.session import lifecycle
+from enhrec_wrap.session import child
 
 
 @pytest.mark.parametrize("failure", list(Failure))
 def test_the_wrapper_exits_with_the_status_the_session_records(failure):
     # A command that never ran: session.end's exit_status is the forked child's, and the
     # wrapper must say the same.
-    recorded = lifecycle.NOT_STARTED_STATUS.get(failure, lifecycle.NOT_STARTED_STATUS[Failure.FAILED])
+    recorded = child.NOT_STARTED_STATUS.get(failure, child.NOT_STARTED_STATUS[Failure.FAILED])
     assert wrap.exit_status(EnhrecError("x", failure)) == recorded
 
 

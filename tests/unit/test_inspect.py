@@ -14,7 +14,7 @@ from enhrec_wrap.events.timestamps import rfc3339_from_seconds
 from enhrec_wrap.inspect import doctor
 from enhrec_wrap.inspect.output import Progress
 from enhrec_wrap.inspect.times import parse_time
-from enhrec_wrap.log import reader, store
+from enhrec_wrap.log import file_lines, reader, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.config import Config
 
@@ -504,7 +504,7 @@ def append_to_current_day_file(cfg, data):
 ])
 def test_every_reader_says_how_many_lines_it_skipped(logs, capsys, args):
     garbage = f'garbage {BOB} {CAROL}\n{{"ei": 1, "sid": "{BOB}"\n'.encode()
-    append_to_current_day_file(logs, garbage + b"x" * (reader.MAX_LINE_BYTES + 1) + b"\n")
+    append_to_current_day_file(logs, garbage + b"x" * (file_lines.MAX_LINE_BYTES + 1) + b"\n")
     c = Writer(logs, "c0ffee00-0000-4000-8000-000000000005", "dave", NOW)   # after the damage
     c.end()
     code, _, err = run(capsys, *args)

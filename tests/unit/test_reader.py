@@ -9,7 +9,7 @@ import zlib
 import orjson
 import pytest
 
-from enhrec_wrap.log import reader
+from enhrec_wrap.log import file_lines, reader
 from enhrec_wrap.log import layout, store
 
 SID = "0b5f7c1e-6c7e-4a43-9a8e-2f3f6a1d2c4b"
@@ -118,14 +118,14 @@ def test_reverse_lines_any_block_size(tmp_path, seed):
     partial = b"half a line" if rng.random() < 0.5 else b""
     path = tmp_path / "r.log"
     path.write_bytes(b"".join(lines) + partial)
-    got = list(reader.reverse_lines(str(path), block=rng.randint(1, 64)))
+    got = list(file_lines.reverse_lines(str(path), block=rng.randint(1, 64)))
     assert got == list(reversed(lines))
 
 
 def test_reverse_lines_stops_at_the_given_end(tmp_path):
     path = tmp_path / "r.log"
     path.write_bytes(b"a\nb\nc\n")
-    assert list(reader.reverse_lines(str(path), end=4)) == [b"b\n", b"a\n"]
+    assert list(file_lines.reverse_lines(str(path), end=4)) == [b"b\n", b"a\n"]
 
 
 # --- the directory --------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_a_fifo_is_skipped_and_named_never_waited_for(tmp_path, no_hang):
         assert list(read(str(fifo), stats)) == []
         assert stats.skipped_files == [(str(fifo), "a FIFO, not a regular file: skipped")]
     stats = reader.Stats()
-    assert list(reader.reverse_lines(str(fifo), stats=stats)) == []
+    assert list(file_lines.reverse_lines(str(fifo), stats=stats)) == []
     assert stats.skipped_files == [(str(fifo), "a FIFO, not a regular file: skipped")]
 
 
@@ -313,7 +313,7 @@ def test_a_damaged_gzip_is_named_and_read_up_to_the_damage(tmp_path):
     assert named == str(path) and why.startswith(f"damaged at byte {ends[0]}")
 
 
-LONG = reader.MAX_LINE_BYTES + 1
+LONG = file_lines.MAX_LINE_BYTES + 1
 
 
 def test_lines_longer_than_the_bound_are_skipped_and_counted(tmp_path):
@@ -330,17 +330,17 @@ def test_lines_longer_than_the_bound_are_skipped_and_counted(tmp_path):
         assert stats.long_lines == 2
     for block in (1000, 1 << 16, 1 << 22):
         stats = reader.Stats()
-        assert list(reader.reverse_lines(str(day), block=block, stats=stats)) == good[::-1]
+        assert list(file_lines.reverse_lines(str(day), block=block, stats=stats)) == good[::-1]
         assert stats.long_lines == 2, block
 
 
 def test_a_line_of_exactly_the_bound_is_read(tmp_path):
-    exact = b'{"x": "' + b"a" * (reader.MAX_LINE_BYTES - 10) + b'"}\n'
-    assert len(exact) == reader.MAX_LINE_BYTES
+    exact = b'{"x": "' + b"a" * (file_lines.MAX_LINE_BYTES - 10) + b'"}\n'
+    assert len(exact) == file_lines.MAX_LINE_BYTES
     day = tmp_path / "d.log"
     day.write_bytes(exact + line(event(0)))
     assert list(reader.day_file_lines(str(day))) == [exact, line(event(0))]
-    assert list(reader.reverse_lines(str(day), block=4096)) == [line(event(0)), exact]
+    assert list(file_lines.reverse_lines(str(day), block=4096)) == [line(event(0)), exact]
 
 
 def test_the_follower_skips_a_line_longer_than_the_bound(tmp_path):

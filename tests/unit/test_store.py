@@ -13,7 +13,7 @@ import pytest
 
 from enhrec_wrap.log import reader
 from enhrec_wrap.session import recovery
-from enhrec_wrap.log import layout, store
+from enhrec_wrap.log import gz_stream, layout, session_lock, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.config import Config
 from enhrec_wrap.errors import EnhrecError
@@ -127,6 +127,12 @@ def files_of_after(writer, first, log_dir):
 
 # --- failures -------------------------------------------------------------------------------
 
+def patch_write_all(monkeypatch, write_all):
+    """The store writes its index, each GzStream its gzip file: both with files.write_all."""
+    for module in (store, gz_stream):
+        monkeypatch.setattr(module, "write_all", write_all)
+
+
 def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir, monkeypatch):
     events = session_events(12)
     writer = store.SessionStore.create(log_dir, SERVER, SID)
@@ -137,7 +143,7 @@ def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir,
         os.write(fd, data[:len(data) // 2])   # half of it got out before the disk filled
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "write_all", full_disk)
+    patch_write_all(monkeypatch, full_disk)
     write(writer, events[4:8])
     with pytest.raises(EnhrecError) as failure:
         writer.flush()   # reported once written (by the writer thread)
@@ -145,7 +151,7 @@ def test_failed_write_is_cut_back_and_the_next_batch_goes_to_a_new_part(log_dir,
     message = str(failure.value)
     assert "No space left on device" in message and "free disk space" in message
     assert "\n" not in message
-    monkeypatch.setattr(store, "write_all", real)
+    patch_write_all(monkeypatch, real)
     write(writer, events[8:])
     writer.close(ended=True)
     _, directory = files_of(log_dir)
@@ -167,12 +173,12 @@ def test_first_batch_fails_at_once_later_ones_at_the_next_write(log_dir, monkeyp
     def full_disk(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "write_all", full_disk)
+    patch_write_all(monkeypatch, full_disk)
     write(writer, events[1:3])
     with writer._cond:   # until the writer thread has tried them (flush would raise)
         while writer._pending or writer._busy:
             writer._cond.wait()
-    monkeypatch.setattr(store, "write_all", real)
+    patch_write_all(monkeypatch, real)
     with pytest.raises(EnhrecError) as failure:
         write(writer, events[3:])
     assert failure.value.unwritten == 2
@@ -188,7 +194,7 @@ def test_failure_of_the_last_batches_keeps_the_lock_for_recovery(log_dir, monkey
     def full_disk(fd, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store, "write_all", full_disk)
+    patch_write_all(monkeypatch, full_disk)
     write(writer, session_events(2)[1:])   # say, session.end
     with pytest.raises(EnhrecError):
         writer.close(ended=True)
@@ -211,42 +217,43 @@ def test_unwritable_directory_names_the_file_and_the_fix(tmp_path, log_dir):
 def test_lock_is_held_while_open_and_kept_for_recovery_when_not_ended(log_dir):
     writer = store.SessionStore.create(log_dir, SERVER, SID)
     path = layout.lock_path(log_dir, SERVER, SID)
-    assert store.is_live(log_dir, SERVER, SID)
-    assert store.OpenLock.try_take(path) is None
+    assert session_lock.is_live(log_dir, SERVER, SID)
+    assert session_lock.OpenLock.try_take(path) is None
     write(writer, session_events(2))
     writer.close(ended=False)
-    assert os.path.exists(path) and not store.is_live(log_dir, SERVER, SID)
-    taken = store.OpenLock.try_take(path)
+    assert os.path.exists(path) and not session_lock.is_live(log_dir, SERVER, SID)
+    taken = session_lock.OpenLock.try_take(path)
     assert taken is not None
     taken.release(ended=True)
     assert not os.path.exists(path)
 
 
 def test_lock_removed_under_a_waiting_taker_is_not_taken(log_dir):
-    lock = store.OpenLock.create(log_dir, SERVER, SID)
+    lock = session_lock.OpenLock.create(log_dir, SERVER, SID)
     fd = os.open(lock.path, os.O_RDWR)   # a repair that opened it just before the end
     lock.release(ended=True)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert os.fstat(fd).st_nlink == 0   # what try_take checks after locking
     os.close(fd)
-    assert store.OpenLock.try_take(lock.path) is None
+    assert session_lock.OpenLock.try_take(lock.path) is None
 
 
 def test_stale_locks_are_the_unheld_ones_and_old_unnamed_ones_go(log_dir):
-    live = store.OpenLock.create(log_dir, SERVER, SID)
-    dead = store.OpenLock.create(log_dir, SERVER, OTHER)
+    live = session_lock.OpenLock.create(log_dir, SERVER, SID)
+    dead = session_lock.OpenLock.create(log_dir, SERVER, OTHER)
     os.close(dead.fd)   # its recorder died
     old = layout.hidden_lock_path(log_dir, SERVER, "01d00000-0000-4000-8000-000000000000")
     young = layout.hidden_lock_path(log_dir, SERVER, "0e000000-0000-4000-8000-000000000000")
     for path in (old, young):
         open(path, "w").close()   # made, but its recorder died before it was named
     os.utime(old, (0, 0))
-    stale = list(store.stale_locks(log_dir, SERVER))
+    stale = list(session_lock.stale_locks(log_dir, SERVER))
     assert [sid for sid, _ in stale] == [OTHER]
     for _, lock in stale:
         lock.release(ended=False)
     assert not os.path.exists(old) and os.path.exists(young)   # the young one may be named yet
-    assert store.is_live(log_dir, SERVER, SID) and not store.is_live(log_dir, SERVER, OTHER)
+    assert session_lock.is_live(log_dir, SERVER, SID)
+    assert not session_lock.is_live(log_dir, SERVER, OTHER)
     live.release(ended=True)
 
 
@@ -391,7 +398,7 @@ def test_orphan_cgroups_are_removed_only_after_the_grace_period(config, tmp_path
 
 
 def test_session_that_never_wrote_anything_just_loses_its_lock(config):
-    lock = store.OpenLock.create(config.log_dir, SERVER, SID)
+    lock = session_lock.OpenLock.create(config.log_dir, SERVER, SID)
     os.close(lock.fd)
     report = recovery.repair(config)
     assert report.stale == [SID] and report.repaired == []
@@ -446,7 +453,7 @@ class FullDisk:
         self.real = store.write_all
         self.which = which
         self.on = False
-        monkeypatch.setattr(store, "write_all", self)
+        patch_write_all(monkeypatch, self)
 
     def __call__(self, fd, data):
         if self.on and self.which in os.readlink(f"/proc/self/fd/{fd}"):
@@ -650,6 +657,6 @@ def test_the_lock_removed_under_the_recorder_is_noticed_and_made_again(log_dir):
     old_fd = lock.fd
     writer.renew_lock()
     assert writer.lock.fd != old_fd and not writer.lock.gone()
-    assert store.is_live(log_dir, SERVER, SID)
+    assert session_lock.is_live(log_dir, SERVER, SID)
     writer.close(ended=True)
     assert not os.path.exists(layout.lock_path(log_dir, SERVER, SID))
