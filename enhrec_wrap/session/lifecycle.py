@@ -344,8 +344,8 @@ class Session:
         release = None
         if self.recording:
             # The watchdog takes the rings out while we exit (idle.release_session), unless it
-            # died: then we do it ourselves.
-            watchdog_alive = self.watchdog.alive()
+            # died or was never started (its arm failed): then we do it ourselves.
+            watchdog_alive = self.watchdog.armed and self.watchdog.alive()
             if watchdog_alive:
                 release = self.recording.release_order(self.config.idle_unload_seconds)
             self.recording.close(None if watchdog_alive else self.config.idle_unload_seconds)

@@ -290,6 +290,16 @@ def test_a_failure_before_the_exec_runs_nothing_and_raises(session_setup, failin
     assert names[-1] == "watchdog.stop"
 
 
+def test_a_watchdog_that_never_started_leaves_the_rings_to_the_wrapper(session_setup):
+    """Its arm failed: no watchdog will take the rings out after we are gone, so we do."""
+    config, request, journal = session_setup
+    journal.fail = ("watchdog.arm", 1)
+    with pytest.raises(EnhrecError):
+        lifecycle.run(config, request, FakeWatchdog(journal), FakePrivileged(journal))
+    assert journal.seen("recording.close")["idle_unload_seconds"] == config.idle_unload_seconds
+    assert journal.seen("watchdog.stop")["release"] is None
+
+
 def test_a_session_start_that_cannot_be_written_runs_nothing(session_setup, monkeypatch):
     config, request, journal = session_setup
 
