@@ -7,12 +7,20 @@ produced: each program's instructions, the maps' definitions and the record layo
 entry, see program_cache.py), and let BCC go. The programs the host runs are always loaded from
 such an entry (host.py), never kept from BCC, so the first session and every later one run the
 same code path.
+
+The compile runs in a child process (`python3 -I -m enhrec_wrap.kernel.compiler`), which hands
+the entry back through a pipe and exits: BCC and LLVM map ~85 MB of libraries and use ~100 MB
+of heap while compiling, and a process that has compiled keeps ~125 MB of it (measured,
+docs/PERFORMANCE.md). The session that compiled would carry that for its whole life.
 """
 
 import ctypes as ct
 import fcntl
 import os
 import subprocess
+import sys
+
+import orjson
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.kernel.decode import record_fields
@@ -25,6 +33,12 @@ FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
 SOCK_ADDR_PROGRAMS = {"connect4": 10, "connect6": 11, "sendmsg4": 14, "sendmsg6": 15}
 # How a program is attached (host.py): the kind in a cache entry's programs.
 TRACEPOINT, RAW_TRACEPOINT, CGROUP_SOCK_ADDR = "tracepoint", "raw_tracepoint", "cgroup_sock_addr"
+# BCC's names: tracepoint__<category>__<event> (TRACEPOINT_PROBE, attached by BCC when it loads
+# the module), raw_tracepoint__<event>; and ours for a program of several tracepoints of one
+# category, which BCC leaves alone: tracepoints__<category>__<event>__<event>... (recorder.c).
+SINGLE, MULTI, RAW = "tracepoint__", "tracepoints__", "raw_tracepoint__"
+# The child's environment: nothing of the caller's (BCC reads BCC_* variables, Python PYTHON*).
+CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 DOCTOR_HINT = "run `enhrec doctor` for a full check"
 # BCC's attachments are handed to this helper for their last close (detach_tracepoints).
 HOLD_SECONDS = 2
@@ -43,8 +57,50 @@ def kernel_headers() -> str | None:
 
 
 def compile_entry(program_dir: str, defines: list[str]) -> dict:
-    """Compiles recorder.c with BCC (`defines` and the kernel's struct offsets, offsets.py);
-    returns the cache entry describing the result."""
+    """Compiles recorder.c with BCC (`defines` and the kernel's struct offsets, offsets.py) in a
+    child process; returns the cache entry describing the result."""
+    read_fd, write_fd = os.pipe()
+    try:
+        # stderr is ours: BCC's diagnostics reach whoever reads it, as when it ran here.
+        child = subprocess.Popen(
+            [sys.executable, "-I", "-m", "enhrec_wrap.kernel.compiler", str(write_fd),
+             program_dir, *defines],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=[write_fd],
+            env=CHILD_ENV, cwd="/")
+    except OSError as e:
+        os.close(read_fd)
+        raise EnhrecError(f"cannot start the BPF compiler: {e.strerror}: {DOCTOR_HINT}") from None
+    finally:
+        os.close(write_fd)
+    with open(read_fd, "rb") as pipe:
+        raw = pipe.read()   # until the child has written and closed it
+    status = child.wait()
+    try:
+        answer = orjson.loads(raw)
+    except ValueError:
+        answer = {}
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        raise EnhrecError(answer["error"])
+    if status != 0 or not isinstance(answer, dict) or not isinstance(answer.get("entry"), dict):
+        raise EnhrecError(f"the BPF compiler failed (exit status {status}): {DOCTOR_HINT}")
+    return answer["entry"]
+
+
+def main(argv: list[str]) -> int:
+    """The child: compiles, writes {"entry": ...} or {"error": "one line"} to the pipe fd
+    argv[0], and exits."""
+    out_fd, program_dir, defines = int(argv[0]), argv[1], argv[2:]
+    try:
+        answer = {"entry": compile_here(program_dir, defines)}
+    except EnhrecError as e:
+        answer = {"error": str(e)}
+    with open(out_fd, "wb") as pipe:
+        pipe.write(orjson.dumps(answer))
+    return 0 if "entry" in answer else 1
+
+
+def compile_here(program_dir: str, defines: list[str]) -> dict:
+    """compile_entry's work, in this process."""
     from enhrec_wrap.kernel import offsets
     defines = [*defines, *offsets.defines()]
     try:
@@ -73,7 +129,6 @@ def compile_entry(program_dir: str, defines: list[str]) -> dict:
         detach_tracepoints(list(bpf.tracepoint_fds.values()))
         bpf.tracepoint_fds.clear()   # detached above
         bpf.cleanup()
-        release_compiler_memory()
 
 
 def _programs(bpf, lib) -> list[dict]:
@@ -82,25 +137,36 @@ def _programs(bpf, lib) -> list[dict]:
     for i in range(lib.bpf_num_functions(bpf.module)):
         name = lib.bpf_function_name(bpf.module, i)
         text = name.decode()
-        if text.startswith("tracepoint__"):
-            kind, target = TRACEPOINT, text[len("tracepoint__"):].replace("__", ":")
-        elif text.startswith("raw_tracepoint__"):
-            kind, target = RAW_TRACEPOINT, text[len("raw_tracepoint__"):]
-        elif text in SOCK_ADDR_PROGRAMS:
-            kind, target = CGROUP_SOCK_ADDR, SOCK_ADDR_PROGRAMS[text]
-        else:
+        kind, targets = attachments(text)
+        if kind is None:
             continue
         start = lib.bpf_function_start(bpf.module, name)
         size = lib.bpf_function_size(bpf.module, name)
-        programs.append({"name": text, "kind": kind, "target": target,
+        programs.append({"name": text, "kind": kind, "targets": targets,
                          "insns": ct.string_at(start, size).hex()})
+    singles = sum(p["name"].startswith(SINGLE) for p in programs)
     counts = {kind: sum(p["kind"] == kind for p in programs)
               for kind in (TRACEPOINT, RAW_TRACEPOINT, CGROUP_SOCK_ADDR)}
-    if (counts[TRACEPOINT] != len(bpf.tracepoint_fds)
+    if (singles != len(bpf.tracepoint_fds)
             or counts[RAW_TRACEPOINT] != len(bpf.raw_tracepoint_fds)
             or counts[CGROUP_SOCK_ADDR] != len(SOCK_ADDR_PROGRAMS)):
         raise ValueError(f"not every program was found: {counts}")
     return programs
+
+
+def attachments(name: str) -> tuple:
+    """(kind, [targets]) of a function of recorder.c by its name; (None, []) for one that is
+    no program. A tracepoint target is "<category>:<event>"."""
+    if name.startswith(SINGLE):
+        return TRACEPOINT, [name[len(SINGLE):].replace("__", ":", 1)]
+    if name.startswith(MULTI):
+        category, *events = name[len(MULTI):].split("__")
+        return TRACEPOINT, [f"{category}:{event}" for event in events]
+    if name.startswith(RAW):
+        return RAW_TRACEPOINT, [name[len(RAW):]]
+    if name in SOCK_ADDR_PROGRAMS:
+        return CGROUP_SOCK_ADDR, [SOCK_ADDR_PROGRAMS[name]]
+    return None, []
 
 
 def describe(bpf, lib) -> dict:
@@ -131,14 +197,6 @@ def describe(bpf, lib) -> dict:
             "maps": maps, "programs": _programs(bpf, lib), "fields": record_fields(bpf)}
 
 
-def release_compiler_memory():
-    """Gives back to the system the heap LLVM freed after compiling (about 25 MB of RSS)."""
-    try:
-        ct.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def detach_tracepoints(fds):
     """Stops BCC's attachments now, and leaves the kernel's slow part to a helper process.
 
@@ -166,3 +224,7 @@ def detach_tracepoints(fds):
 def _first_line(error) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -183,7 +183,7 @@ class HostPrograms:
             for name in os.listdir(directory):
                 if name.startswith("link-"):
                     links.append(obj_get(os.path.join(directory, name)))
-            if len(links) != len(meta["programs"]):
+            if len(links) != meta["links"]:
                 raise ValueError("links missing")
         except (OSError, ValueError):
             for fd in [*maps.values(), *links]:
@@ -372,9 +372,10 @@ def _pin_entry(entry: dict, directory: str, cgroup_root: str):
         cgroup_fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         owned.append(cgroup_fd)
         for p, prog_fd in _load_all(loads, entry["license"], owned):
-            link_fd, pin = _attach(p, prog_fd, cgroup_fd, owned)
-            owned.append(link_fd)
-            obj_pin(link_fd, os.path.join(directory, pin))
+            for target in p["targets"]:
+                link_fd, pin = _attach(p, target, prog_fd, cgroup_fd, owned)
+                owned.append(link_fd)
+                obj_pin(link_fd, os.path.join(directory, pin))
         _pin_own_maps(entry, directory, owned)
     except (KeyError, ValueError, TypeError) as e:
         raise OSError(0, f"the cached programs are not usable ({e})") from None
@@ -389,7 +390,8 @@ def _pin_own_maps(entry: dict, directory: str, owned: list):
     obj_pin(generation, os.path.join(directory, f"map-{GENERATION_MAP}"))
     meta = orjson.dumps({"format": program_cache.CACHE_FORMAT, "fields": entry["fields"],
                          "cpus": possible_cpus(), "loaded": time.time(),
-                         "programs": [p["name"] for p in entry["programs"]]})
+                         "programs": [p["name"] for p in entry["programs"]],
+                         "links": sum(len(p["targets"]) for p in entry["programs"])})
     if len(meta) > META_BYTES:
         raise ValueError("the record layouts do not fit the meta map")
     fd = map_create(BPF_MAP_TYPE_ARRAY, 4, META_BYTES, 1, 0, META_MAP)
@@ -404,9 +406,10 @@ PROGRAM_TYPES = {"tracepoint": BPF_PROG_TYPE_TRACEPOINT,
                  "cgroup_sock_addr": BPF_PROG_TYPE_CGROUP_SOCK_ADDR}
 
 
-def _attach(program: dict, prog_fd: int, cgroup_fd: int, owned: list) -> tuple[int, str]:
-    """A link attaching the program where its kind says; returns it and its pin's name."""
-    kind, target = program["kind"], program["target"]
+def _attach(program: dict, target, prog_fd: int, cgroup_fd: int, owned: list) -> tuple[int, str]:
+    """A link attaching the program to one of its targets, as its kind says; returns it and its
+    pin's name. A program of several tracepoints has a link (and a pin) for each."""
+    kind = program["kind"]
     if kind == "tracepoint":
         category, event = target.split(":")
         perf_fd = tracepoint_event(category, event)
@@ -429,7 +432,7 @@ def _load_all(loads, license, owned):
     def load(indices):
         for i in indices:
             p, insns = loads[i]
-            attach_type = p["target"] if p["kind"] == "cgroup_sock_addr" else 0
+            attach_type = p["targets"][0] if p["kind"] == "cgroup_sock_addr" else 0
             try:
                 results[i] = prog_load(PROGRAM_TYPES[p["kind"]], insns, license, p["name"],
                                        attach_type)
