@@ -11,8 +11,19 @@
  * headers, which may describe another kernel (MACHINE.md: 6.1 headers on 6.18).
  *
  * Set at load time by enhrec_wrap/kernel/host.py: POSSIBLE_CPUS, and the OFF_* offsets
- * (enhrec_wrap/kernel/offsets.py).
+ * (enhrec_wrap/kernel/offsets.py); by enhrec_wrap/kernel/compiler.py: UNIT.
+ *
+ * The compile is split in two units, each a BCC module of its own compiled in a child process
+ * of its own (compiler.py), because LLVM's memory grows faster than the code it compiles: the
+ * three programs with a path walk (each about 10,000 instructions) in one module peaked at
+ * 153 MB (docs/PERFORMANCE.md). A program marked IN_UNIT(n) is compiled in unit n only; the
+ * small unmarked ones are compiled in both, and the compiler keeps one copy.
  */
+#ifdef UNIT
+#define IN_UNIT(n) (UNIT == (n))
+#else
+#define IN_UNIT(n) 1          /* compiled whole */
+#endif
 #include "enhrec.h"
 #include "kread.h"
 #include "path.h"
@@ -28,9 +39,9 @@
 #define IORING_OP_OPENAT_VALUE 18
 #define IORING_OP_OPENAT2_VALUE 28
 
-/* Programs attached to several tracepoints of one category are named
- * tracepoints__<category>__<event>[__<event>...] (enhrec_wrap/kernel/compiler.py reads the list
- * from the name). Every syscalls:sys_exit_* event has this record (struct syscall_trace_exit in
+/* A program attached to several tracepoints of one category is named
+ * tracepoints__<category>__<prefix>__<suffix>[__<suffix>...], for the events <prefix>_<suffix>
+ * (enhrec_wrap/kernel/compiler.py reads the list from the name). Every syscalls:sys_exit_* event has this record (struct syscall_trace_exit in
  * the kernel; its format file says __syscall_nr at 8, ret at 16): one program serves the exits
  * of calls recorded alike, so the path walk, unrolled PATH_MAX_DEPTH times, is compiled and
  * verified once instead of once per call (the compile's memory and time, docs/PERFORMANCE.md). */
@@ -157,6 +168,7 @@ static __always_inline int begin_record(struct event_header *hdr, u16 type, u64 
 
 /* -- execs ---------------------------------------------------------------------------------- */
 
+#if IN_UNIT(1)
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
     u64 cgroup_id;
@@ -173,6 +185,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     send(ring, e, offsetof(struct exec_event, data) + used, cgroup_id, STREAM_COMMAND);
     return 0;
 }
+#endif
 
 /* A failed exec changed nothing: what it asked for is still in the caller's memory, read at
  * the exit (the kernel has faulted in what it got to). The caller's claim, flagged as such. */
@@ -242,7 +255,7 @@ static __always_inline int record_failed_exec(long ret, int execveat)
     return 0;
 }
 
-int tracepoints__syscalls__sys_exit_execve__sys_exit_execveat(struct syscall_exit_args *args)
+int tracepoints__syscalls__sys_exit__execve__execveat(struct syscall_exit_args *args)
 {
     return record_failed_exec(args->ret, args->syscall_nr == NR_EXECVEAT);
 }
@@ -344,11 +357,13 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     return 0;
 }
 
-int tracepoints__syscalls__sys_exit_open__sys_exit_openat__sys_exit_openat2__sys_exit_creat__sys_exit_open_by_handle_at(
+#if IN_UNIT(0)
+int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at(
     struct syscall_exit_args *args)
 {
     return record_open(args->ret, args->syscall_nr);
 }
+#endif
 
 /* -- connects and sends --------------------------------------------------------------------- */
 
@@ -564,7 +579,7 @@ static __always_inline int io_uring_exit(long ret)
     return 0;
 }
 
-int tracepoints__syscalls__sys_exit_io_uring_setup__sys_exit_io_uring_enter__sys_exit_io_uring_register(
+int tracepoints__syscalls__sys_exit__io_uring_setup__io_uring_enter__io_uring_register(
     struct syscall_exit_args *args)
 {
     return io_uring_exit(args->ret);
@@ -610,6 +625,7 @@ TRACEPOINT_PROBE(io_uring, io_uring_submit_req)
     return 0;
 }
 
+#if IN_UNIT(1)
 /* An open's completion, in the submitter or its io-wq worker: both share its file table, so the
  * new fd resolves like a syscall's. */
 TRACEPOINT_PROBE(io_uring, io_uring_complete)
@@ -637,3 +653,4 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete)
     send_open(ring, e, len, cgroup_id);
     return 0;
 }
+#endif

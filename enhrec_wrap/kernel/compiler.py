@@ -8,14 +8,19 @@ entry, see program_cache.py), and let BCC go. The programs the host runs are alw
 such an entry (host.py), never kept from BCC, so the first session and every later one run the
 same code path.
 
-The compile runs in a child process (`python3 -I -m enhrec_wrap.kernel.compiler`), which hands
-the entry back through a pipe and exits: BCC and LLVM map ~85 MB of libraries and use ~100 MB
-of heap while compiling, and a process that has compiled keeps ~125 MB of it (measured,
-docs/PERFORMANCE.md). The session that compiled would carry that for its whole life.
+The compile runs in child processes (`python3 -I -m enhrec_wrap.kernel.compiler`), each of which
+hands back what it compiled through a pipe and exits: BCC and LLVM map ~85 MB of libraries and
+use ~100 MB of heap while compiling, and a process that has compiled keeps ~125 MB of it
+(measured, docs/PERFORMANCE.md); the session that compiled would carry that for its whole life.
+And since LLVM's memory grows faster than the code, recorder.c is compiled in COMPILE_UNITS
+modules (its IN_UNIT marks), one child after the other, and their programs are put together
+here: every unit declares every map, so each program's map references are renumbered to the
+first unit's.
 """
 
 import ctypes as ct
 import fcntl
+import gc
 import os
 import subprocess
 import sys
@@ -25,7 +30,7 @@ import orjson
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.kernel.decode import record_fields
 from enhrec_wrap.kernel.program_cache import CACHE_FORMAT
-from enhrec_wrap.kernel.syscalls import PERF_EVENT_IOC_DISABLE
+from enhrec_wrap.kernel.syscalls import PERF_EVENT_IOC_DISABLE, relocate
 
 FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
 # recorder.c's programs other than BCC's TRACEPOINT_PROBE/RAW_TRACEPOINT_PROBE ones: its cgroup
@@ -35,8 +40,11 @@ SOCK_ADDR_PROGRAMS = {"connect4": 10, "connect6": 11, "sendmsg4": 14, "sendmsg6"
 TRACEPOINT, RAW_TRACEPOINT, CGROUP_SOCK_ADDR = "tracepoint", "raw_tracepoint", "cgroup_sock_addr"
 # BCC's names: tracepoint__<category>__<event> (TRACEPOINT_PROBE, attached by BCC when it loads
 # the module), raw_tracepoint__<event>; and ours for a program of several tracepoints of one
-# category, which BCC leaves alone: tracepoints__<category>__<event>__<event>... (recorder.c).
+# category, which BCC leaves alone: tracepoints__<category>__<prefix>__<suffix>__<suffix>...
+# for the events <prefix>_<suffix> (recorder.c).
 SINGLE, MULTI, RAW = "tracepoint__", "tracepoints__", "raw_tracepoint__"
+# recorder.c's compile units (-DUNIT=0, 1, ...).
+COMPILE_UNITS = 2
 # The child's environment: nothing of the caller's (BCC reads BCC_* variables, Python PYTHON*).
 CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 DOCTOR_HINT = "run `enhrec doctor` for a full check"
@@ -57,8 +65,42 @@ def kernel_headers() -> str | None:
 
 
 def compile_entry(program_dir: str, defines: list[str]) -> dict:
-    """Compiles recorder.c with BCC (`defines` and the kernel's struct offsets, offsets.py) in a
-    child process; returns the cache entry describing the result."""
+    """Compiles recorder.c with BCC (`defines` and the kernel's struct offsets, offsets.py), one
+    child process per compile unit; returns the cache entry describing the result."""
+    return merge_units([_compile_unit(program_dir, [*defines, f"-DUNIT={unit}"])
+                        for unit in range(COMPILE_UNITS)])
+
+
+def merge_units(entries: list[dict]) -> dict:
+    """One cache entry of the units' entries: the first unit's maps, and every program once,
+    its map references renumbered to those maps (a program compiled in several units is the
+    same code in each: the first is kept)."""
+    first = entries[0]
+    by_name = {m["name"]: m for m in first["maps"]}
+    merged = {**first, "programs": []}
+    seen = set()
+    for entry in entries:
+        if entry["license"] != first["license"] or entry["fields"] != first["fields"]:
+            raise EnhrecError(f"the BPF compile units disagree on the records: {DOCTOR_HINT}")
+        renumber = {}
+        for m in entry["maps"]:
+            ours = by_name.get(m["name"])
+            if ours is None or {k: v for k, v in m.items() if k != "fd"} != {
+                    k: v for k, v in ours.items() if k != "fd"}:
+                raise EnhrecError(f"the BPF compile units disagree on map {m['name']}: "
+                                  f"{DOCTOR_HINT}")
+            renumber[m["fd"]] = ours["fd"]
+        for program in entry["programs"]:
+            if program["name"] in seen:
+                continue
+            seen.add(program["name"])
+            insns = relocate(bytes.fromhex(program["insns"]), renumber)
+            merged["programs"].append({**program, "insns": insns.hex()})
+    return merged
+
+
+def _compile_unit(program_dir: str, defines: list[str]) -> dict:
+    """One compile unit's entry, from a child process."""
     read_fd, write_fd = os.pipe()
     try:
         # stderr is ours: BCC's diagnostics reach whoever reads it, as when it ran here.
@@ -101,8 +143,11 @@ def main(argv: list[str]) -> int:
 
 def compile_here(program_dir: str, defines: list[str]) -> dict:
     """compile_entry's work, in this process."""
-    from enhrec_wrap.kernel import offsets
+    from enhrec_wrap.kernel import btf, offsets
     defines = [*defines, *offsets.defines()]
+    btf.forget()   # 13 MB fewer at the compile's peak (docs/PERFORMANCE.md)
+    gc.collect()
+    _give_back_freed_memory()
     try:
         from bcc import BPF
         from bcc.libbcc import lib
@@ -160,8 +205,8 @@ def attachments(name: str) -> tuple:
     if name.startswith(SINGLE):
         return TRACEPOINT, [name[len(SINGLE):].replace("__", ":", 1)]
     if name.startswith(MULTI):
-        category, *events = name[len(MULTI):].split("__")
-        return TRACEPOINT, [f"{category}:{event}" for event in events]
+        category, prefix, *suffixes = name[len(MULTI):].split("__")
+        return TRACEPOINT, [f"{category}:{prefix}_{suffix}" for suffix in suffixes]
     if name.startswith(RAW):
         return RAW_TRACEPOINT, [name[len(RAW):]]
     if name in SOCK_ADDR_PROGRAMS:
@@ -195,6 +240,14 @@ def describe(bpf, lib) -> dict:
         })
     return {"format": CACHE_FORMAT, "license": lib.bpf_module_license(module).decode(),
             "maps": maps, "programs": _programs(bpf, lib), "fields": record_fields(bpf)}
+
+
+def _give_back_freed_memory():
+    """Returns what the heap has free to the system (glibc keeps it otherwise)."""
+    try:
+        ct.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def detach_tracepoints(fds):

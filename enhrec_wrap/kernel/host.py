@@ -70,11 +70,16 @@ def defines(cpus: int) -> list[str]:
 
 
 def program_version() -> str:
-    """The version of the programs this code loads: their cache key."""
+    """The version of the programs this code loads: their cache key. Every source file of
+    bpf_programs/ is in it (recorder.c and the headers it includes alike), by name."""
     program_dir = abi.program_dir()
-    with open(os.path.join(program_dir, "recorder.c"), "rb") as f:
-        source = f.read()
-    return program_cache.cache_key(source, abi.read_header(), defines(possible_cpus()))
+    source = bytearray()
+    for name in sorted(os.listdir(program_dir)):
+        if name.endswith((".c", ".h")) and name != "enhrec.h":
+            with open(os.path.join(program_dir, name), "rb") as f:
+                text = f.read()
+            source += b"%d %s %d\n" % (len(name), name.encode(), len(text)) + text
+    return program_cache.cache_key(bytes(source), abi.read_header(), defines(possible_cpus()))
 
 
 # -- bpffs and the lock ------------------------------------------------------------------------
