@@ -19,7 +19,6 @@ first unit's.
 """
 
 import ctypes as ct
-import fcntl
 import gc
 import os
 import subprocess
@@ -30,7 +29,7 @@ import orjson
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.kernel.decode import record_fields
 from enhrec_wrap.kernel.program_cache import CACHE_FORMAT
-from enhrec_wrap.kernel.syscalls import PERF_EVENT_IOC_DISABLE, relocate
+from enhrec_wrap.kernel.syscalls import relocate
 
 FALLBACK_HEADERS = "/opt/enhrec-wrap/kernel-headers"
 # recorder.c's programs other than BCC's TRACEPOINT_PROBE/RAW_TRACEPOINT_PROBE ones: its cgroup
@@ -251,17 +250,17 @@ def _give_back_freed_memory():
 
 
 def detach_tracepoints(fds):
-    """Stops BCC's attachments now, and leaves the kernel's slow part to a helper process.
+    """Leaves the release of BCC's tracepoint attachments to a helper process.
 
     The last close of a tracepoint's perf event unregisters it and waits for RCU grace periods,
     under the kernel's event_mutex, one tracepoint after the other: 17 x ~40 ms, 0.7 s
-    (docs/PERFORMANCE.md). So: disable each event (immediate: no program runs after this) and
-    hand the fds to a `sleep` that holds them for HOLD_SECONDS, in a session of its own; its
-    exit does the final closes while the first session goes on."""
+    (docs/PERFORMANCE.md). So the fds go to a `sleep` that holds them for HOLD_SECONDS, in a
+    session of its own; its exit does the final closes while the first session goes on. Until
+    then the compile's programs still run (disabling the perf event does not stop a BPF program
+    on it: 100 of 100 calls ran one after PERF_EVENT_IOC_DISABLE, measured 2026-12-01), and find
+    no session: their maps are the compile's own."""
     if not fds:
         return
-    for fd in fds:
-        fcntl.ioctl(fd, PERF_EVENT_IOC_DISABLE, 0)
     try:
         # Only these fds: close_fds, so it holds nothing else of ours.
         subprocess.Popen(HOLDER, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
