@@ -188,7 +188,7 @@ class HostPrograms:
             for name in os.listdir(directory):
                 if name.startswith("link-"):
                     links.append(obj_get(os.path.join(directory, name)))
-            if len(links) != meta["links"]:
+            if len(links) != meta.get("links"):
                 raise ValueError("links missing")
         except (OSError, ValueError):
             for fd in [*maps.values(), *links]:
