@@ -171,6 +171,11 @@ class HostPrograms:
         for other in pinned_versions():
             if other != version:
                 unload_if_unused(other)
+        # Counted as a session now, not only once its rings are registered: the caller lets the
+        # HostLock go before it registers (recording.py), and an idle timer that ran in between
+        # would otherwise find the generation it waits on, no session, and unload the set under
+        # a session about to use it (idle.py unload_if_idle).
+        host.next_generation()
         return host
 
     @classmethod
@@ -218,7 +223,7 @@ class HostPrograms:
         return host
 
     def next_generation(self) -> int:
-        """Counts a session registering; returns the new count."""
+        """Counts a session opening the set or registering; returns the new count."""
         fd = self.maps[GENERATION_MAP]
         count = struct.unpack("=Q", map_lookup(fd, b"\0\0\0\0", 8))[0] + 1
         map_update(fd, b"\0\0\0\0", struct.pack("=Q", count))
