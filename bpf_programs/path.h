@@ -137,12 +137,14 @@ done:
     out->path_len = off;
 }
 
-/* Fills out and buf for a struct file. */
-static __always_inline void resolve_file(u64 file, char *buf, struct resolved_file *out)
+/* Fills out with what a struct file is (all but its path) and gives the (dentry, vfsmnt) its
+ * path is walked from; 0 when there is no file (PATH_NO_FILE). */
+static __always_inline int describe_file(u64 file, struct resolved_file *out, u64 *dentry_out,
+                                         u64 *vfsmnt_out)
 {
     if (!file) {
         out->path_flags = PATH_NO_FILE;
-        return;
+        return 0;
     }
     u64 f_path[2] = {};
     read_kernel(f_path, sizeof(f_path), (const void *)(file + OFF_FILE_F_PATH));
@@ -157,7 +159,17 @@ static __always_inline void resolve_file(u64 file, char *buf, struct resolved_fi
     u64 parent = kptr(dentry, OFF_DENTRY_D_PARENT);
     if (!kptr(dentry, OFF_DENTRY_D_HASH_PPREV) && parent != dentry)
         out->path_flags |= PATH_DELETED;       /* d_unlinked(): unhashed and not a root */
-    walk_path(dentry, vfsmnt, buf, out);
+    *dentry_out = dentry;
+    *vfsmnt_out = vfsmnt;
+    return 1;
+}
+
+/* Fills out and buf for a struct file. */
+static __always_inline void resolve_file(u64 file, char *buf, struct resolved_file *out)
+{
+    u64 dentry = 0, vfsmnt = 0;
+    if (describe_file(file, out, &dentry, &vfsmnt))
+        walk_path(dentry, vfsmnt, buf, out);
 }
 
 /* Fills out and buf for the file at fd of the current task: at the exit of an open, the

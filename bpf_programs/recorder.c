@@ -11,8 +11,19 @@
  * headers, which may describe another kernel (MACHINE.md: 6.1 headers on 6.18).
  *
  * Set at load time by enhrec_wrap/kernel/host.py: POSSIBLE_CPUS, and the OFF_* offsets
- * (enhrec_wrap/kernel/offsets.py).
+ * (enhrec_wrap/kernel/offsets.py); by enhrec_wrap/kernel/compiler.py: UNIT.
+ *
+ * The compile is split in two units, each a BCC module of its own compiled in a child process
+ * of its own (compiler.py), because LLVM's memory grows faster than the code it compiles: the
+ * three programs with a path walk (each about 10,000 instructions) in one module peaked at
+ * 153 MB (docs/PERFORMANCE.md). A program marked IN_UNIT(n) is compiled in unit n only; the
+ * small unmarked ones are compiled in both, and the compiler keeps one copy.
  */
+#ifdef UNIT
+#define IN_UNIT(n) (UNIT == (n))
+#else
+#define IN_UNIT(n) 1          /* compiled whole */
+#endif
 #include "enhrec.h"
 #include "kread.h"
 #include "path.h"
@@ -27,6 +38,27 @@
 #define EPERM_VALUE 1
 #define IORING_OP_OPENAT_VALUE 18
 #define IORING_OP_OPENAT2_VALUE 28
+
+/* A program attached to several tracepoints of one category is named
+ * tracepoints__<category>__<prefix>__<suffix>[__<suffix>...], for the events <prefix>_<suffix>
+ * (enhrec_wrap/kernel/compiler.py reads the list from the name). Every syscalls:sys_exit_* event has this record (struct syscall_trace_exit in
+ * the kernel; its format file says __syscall_nr at 8, ret at 16): one program serves the exits
+ * of calls recorded alike, so the path walk, unrolled PATH_MAX_DEPTH times, is compiled and
+ * verified once instead of once per call (the compile's memory and time, docs/PERFORMANCE.md). */
+struct syscall_exit_args {
+    u64 common;               /* common_type, common_flags, common_preempt_count, common_pid */
+    s32 syscall_nr;           /* the x86-64 number: these tracepoints skip 32-bit calls */
+    s32 pad;
+    s64 ret;
+};
+
+/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) */
+#define NR_OPEN 2
+#define NR_CREAT 85
+#define NR_OPENAT 257
+#define NR_OPEN_BY_HANDLE_AT 304
+#define NR_OPENAT2 437
+#define NR_EXECVEAT 322
 
 /* Each session's ring buffers, by its cgroup id and stream. The sessions create the rings
  * themselves (of the sizes their config asks: the kernel does not compare a ring's size with the
@@ -136,6 +168,7 @@ static __always_inline int begin_record(struct event_header *hdr, u16 type, u64 
 
 /* -- execs ---------------------------------------------------------------------------------- */
 
+#if IN_UNIT(1)
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
     u64 cgroup_id;
@@ -152,6 +185,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
     send(ring, e, offsetof(struct exec_event, data) + used, cgroup_id, STREAM_COMMAND);
     return 0;
 }
+#endif
 
 /* A failed exec changed nothing: what it asked for is still in the caller's memory, read at
  * the exit (the kernel has faulted in what it got to). The caller's claim, flagged as such. */
@@ -221,14 +255,9 @@ static __always_inline int record_failed_exec(long ret, int execveat)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_execve)
+int tracepoints__syscalls__sys_exit__execve__execveat(struct syscall_exit_args *args)
 {
-    return record_failed_exec(args->ret, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
-{
-    return record_failed_exec(args->ret, 1);
+    return record_failed_exec(args->ret, args->syscall_nr == NR_EXECVEAT);
 }
 
 /* -- opens ---------------------------------------------------------------------------------- */
@@ -239,6 +268,19 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
 #define OPEN_OPENAT2 2        /* openat2(dfd, filename, how, size) */
 #define OPEN_CREAT 3          /* creat(pathname, mode) */
 #define OPEN_BY_HANDLE 4      /* open_by_handle_at(mount_fd, handle, flags) */
+
+/* The open-like call an exit is of; -1 for none (never: the program's name lists the calls). */
+static __always_inline int open_kind(s32 syscall_nr)
+{
+    switch (syscall_nr) {
+    case NR_OPEN: return OPEN_OPEN;
+    case NR_OPENAT: return OPEN_OPENAT;
+    case NR_OPENAT2: return OPEN_OPENAT2;
+    case NR_CREAT: return OPEN_CREAT;
+    case NR_OPEN_BY_HANDLE_AT: return OPEN_BY_HANDLE;
+    }
+    return -1;
+}
 
 /* Fills e's file and its path components from the file at fd; returns their length. */
 static __always_inline u32 resolve_opened(s64 fd, struct open_event *e)
@@ -262,11 +304,14 @@ static __always_inline void send_open(void *ring, struct open_event *e, u32 len,
 }
 
 /* At the syscall's exit: the file is installed, and the request's page faulted in. */
-static __always_inline int record_open(long ret, int kind)
+static __always_inline int record_open(long ret, s32 syscall_nr)
 {
     u64 cgroup_id;
     void *ring = session_ring(&cgroup_id, STREAM_DISK);
     if (!ring)
+        return 0;
+    int kind = open_kind(syscall_nr);
+    if (kind < 0)
         return 0;
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
@@ -312,30 +357,13 @@ static __always_inline int record_open(long ret, int kind)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_open)
+#if IN_UNIT(0)
+int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at(
+    struct syscall_exit_args *args)
 {
-    return record_open(args->ret, OPEN_OPEN);
+    return record_open(args->ret, args->syscall_nr);
 }
-
-TRACEPOINT_PROBE(syscalls, sys_exit_openat)
-{
-    return record_open(args->ret, OPEN_OPENAT);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2)
-{
-    return record_open(args->ret, OPEN_OPENAT2);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_creat)
-{
-    return record_open(args->ret, OPEN_CREAT);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_open_by_handle_at)
-{
-    return record_open(args->ret, OPEN_BY_HANDLE);
-}
+#endif
 
 /* -- connects and sends --------------------------------------------------------------------- */
 
@@ -551,17 +579,8 @@ static __always_inline int io_uring_exit(long ret)
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_io_uring_setup)
-{
-    return io_uring_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_io_uring_enter)
-{
-    return io_uring_exit(args->ret);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_io_uring_register)
+int tracepoints__syscalls__sys_exit__io_uring_setup__io_uring_enter__io_uring_register(
+    struct syscall_exit_args *args)
 {
     return io_uring_exit(args->ret);
 }
@@ -606,6 +625,7 @@ TRACEPOINT_PROBE(io_uring, io_uring_submit_req)
     return 0;
 }
 
+#if IN_UNIT(1)
 /* An open's completion, in the submitter or its io-wq worker: both share its file table, so the
  * new fd resolves like a syscall's. */
 TRACEPOINT_PROBE(io_uring, io_uring_complete)
@@ -633,3 +653,4 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete)
     send_open(ring, e, len, cgroup_id);
     return 0;
 }
+#endif

@@ -11,6 +11,8 @@ import re
 
 _TRACEPOINT_PROBE = re.compile(rb"^\s*TRACEPOINT_PROBE\(\s*(\w+)\s*,\s*(\w+)\s*\)", re.MULTILINE)
 _RAW_TRACEPOINT_PROBE = re.compile(rb"^\s*RAW_TRACEPOINT_PROBE\(\s*(\w+)\s*\)", re.MULTILINE)
+# A program of several tracepoints of one category (recorder.c; compiler.attachments()).
+_TRACEPOINTS_PROGRAM = re.compile(rb"^int tracepoints__(\w+)\(", re.MULTILINE)
 _DEFINE = re.compile(rb"^#define\s+([A-Z][A-Z0-9_]*)\s+(-?(?:0x[0-9a-fA-F]+|\d+))\b", re.MULTILINE)
 
 # What the Python side reads; enhrec.h must define each of them.
@@ -41,7 +43,12 @@ def read_header() -> bytes:
 def tracepoints() -> list[tuple[str, str]]:
     """(category, event) of every tracepoint program in recorder.c: what `enhrec doctor` checks
     the kernel has before anything is compiled. (A loaded set lists its own, host.py's meta.)"""
-    return [(c.decode(), e.decode()) for c, e in _TRACEPOINT_PROBE.findall(_recorder_source())]
+    source = _recorder_source()
+    single = [(c.decode(), e.decode()) for c, e in _TRACEPOINT_PROBE.findall(source)]
+    several = [(category.decode(), f"{prefix.decode()}_{suffix.decode()}")
+               for name in _TRACEPOINTS_PROGRAM.findall(source)
+               for category, prefix, *suffixes in [name.split(b"__")] for suffix in suffixes]
+    return single + several
 
 
 def raw_tracepoints() -> list[str]:

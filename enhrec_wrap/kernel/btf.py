@@ -249,6 +249,14 @@ def load(path: str = VMLINUX_BTF) -> BTF:
     return _load_cached(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
 
+def forget():
+    """Drops every BTF parsed in this process (the index of vmlinux's types is ~13 MB of Python
+    objects): the compiler's child does, before BCC needs the memory."""
+    _load_cached.cache_clear()
+    BTF.find_struct.cache_clear()
+    BTF._struct_names.cache_clear()
+
+
 def member_offsets(specs, path: str = VMLINUX_BTF) -> dict:
     """{spec: Member} for every spec."""
     btf = load(path)

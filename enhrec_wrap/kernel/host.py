@@ -70,11 +70,16 @@ def defines(cpus: int) -> list[str]:
 
 
 def program_version() -> str:
-    """The version of the programs this code loads: their cache key."""
+    """The version of the programs this code loads: their cache key. Every source file of
+    bpf_programs/ is in it (recorder.c and the headers it includes alike), by name."""
     program_dir = abi.program_dir()
-    with open(os.path.join(program_dir, "recorder.c"), "rb") as f:
-        source = f.read()
-    return program_cache.cache_key(source, abi.read_header(), defines(possible_cpus()))
+    source = bytearray()
+    for name in sorted(os.listdir(program_dir)):
+        if name.endswith((".c", ".h")) and name != "enhrec.h":
+            with open(os.path.join(program_dir, name), "rb") as f:
+                text = f.read()
+            source += b"%d %s %d\n" % (len(name), name.encode(), len(text)) + text
+    return program_cache.cache_key(bytes(source), abi.read_header(), defines(possible_cpus()))
 
 
 # -- bpffs and the lock ------------------------------------------------------------------------
@@ -166,6 +171,11 @@ class HostPrograms:
         for other in pinned_versions():
             if other != version:
                 unload_if_unused(other)
+        # Counted as a session now, not only once its rings are registered: the caller lets the
+        # HostLock go before it registers (recording.py), and an idle timer that ran in between
+        # would otherwise find the generation it waits on, no session, and unload the set under
+        # a session about to use it (idle.py unload_if_idle).
+        host.next_generation()
         return host
 
     @classmethod
@@ -183,7 +193,7 @@ class HostPrograms:
             for name in os.listdir(directory):
                 if name.startswith("link-"):
                     links.append(obj_get(os.path.join(directory, name)))
-            if len(links) != len(meta["programs"]):
+            if len(links) != meta.get("links"):
                 raise ValueError("links missing")
         except (OSError, ValueError):
             for fd in [*maps.values(), *links]:
@@ -213,7 +223,7 @@ class HostPrograms:
         return host
 
     def next_generation(self) -> int:
-        """Counts a session registering; returns the new count."""
+        """Counts a session opening the set or registering; returns the new count."""
         fd = self.maps[GENERATION_MAP]
         count = struct.unpack("=Q", map_lookup(fd, b"\0\0\0\0", 8))[0] + 1
         map_update(fd, b"\0\0\0\0", struct.pack("=Q", count))
@@ -372,9 +382,10 @@ def _pin_entry(entry: dict, directory: str, cgroup_root: str):
         cgroup_fd = os.open(cgroup_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         owned.append(cgroup_fd)
         for p, prog_fd in _load_all(loads, entry["license"], owned):
-            link_fd, pin = _attach(p, prog_fd, cgroup_fd, owned)
-            owned.append(link_fd)
-            obj_pin(link_fd, os.path.join(directory, pin))
+            for target in p["targets"]:
+                link_fd, pin = _attach(p, target, prog_fd, cgroup_fd, owned)
+                owned.append(link_fd)
+                obj_pin(link_fd, os.path.join(directory, pin))
         _pin_own_maps(entry, directory, owned)
     except (KeyError, ValueError, TypeError) as e:
         raise OSError(0, f"the cached programs are not usable ({e})") from None
@@ -389,7 +400,8 @@ def _pin_own_maps(entry: dict, directory: str, owned: list):
     obj_pin(generation, os.path.join(directory, f"map-{GENERATION_MAP}"))
     meta = orjson.dumps({"format": program_cache.CACHE_FORMAT, "fields": entry["fields"],
                          "cpus": possible_cpus(), "loaded": time.time(),
-                         "programs": [p["name"] for p in entry["programs"]]})
+                         "programs": [p["name"] for p in entry["programs"]],
+                         "links": sum(len(p["targets"]) for p in entry["programs"])})
     if len(meta) > META_BYTES:
         raise ValueError("the record layouts do not fit the meta map")
     fd = map_create(BPF_MAP_TYPE_ARRAY, 4, META_BYTES, 1, 0, META_MAP)
@@ -404,9 +416,10 @@ PROGRAM_TYPES = {"tracepoint": BPF_PROG_TYPE_TRACEPOINT,
                  "cgroup_sock_addr": BPF_PROG_TYPE_CGROUP_SOCK_ADDR}
 
 
-def _attach(program: dict, prog_fd: int, cgroup_fd: int, owned: list) -> tuple[int, str]:
-    """A link attaching the program where its kind says; returns it and its pin's name."""
-    kind, target = program["kind"], program["target"]
+def _attach(program: dict, target, prog_fd: int, cgroup_fd: int, owned: list) -> tuple[int, str]:
+    """A link attaching the program to one of its targets, as its kind says; returns it and its
+    pin's name. A program of several tracepoints has a link (and a pin) for each."""
+    kind = program["kind"]
     if kind == "tracepoint":
         category, event = target.split(":")
         perf_fd = tracepoint_event(category, event)
@@ -429,7 +442,7 @@ def _load_all(loads, license, owned):
     def load(indices):
         for i in indices:
             p, insns = loads[i]
-            attach_type = p["target"] if p["kind"] == "cgroup_sock_addr" else 0
+            attach_type = p["targets"][0] if p["kind"] == "cgroup_sock_addr" else 0
             try:
                 results[i] = prog_load(PROGRAM_TYPES[p["kind"]], insns, license, p["name"],
                                        attach_type)

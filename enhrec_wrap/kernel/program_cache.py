@@ -8,7 +8,7 @@ import stat
 import orjson
 
 CACHE_DIR = "/var/cache/enhrec-wrap"
-CACHE_FORMAT = "enhrec-bpf-cache 3"
+CACHE_FORMAT = "enhrec-bpf-cache 4"
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 CACHE_KEEP = 8   # entries kept (one per ring-size configuration, kernel, version ...)
 
