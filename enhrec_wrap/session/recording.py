@@ -32,28 +32,40 @@ class Recording:
         self.decoder = Decoder(fields=host.fields)
         self.reader = RingReader(rings, self.decoder, ledger)
         self.kernel = KernelEvents(self.decoder)
-        self._registration = threading.Thread(target=self._register, name="register")
+        self._registration = None
         self._registration_failure = None
 
     @classmethod
     def start(cls, config, cgroup_id: int, ledger) -> "Recording":
-        with HostLock():
+        """Opens (or loads) the host's set and registers the session's rings with it, under one
+        hold of the HostLock: a set with no session registered is one that any other start
+        (of another version) or idle timer may unload, so the gap between opening it and
+        registering must not exist. The registration (an RCU grace period, 13 ms here) runs in
+        a thread, which lets the lock go when it is done."""
+        lock = HostLock().__enter__()
+        try:
             host = HostPrograms.open_or_load(config.cgroup_path)
             try:
                 rings = SessionRings.create(host, cgroup_id, ring_bytes(config, host.cpus))
+                recording = cls(host, rings, ledger)
+                recording._registration = threading.Thread(
+                    target=recording._register, args=(lock,), name="register")
+                recording._registration.start()
             except BaseException:
                 host.close()
                 raise
-        recording = cls(host, rings, ledger)
-        recording._registration.start()
+        except BaseException:
+            lock.__exit__()
+            raise
         return recording
 
-    def _register(self):
+    def _register(self, lock: HostLock):
         try:
-            with HostLock():
-                self.rings.register()
+            self.rings.register()
         except Exception as e:  # noqa: BLE001 - raised again in the main thread
             self._registration_failure = e
+        finally:
+            lock.__exit__()
 
     def wait_registered(self):
         self._registration.join()
@@ -103,7 +115,7 @@ class Recording:
 
     def close(self, idle_unload_seconds: float | None):
         """Takes the rings out of the programs' maps, unless the watchdog is to (None)."""
-        if self._registration.ident is not None:
+        if self._registration is not None:
             self._registration.join()
         try:
             if idle_unload_seconds is not None and self.rings.registered:
