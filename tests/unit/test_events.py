@@ -213,6 +213,18 @@ def test_rfc3339(epoch_ns, expected):
     assert TIME_FORMAT.match(expected)
 
 
+def test_rfc3339_of_a_burst_is_each_stamp_formatted_anew():
+    """The last millisecond's stamp is kept: stamps in and out of order, across seconds and
+    back, are what a stamp made from scratch says (time.strftime, as the reference does)."""
+    import time
+    stamps = [1_700_000_000_123_000_000 + d for d in
+              (0, 1, 999_999, 1_000_000, 876_999_999, 877_000_000, 5, -1, -1_000_001, 0)]
+    for ns in stamps + [-1, -1_000_000_000]:
+        seconds, rest = divmod(ns, 1_000_000_000)
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+        assert events.rfc3339(ns) == expected
+
+
 def test_event_factory_numbers_events_and_adds_the_envelope():
     factory = events.EventFactory(SID, SERVER_ID, "node", "alice", "bob", "main")
     made = [factory.make(events.SESSION_START, 0), factory.make(events.SESSION_END, extra=1)]
