@@ -169,8 +169,7 @@ class AuditLog:
             on_disk = os.stat(path, follow_symlinks=False)
         except OSError:
             return False
-        ours = os.fstat(self._fd)
-        return (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
+        return (on_disk.st_dev, on_disk.st_ino) == self._dev_ino   # our fd's, from _open
 
     def _open(self, path: str) -> None:
         try:
