@@ -199,6 +199,25 @@ def test_a_failed_exec_keeps_its_errno_and_dirfd(records):
     assert "executable" not in event
 
 
+def test_random_uuids_are_the_uuid_modules_version_4_of_the_same_random_bytes(monkeypatch):
+    """The version and variant bits are set on a whole batch's bytes at once: each string is
+    what uuid.UUID(bytes=..., version=4) makes of its 16 random bytes."""
+    drawn = []
+
+    def urandom(n):
+        drawn.append(random.Random(len(drawn)).randbytes(n))
+        return drawn[-1]
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    made = events.random_uuids()
+    uuids = [made() for _ in range(2 * 1024 + 3)]   # into a third batch
+    raw = b"".join(drawn)
+    assert len(drawn) == 3
+    assert uuids == [str(uuid.UUID(bytes=raw[i:i + 16], version=4)) for i in range(0, 16 * len(uuids), 16)]
+    single = events.random_uuid()
+    assert single == str(uuid.UUID(bytes=drawn[-1], version=4))
+
+
 # --- time and the envelope -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("epoch_ns, expected", [
