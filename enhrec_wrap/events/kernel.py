@@ -12,6 +12,8 @@ bpf_programs/recorder.c and exec.h (filled at sched_process_exec), kernel/decode
 from the loaded program), and here (its fields).
 """
 
+import operator
+
 from enhrec_wrap.events import kinds
 from enhrec_wrap.events.kinds import OPERATION_CONNECT, OPERATION_SEND, SESSION_DISK
 from enhrec_wrap.events.teleport import AT_FDCWD, ACTION_OBSERVED, text
@@ -50,8 +52,13 @@ URING_OPERATIONS = (
 
 # A batch's build pauses for the caller's `between` after this many records (about 1 ms).
 BETWEEN_RECORDS = 128
-# Entries each of the open path's memos holds before it starts again (about 1 MB at most).
-MEMO_ENTRIES = 4096
+# Entries each of the open path's memos holds before it starts again: a file's took 760 bytes
+# (measured, paths of 50 bytes), so at most about 0.8 MB.
+MEMO_ENTRIES = 1024
+# What _process_fields reads of a record, and every field of a record's header (enhrec.h
+# struct event_header): the rest of an open record is its file's.
+PROCESS_VALUES = ("pid", "ppid", "cgroup_id", "comm")
+HEADER_VALUES = ("ts_ns", "cgroup_id", "pid", "tid", "ppid", "type", "tail_len", "comm")
 
 
 class KernelEvents:
@@ -118,28 +125,28 @@ class OpenFields:
     byte for byte (tests/unit/test_open_fields.py). A busy session opens the same few files
     from the same few processes: measured on 20,000 real open records of one path (thread
     CPU time), building each open's fields from a dict of its record (decode.as_dict, _open,
-    the path's resolution, text()) cost 3.2 to 3.4 us a record; the two lookups 0.42 us."""
+    the path's resolution, text()) cost 3.2 to 3.4 us a record; the two lookups 0.47 us."""
 
     def __init__(self, decoder):
         layout = decoder.layouts[abi.RECORD_OPEN]
         self._as_dict = decoder.as_dict
         index = layout.index
-        self._process_at = (index["pid"], index["ppid"], index["cgroup_id"], index["comm"])
-        # Every value from the open's result on (ret, flags, the file's walk, request_len,
-        # via_uring ...) and the tail: more than _open reads, never less.
-        self._file_from = index["ret"]
+        self._process_key = operator.itemgetter(*(index[n] for n in PROCESS_VALUES))
+        # Every value but the header's (the open's result, flags, the file's walk, request_len,
+        # via_uring ...), and the tail: more than _open reads, never less.
+        self._file_key = operator.itemgetter(*(i for n, i in index.items()
+                                               if n not in HEADER_VALUES))
         self._processes = {}
         self._files = {}
 
     def parts(self, values, tail) -> tuple:
         """(process fields, file fields, escaped_fields or None). The dicts are shared between
         events: they are read, never changed."""
-        pid, ppid, cgroup_id, comm = self._process_at
-        process_key = (values[pid], values[ppid], values[cgroup_id], values[comm])
+        process_key = self._process_key(values)
         process = self._processes.get(process_key)
         if process is None:
             process = self._remember(self._processes, process_key, self._process(values, tail))
-        file_key = (tail, values[self._file_from:])
+        file_key = (tail, self._file_key(values))
         file = self._files.get(file_key)
         if file is None:
             file = self._remember(self._files, file_key, self._file(values, tail))
