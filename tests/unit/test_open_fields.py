@@ -140,3 +140,25 @@ def test_escaped_fields_are_not_shared_between_events(decoder):
     first, second = KernelEvents(decoder).events([one, one], factory())
     assert first["escaped_fields"] == ["program"]
     assert first["escaped_fields"] is not second["escaped_fields"]
+
+
+def test_events_made_from_one_template_are_each_their_own(decoder):
+    """make_from_parts copies the kept event: each has its own ei, uid and time, and changing
+    one changes neither the template nor the events made from it later."""
+    one = opened(decoder)
+    later = (one[0] + 5_000_000, *one[1:])
+    kernel, made = KernelEvents(decoder), factory()
+    [first] = kernel.events([one], made)
+    first["path"] = "changed"
+    first["escaped_fields"] = ["path"]
+    [second] = kernel.events([later], made)
+    assert len(made._templates) == 1   # the second came from the first's template
+    assert (first["ei"], second["ei"]) == (0, 1) and first["uid"] != second["uid"]
+    assert second["time"] != first["time"]
+    assert events.encode(second) == reference_lines(decoder, [one, later])[1]
+
+
+def test_templates_that_start_again_still_make_the_reference_lines(decoder, monkeypatch):
+    monkeypatch.setattr(events, "TEMPLATES", 2)
+    batch = [opened(decoder, path=b"/t/%d" % (i % 5)) for i in range(20)]
+    assert lines_of(KernelEvents(decoder), batch) == reference_lines(decoder, batch)
