@@ -98,7 +98,8 @@ def random_uuid() -> str:
 
 # Events kept as templates by make_from_parts before it starts again (the pairs of a session's
 # remembered parts: OpenFields keeps 1,024 of each); a template of 23 fields is a dict of 0.8 KB
-# (sys.getsizeof), so about 0.9 MB at most.
+# (sys.getsizeof), and the parts it holds may be ones OpenFields has let go (0.76 KB a file's):
+# 1.6 MB at most.
 TEMPLATES = 1024
 
 
