@@ -28,7 +28,7 @@ _BOOT = chainstate.boot_id()
 # removed file (rm, rm -rf of the log) is noticed at every batch, by its link count in the fstat
 # each batch makes anyway; removed() always looks at the path too. Each syscall of the
 # recorder's main thread is a chance for the session files' thread to take the GIL: in a burst
-# of 100,000 opens the per-batch stat by path took 0.2 to 0.45 ms a call, most of it waiting
+# of 100,000 opens the per-batch stat by path took 0.2 to 0.7 ms a call, most of it waiting
 # for the GIL back (cProfile of benchmarks/consumer.py, under load).
 PATH_CHECK_SECONDS = 0.1
 _monotonic = time.monotonic
@@ -134,8 +134,8 @@ class AuditLog:
         now = _monotonic()
         if now >= self._path_check_due:
             self._path_check_due = now + PATH_CHECK_SECONDS
-            if not self._still_open_at(self._path):
-                self._close_day_file()   # renamed away: it keeps its lines
+            self._notice_removal()   # a rename, or a removal since the fstat above: counted
+            if self._fd < 0:
                 return None
         return on_disk
 

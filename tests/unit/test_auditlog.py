@@ -520,6 +520,31 @@ def test_a_removal_is_noticed_by_the_next_write_between_looks_at_the_path(log, l
         assert events_of(f.read()) == b'{"a":4}\n'
 
 
+def test_a_removal_after_the_link_count_was_read_is_counted_by_the_look_at_the_path(
+        log, log_dir, monkeypatch):
+    """The file removed between the batch's fstat and its look at the path: still counted."""
+    now = [1000.0]
+    monkeypatch.setattr(auditlog, "_monotonic", lambda: now[0])
+    log.write([b'{"a":1}\n', b'{"a":2}\n'])
+    os.unlink(os.path.join(log_dir, SID, DAY_NAME))
+    real_fstat, seen = os.fstat, []
+
+    def fstat_before_the_removal(fd):
+        st = real_fstat(fd)
+        if seen:
+            return st
+        seen.append(fd)   # the batch's first fstat, of the day file: as if read just before
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, 1) + tuple(st)[4:])
+
+    monkeypatch.setattr(os, "fstat", fstat_before_the_removal)
+    now[0] += auditlog.PATH_CHECK_SECONDS
+    log.write([b'{"a":3}\n'])
+    monkeypatch.setattr(os, "fstat", real_fstat)
+    assert seen and log.removed() == 2
+    with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
+        assert events_of(f.read()) == b'{"a":3}\n'
+
+
 def test_a_removal_noticed_by_a_write_keeps_the_chain_going(log, log_dir):
     """The write notices it under the chain lock: only the day file is closed and made again,
     the chain state (whose lock it holds) stays, so the batch is sealed as the next seq."""
