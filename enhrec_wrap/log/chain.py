@@ -39,6 +39,7 @@ _HEX = frozenset(b"0123456789abcdef")
 # An empty SHA-256 state to copy: hashlib.sha256() itself costs ~0.7 us more per call with
 # OpenSSL 3 (it fetches the algorithm each time).
 _SHA256 = hashlib.sha256()
+_SHA256_BLOCK = 64   # SHA-256's block size, in bytes
 
 
 class Trailer:
@@ -57,23 +58,42 @@ class Trailer:
 def seal(lines: list[bytes], seq: int, prev: bytes, epoch: int, key: bytes) -> tuple[list[bytes], bytes]:
     """The lines sealed as seq, seq+1, ...; prev is the hex SHA-256 of the line before the first.
     Returns them and the hex SHA-256 of the last (the next batch's prev)."""
-    mac = hmac_of(key)
-    sha = _SHA256.copy
+    inner, outer = _hmac_states(key)
+    inner_copy, outer_copy, sha = inner.copy, outer.copy, _SHA256.copy
     tail = b'","epoch":%d' % epoch
     out = []
+    append = out.append
     for line in lines:
         if line[-2:] != b"}\n" or line[-3:-2] == b"{":
             raise ValueError(f"not a JSON object line with a field: {line[:60]!r}")
         head = b'%s,"seq":%d,"prev":"%s%s' % (line[:-2], seq, prev, tail)
-        m = mac.copy()
+        m = inner_copy()
         m.update(head)
-        sealed = b'%s,"mac":"%s"}\n' % (head, m.hexdigest().encode())
+        mac = outer_copy()
+        mac.update(m.digest())
+        sealed = b'%s,"mac":"%s"}\n' % (head, mac.hexdigest().encode())
         h = sha()
         h.update(sealed)
         prev = h.hexdigest().encode()
-        out.append(sealed)
+        append(sealed)
         seq += 1
     return out, prev
+
+
+def _hmac_states(key: bytes) -> tuple:
+    """The two SHA-256 states HMAC-SHA256 starts from (RFC 2104): after the key XOR ipad, and
+    after the key XOR opad. HMAC(k, m) = H(k^opad || H(k^ipad || m)), so a line's MAC is one
+    copy of each state, an update and a digest. Measured, lines of 500 bytes, thread CPU time:
+    2.7 us a line sealed with hmac.HMAC.copy() (Python-level, it copies both states through
+    its own object), 2.3 us with these (hmac.digest() one-shot was slower than either: it sets
+    up OpenSSL's HMAC for each line)."""
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    inner, outer = _SHA256.copy(), _SHA256.copy()
+    inner.update(bytes(b ^ 0x36 for b in key))
+    outer.update(bytes(b ^ 0x5C for b in key))
+    return inner, outer
 
 
 def hmac_of(key: bytes) -> hmac.HMAC:

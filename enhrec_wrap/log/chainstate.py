@@ -156,6 +156,10 @@ class ChainState:
     def __init__(self, path: str, fd: int):
         self.path = path
         self.fd = fd
+        # An open file's device and inode never change: still_linked() compares with these
+        # rather than fstat the fd again at every batch.
+        ours = os.fstat(fd)
+        self._dev_ino = (ours.st_dev, ours.st_ino)
 
     @classmethod
     def open(cls, data_dir: str, server_id: str, log_server_dir: str, epoch_seconds: int,
@@ -188,8 +192,7 @@ class ChainState:
             on_disk = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        ours = os.fstat(self.fd)
-        return (on_disk.st_dev, on_disk.st_ino) == (ours.st_dev, ours.st_ino)
+        return (on_disk.st_dev, on_disk.st_ino) == self._dev_ino
 
     def load(self, server_id: str) -> tuple[KeyBlock, Checkpoint | None]:
         data = os.pread(self.fd, 2 * BLOCK, 0)

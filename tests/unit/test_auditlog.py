@@ -471,16 +471,78 @@ def test_removed_day_file_is_counted_and_made_again(log, log_dir):
     assert chain.trailer(data).seq == 4
 
 
-def test_renamed_day_file_loses_nothing_and_counts_nothing(log, log_dir):
+def test_renamed_day_file_loses_nothing_and_counts_nothing(log, log_dir, monkeypatch):
+    """A write looks at the path at most every PATH_CHECK_SECONDS: until then the lines go on
+    into the renamed file, which keeps them; from then on into a new one at the path."""
+    now = [1000.0]
+    monkeypatch.setattr(auditlog, "_monotonic", lambda: now[0])
     log.write([b'{"a":1}\n'])
     day = os.path.join(log_dir, SID, DAY_NAME)
     os.rename(day, day + ".1")   # logrotate
     log.write([b'{"a":2}\n'])
+    now[0] += auditlog.PATH_CHECK_SECONDS
+    log.write([b'{"a":3}\n'])
     assert log.removed() == 0
+    with open(day + ".1", "rb") as f:
+        rotated = f.readlines()
     with open(day, "rb") as f:
         data = f.read()
-    assert events_of(data) == b'{"a":2}\n'
-    assert chain.trailer(data).seq == 2
+    assert [events_of(x) for x in rotated] == [b'{"a":1}\n', b'{"a":2}\n']
+    assert events_of(data) == b'{"a":3}\n'
+    assert [chain.trailer(x).seq for x in rotated + [data]] == [1, 2, 3]
+
+
+def test_removed_looks_at_the_path_at_once(log, log_dir, monkeypatch):
+    """session.end asks removed() before it is written: a rename just made is noticed there,
+    whenever the last write looked, so session.end goes where readers look."""
+    monkeypatch.setattr(auditlog, "_monotonic", lambda: 1000.0)
+    log.write([b'{"a":1}\n'])
+    day = os.path.join(log_dir, SID, DAY_NAME)
+    os.rename(day, day + ".1")
+    assert log.removed() == 0
+    log.write([b'{"a":2}\n'])
+    with open(day, "rb") as f:
+        assert events_of(f.read()) == b'{"a":2}\n'
+
+
+def test_a_removal_is_noticed_by_the_next_write_between_looks_at_the_path(log, log_dir, monkeypatch):
+    """rm of the day file (or of the whole log) is seen by the link count at every batch, not
+    only at the look at the path: no line goes to a removed file after the batch that saw it,
+    and what went to it is counted."""
+    monkeypatch.setattr(auditlog, "_monotonic", lambda: 1000.0)   # no look at the path is due
+    log.write([b'{"a":1}\n', b'{"a":2}\n'])
+    os.unlink(os.path.join(log_dir, SID, DAY_NAME))
+    log.write([b'{"a":3}\n'])
+    shutil.rmtree(log_dir)
+    log.write([b'{"a":4}\n'])
+    assert log.removed() == 3
+    with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
+        assert events_of(f.read()) == b'{"a":4}\n'
+
+
+def test_a_removal_after_the_link_count_was_read_is_counted_by_the_look_at_the_path(
+        log, log_dir, monkeypatch):
+    """The file removed between the batch's fstat and its look at the path: still counted."""
+    now = [1000.0]
+    monkeypatch.setattr(auditlog, "_monotonic", lambda: now[0])
+    log.write([b'{"a":1}\n', b'{"a":2}\n'])
+    os.unlink(os.path.join(log_dir, SID, DAY_NAME))
+    real_fstat, seen = os.fstat, []
+
+    def fstat_before_the_removal(fd):
+        st = real_fstat(fd)
+        if seen:
+            return st
+        seen.append(fd)   # the batch's first fstat, of the day file: as if read just before
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, 1) + tuple(st)[4:])
+
+    monkeypatch.setattr(os, "fstat", fstat_before_the_removal)
+    now[0] += auditlog.PATH_CHECK_SECONDS
+    log.write([b'{"a":3}\n'])
+    monkeypatch.setattr(os, "fstat", real_fstat)
+    assert seen and log.removed() == 2
+    with open(os.path.join(log_dir, SID, DAY_NAME), "rb") as f:
+        assert events_of(f.read()) == b'{"a":3}\n'
 
 
 def test_a_removal_noticed_by_a_write_keeps_the_chain_going(log, log_dir):

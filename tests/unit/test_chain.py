@@ -77,6 +77,15 @@ def test_mac_and_prev_follow_the_documented_rule():
             assert f',"prev":"{hashlib.sha256(lines[i - 1]).hexdigest()}"'.encode() in line
 
 
+@pytest.mark.parametrize("key", [KEY, b"", b"k" * 64, b"k" * 65, bytes(range(200))])
+def test_mac_is_hmac_sha256_for_every_key_length(key):
+    """seal() computes HMAC from the two prepared SHA-256 states (RFC 2104): the same as
+    hmac.new for a key shorter than, as long as and longer than the hash's block."""
+    [line], _ = chain.seal([event(ei=0, path="/x")], 1, chain.GENESIS, 0, key)
+    mac_at = line.rindex(b',"mac":"')
+    assert line[mac_at + 8:-3] == hmac.new(key, line[:mac_at], hashlib.sha256).hexdigest().encode()
+
+
 def test_seq_and_prev_run_on_across_batches():
     first, h1 = chain.seal([event(ei=0), event(ei=1)], 1, chain.GENESIS, 0, KEY)
     second, _ = chain.seal([event(ei=2)], 3, h1, 0, KEY)

@@ -199,6 +199,25 @@ def test_a_failed_exec_keeps_its_errno_and_dirfd(records):
     assert "executable" not in event
 
 
+def test_random_uuids_are_the_uuid_modules_version_4_of_the_same_random_bytes(monkeypatch):
+    """The version and variant bits are set on a whole batch's bytes at once: each string is
+    what uuid.UUID(bytes=..., version=4) makes of its 16 random bytes."""
+    drawn = []
+
+    def urandom(n):
+        drawn.append(random.Random(len(drawn)).randbytes(n))
+        return drawn[-1]
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    made = events.random_uuids()
+    uuids = [made() for _ in range(2 * 1024 + 3)]   # into a third batch
+    raw = b"".join(drawn)
+    assert len(drawn) == 3
+    assert uuids == [str(uuid.UUID(bytes=raw[i:i + 16], version=4)) for i in range(0, 16 * len(uuids), 16)]
+    single = events.random_uuid()
+    assert single == str(uuid.UUID(bytes=drawn[-1], version=4))
+
+
 # --- time and the envelope -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("epoch_ns, expected", [
@@ -211,6 +230,18 @@ def test_a_failed_exec_keeps_its_errno_and_dirfd(records):
 def test_rfc3339(epoch_ns, expected):
     assert events.rfc3339(epoch_ns) == expected
     assert TIME_FORMAT.match(expected)
+
+
+def test_rfc3339_of_a_burst_is_each_stamp_formatted_anew():
+    """The last millisecond's stamp is kept: stamps in and out of order, across seconds and
+    back, are what a stamp made from scratch says (time.strftime, as the reference does)."""
+    import time
+    stamps = [1_700_000_000_123_000_000 + d for d in
+              (0, 1, 999_999, 1_000_000, 876_999_999, 877_000_000, 5, -1, -1_000_001, 0)]
+    for ns in stamps + [-1, -1_000_000_000]:
+        seconds, rest = divmod(ns, 1_000_000_000)
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+        assert events.rfc3339(ns) == expected
 
 
 def test_event_factory_numbers_events_and_adds_the_envelope():
