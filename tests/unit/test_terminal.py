@@ -91,3 +91,29 @@ def test_the_pipe_relay_passes_every_byte_on_and_records_it(tmp_path):
     assert b"".join(f.data for f in frames if f.kind == rec.OUTPUT) == blob
     os.close(status_w)
     assert b'"end"' in os.read(status_r, 65536)
+
+
+def test_the_backlog_keeps_every_byte_in_order_as_it_wraps_around():
+    import random
+    backlog = terminal_relay.Backlog()
+    expected = bytearray()
+    sent = bytearray()
+    rng = random.Random(7)
+    pattern = bytes(range(251)) * (terminal_relay.READ_SIZE // 251 + 2)
+    counter = 0
+    for _ in range(2000):
+        if len(backlog) < terminal_relay.HIGH_WATER:    # the relay reads only then
+            room = backlog.room()
+            assert len(room) == terminal_relay.READ_SIZE
+            size = rng.randrange(1, len(room) + 1)
+            data = pattern[counter % 251:counter % 251 + size]
+            counter += size
+            room[:size] = data
+            assert bytes(backlog.added(size)) == data
+            expected += data
+        waiting = backlog.waiting()
+        assert bytes(waiting) == expected[len(sent):]
+        taken = rng.randrange(0, len(waiting) + 1)   # what the terminal took of it
+        sent += waiting[:taken]
+        backlog.taken(taken)
+    assert sent == expected[:len(sent)] and len(sent) > 10 * terminal_relay.Backlog.CAPACITY
