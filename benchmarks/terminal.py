@@ -186,7 +186,12 @@ def cat_figures(ws, megabytes, rounds):
             if name == "recorded":
                 cpu.append(relay_cpu)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    # Each round's own ratio too: on a shared 2-CPU machine they spread far wider than the
+    # ratio of the medians shows (1.0x to 3.3x in one run here).
+    per_round = [r / b for r, b in zip(runs["recorded"], runs["bare"])]
     return {"seconds": med, "runs": runs, "intact": all(intact),
+            "ratio_per_round": {"min": min(per_round), "median": statistics.median(per_round),
+                                "max": max(per_round)},
             "relay_cpu_ms_per_mb": statistics.median(cpu) * 1000 / megabytes}
 
 
