@@ -84,7 +84,6 @@ def open_for_session(config, log_dir: str, server_id: str, sid: str, term: str):
     return relayed
 
 
-
 class Terminal(RelayProcess):
     """The wrapper's side of the session's pty."""
 

@@ -34,7 +34,6 @@ def set_window_size(fd: int, size: tuple[int, int]) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, _WINSIZE.pack(size[1], size[0], 0, 0))
 
 
-
 def no_echo_prompt(master: int) -> bool:
     """Whether the pty reads a line without echoing it: how password prompts read (sudo, ssh,
     passwd, getpass(3), `read -s`, `stty -echo`). Line editors (readline) and full-screen

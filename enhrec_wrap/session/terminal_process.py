@@ -125,8 +125,9 @@ class RelayProcess:
         return json.loads(line)
 
 
-
 def relay_main(relayed, make_writer, record_input, on_failure, status_fd, go_fd) -> int:
+    """The forked relay's life, from the fork to its exit code: the wrapper's signals and files
+    left behind, its recording's first part on disk (or the failure said), then the relay."""
     for sig in RELAY_IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     _close_all_but(relayed._relay_fds() | {status_fd, go_fd})
