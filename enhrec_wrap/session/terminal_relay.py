@@ -169,10 +169,11 @@ class PtyRelay(_Relay):
         masks = {self.wake_r: select.POLLIN}
         if self.go_fd >= 0:
             masks[self.go_fd] = select.POLLIN
-        master = (select.POLLIN if len(self.to_term) < HIGH_WATER else 0) | \
-            (select.POLLOUT if self.to_pty else 0)
-        if master and not self.pty_gone:   # (with none, its hangup is seen once there is room)
-            masks[self.master] = master
+        # The pty even when neither is wanted: its hangup (the session's end) is seen. Not with
+        # the backlog full, where a hangup could not be read and would wake every round.
+        if not self.pty_gone and not self.to_term.full():
+            masks[self.master] = (select.POLLIN if len(self.to_term) < HIGH_WATER else 0) | \
+                (select.POLLOUT if self.to_pty else 0)
         if not self.term_gone:
             masks[self.term] = (select.POLLIN if len(self.to_pty) < HIGH_WATER else 0) | \
                 (select.POLLOUT if self.to_term else 0)
@@ -304,6 +305,11 @@ class Backlog:
 
     def __len__(self) -> int:
         return self.end - self.start
+
+    def full(self) -> bool:
+        """No room at all. Past HIGH_WATER only the pty's last output after its hangup is read
+        (tens of KiB), so in practice never."""
+        return len(self) == self.CAPACITY
 
     def room(self) -> memoryview:
         """Where the next read goes: up to READ_SIZE after what waits, all of it while less than
