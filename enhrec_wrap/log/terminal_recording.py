@@ -151,9 +151,11 @@ class Writer:
         if self.zip is None:
             self._open_part()
         now_us = (self.clock() - self.origin) // 1000
-        out = self.zip.compress(FRAME.pack(kind, len(payload), now_us) + payload)
-        if out:
-            self.pending.append(out)
+        # Header and payload apart: joining them copied every byte once more.
+        for part in (FRAME.pack(kind, len(payload), now_us), payload):
+            out = self.zip.compress(part)
+            if out:
+                self.pending.append(out)
         if self.flush_at is None:
             self.flush_at = time.monotonic() + FLUSH_SECONDS
 

@@ -20,6 +20,8 @@ import zlib
 
 import pytest
 
+from enhrec_wrap.log import terminal_recording
+
 ENHREC = shlex.split(os.environ.get("ENHREC", "/usr/local/bin/enhrec"))
 PROMPT = b"# "        # bash's default root prompt: the session's environment is a clean one
 SECRET = "hunter2-Sekr1t"
@@ -325,6 +327,32 @@ def test_binary_output_passes_byte_for_byte(recorder, tmp_path):
     assert t.wait() == 0
     start = t.seen.index(b"START") + 5
     assert t.seen[start:start + len(blob) + 3] == blob + b"END"
+
+
+def test_a_terminal_that_falls_behind_gets_every_byte_and_the_recording_too(recorder, tmp_path):
+    """Output far faster than the terminal reads: the relay's backlog fills to its high water,
+    wraps around and is moved back in its buffer; nothing is lost or reordered, on the screen
+    or in the recording."""
+    blob = os.urandom(3 << 20)
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    os.chmod(tmp_path, 0o755)
+    t = session_terminal(recorder, ["sh", "-c", f"stty raw -echo; printf START; cat {path}; "
+                                                "printf END; sleep 0.2"])
+    t.wait_raw()
+    time.sleep(1.0)                  # not read: the session's cat and the relay fill up
+    for _ in range(300):             # then read in small bites, slower than cat writes
+        t.read(0.01)
+        time.sleep(0.002)
+    assert t.wait() == 0
+    start = t.seen.index(b"START") + 5
+    assert t.seen[start:start + len(blob) + 3] == blob + b"END"
+    (session,) = recorder.sessions().values()
+    recorded = b"".join(frame.data for frame in terminal_recording.read_frames(
+        terminal_recording.part_paths(session_dir(recorder), session.sid))
+        if frame.kind == terminal_recording.OUTPUT)
+    assert b"START" + blob + b"END" in recorded
+    assert session.end["terminal_recording"]["recorded_bytes"] == len(recorded)
 
 
 def test_the_size_bound(recorder):

@@ -1,11 +1,11 @@
-"""The relay's pieces that need no root (session/terminal.py): raw mode, what counts as a
+"""The relay's pieces that need no root (session/terminal*.py): raw mode, what counts as a
 terminal, what counts as a no-echo prompt, and the pipe relay of `tty_recording: all`."""
 
 import os
 import termios
 
 from enhrec_wrap.log import terminal_recording as rec
-from enhrec_wrap.session import terminal
+from enhrec_wrap.session import terminal, terminal_modes, terminal_relay
 
 SID = "4f1c2b9e-0000-4000-8000-000000000002"
 
@@ -13,7 +13,7 @@ SID = "4f1c2b9e-0000-4000-8000-000000000002"
 def test_raw_mode_is_cfmakeraw():
     master, slave = os.openpty()
     try:
-        mode = terminal.raw_mode(termios.tcgetattr(slave))
+        mode = terminal_modes.raw_mode(termios.tcgetattr(slave))
         termios.tcsetattr(slave, termios.TCSANOW, mode)
         iflag, oflag, cflag, lflag, _, _, cc = termios.tcgetattr(slave)
         assert not lflag & (termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
@@ -41,13 +41,13 @@ def test_a_no_echo_prompt_is_a_line_read_without_echo():
         mode = termios.tcgetattr(slave)
         mode[3] = (mode[3] | termios.ICANON) & ~termios.ECHO     # `stty -echo`, getpass(3)
         termios.tcsetattr(slave, termios.TCSANOW, mode)
-        assert terminal._no_echo_prompt(master)
+        assert terminal_modes.no_echo_prompt(master)
         mode[3] &= ~termios.ICANON                                # readline, vim: key by key
         termios.tcsetattr(slave, termios.TCSANOW, mode)
-        assert not terminal._no_echo_prompt(master)
+        assert not terminal_modes.no_echo_prompt(master)
         mode[3] |= termios.ICANON | termios.ECHO                  # a plain line, echoed
         termios.tcsetattr(slave, termios.TCSANOW, mode)
-        assert not terminal._no_echo_prompt(master)
+        assert not terminal_modes.no_echo_prompt(master)
     finally:
         os.close(master)
         os.close(slave)
@@ -56,8 +56,8 @@ def test_a_no_echo_prompt_is_a_line_read_without_echo():
 def test_window_size_round_trip():
     master, slave = os.openpty()
     try:
-        terminal.set_window_size(master, (132, 43))
-        assert terminal.window_size(slave) == (132, 43)
+        terminal_modes.set_window_size(master, (132, 43))
+        assert terminal_modes.window_size(slave) == (132, 43)
     finally:
         os.close(master)
         os.close(slave)
@@ -77,7 +77,7 @@ def test_the_pipe_relay_passes_every_byte_on_and_records_it(tmp_path):
         os.write(out_w, blob[10_000:])
         os._exit(0)
     os.close(out_w)
-    relay = terminal.PipeRelay({out_r: dest_w}, "close", status_w)
+    relay = terminal_relay.PipeRelay({out_r: dest_w}, "close", status_w)
     relay.writer = rec.Writer(directory, SID, {"sid": SID, "terminal": False}, 1 << 20)
     relay.writer.start()
     relay.run()
@@ -91,3 +91,29 @@ def test_the_pipe_relay_passes_every_byte_on_and_records_it(tmp_path):
     assert b"".join(f.data for f in frames if f.kind == rec.OUTPUT) == blob
     os.close(status_w)
     assert b'"end"' in os.read(status_r, 65536)
+
+
+def test_the_backlog_keeps_every_byte_in_order_as_it_wraps_around():
+    import random
+    backlog = terminal_relay.Backlog()
+    expected = bytearray()
+    sent = bytearray()
+    rng = random.Random(7)
+    pattern = bytes(range(251)) * (terminal_relay.READ_SIZE // 251 + 2)
+    counter = 0
+    for _ in range(2000):
+        if len(backlog) < terminal_relay.HIGH_WATER:    # the relay reads only then
+            room = backlog.room()
+            assert len(room) == terminal_relay.READ_SIZE
+            size = rng.randrange(1, len(room) + 1)
+            data = pattern[counter % 251:counter % 251 + size]
+            counter += size
+            room[:size] = data
+            assert bytes(backlog.added(size)) == data
+            expected += data
+        waiting = backlog.waiting()
+        assert bytes(waiting) == expected[len(sent):]
+        taken = rng.randrange(0, len(waiting) + 1)   # what the terminal took of it
+        sent += waiting[:taken]
+        backlog.taken(taken)
+    assert sent == expected[:len(sent)] and len(sent) > 10 * terminal_relay.Backlog.CAPACITY
