@@ -232,6 +232,10 @@ class PtyRelay(_Relay):
         if not data:
             self._hangup()
             return
+        # A resize made before these bytes were typed reaches the session first, though its
+        # SIGWINCH may still be on its way to us (through sudo and the wrapper, under load):
+        # `stty size` typed right after a resize must see the new size. One ioctl per read.
+        self._follow_size()
         if self.record_input and not no_echo_prompt(self.master):
             self._record(lambda: self.writer.input(data))
         self.to_pty += data
@@ -279,6 +283,10 @@ class PtyRelay(_Relay):
             os.read(self.wake_r, 512)
         except BlockingIOError:
             pass
+        self._follow_size()
+
+    def _follow_size(self) -> None:
+        """The real terminal's size onto the pty, when it changed."""
         size = window_size(self.term)
         if size and size != self.size and not self.pty_gone:
             self.size = size
