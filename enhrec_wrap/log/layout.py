@@ -164,7 +164,7 @@ def lock_path(log_dir: str, server_id: str, sid: str) -> str:
 
 
 def hidden_lock_path(log_dir: str, server_id: str, sid: str) -> str:
-    """Where a lock file is made and locked before it gets its name (store.OpenLock)."""
+    """Where a lock file is made and locked before it gets its name (session_lock.OpenLock)."""
     return os.path.join(open_sessions_dir(log_dir, server_id), f".{sid}{LOCK_SUFFIX}")
 
 

@@ -23,7 +23,7 @@ from enhrec_wrap.kernel.decode import Decoder
 from enhrec_wrap.kernel import idle
 from enhrec_wrap.kernel.host import HostLock, HostPrograms
 from enhrec_wrap.kernel.rings import RingReader, SessionRings
-from enhrec_wrap.log import layout, store
+from enhrec_wrap.log import layout, session_lock, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.session import ledger
 
@@ -37,7 +37,7 @@ REASONS = {
 def finish(session: dict, state: ledger.State, reason: str, killed: int, lock_fd: int):
     """Ends the session; `lock_fd` is its lock file, held, which is released (and removed once
     session.end is written)."""
-    lock = store.OpenLock(session["lock_path"], lock_fd)
+    lock = session_lock.OpenLock(session["lock_path"], lock_fd)
     ended = False
     try:
         _settle_pending_batch(session, state)
