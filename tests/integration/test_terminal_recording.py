@@ -315,8 +315,8 @@ def test_a_full_screen_program(recorder, tmp_path, program):
         assert "\x1b[?1049h" in screen(body)
 
 
-def test_binary_output_passes_byte_for_byte(recorder, tmp_path):
-    blob = bytes(range(256)) * 16 + os.urandom(50_000)
+def cat_in_a_session(recorder, tmp_path, blob: bytes) -> "Terminal":
+    """A session that cats `blob` between START and END, its terminal seen raw."""
     path = tmp_path / "blob"
     path.write_bytes(blob)
     os.chmod(tmp_path, 0o755)
@@ -324,6 +324,12 @@ def test_binary_output_passes_byte_for_byte(recorder, tmp_path):
     t = session_terminal(recorder, ["sh", "-c", f"stty raw -echo; printf START; cat {path}; "
                                                 "printf END; sleep 0.2"])
     t.wait_raw()
+    return t
+
+
+def test_binary_output_passes_byte_for_byte(recorder, tmp_path):
+    blob = bytes(range(256)) * 16 + os.urandom(50_000)
+    t = cat_in_a_session(recorder, tmp_path, blob)
     assert t.wait() == 0
     start = t.seen.index(b"START") + 5
     assert t.seen[start:start + len(blob) + 3] == blob + b"END"
@@ -334,12 +340,7 @@ def test_a_terminal_that_falls_behind_gets_every_byte_and_the_recording_too(reco
     wraps around and is moved back in its buffer; nothing is lost or reordered, on the screen
     or in the recording."""
     blob = os.urandom(3 << 20)
-    path = tmp_path / "blob"
-    path.write_bytes(blob)
-    os.chmod(tmp_path, 0o755)
-    t = session_terminal(recorder, ["sh", "-c", f"stty raw -echo; printf START; cat {path}; "
-                                                "printf END; sleep 0.2"])
-    t.wait_raw()
+    t = cat_in_a_session(recorder, tmp_path, blob)
     time.sleep(1.0)                  # not read: the session's cat and the relay fill up
     for _ in range(300):             # then read in small bites, slower than cat writes
         t.read(0.01)
