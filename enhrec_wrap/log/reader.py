@@ -6,10 +6,10 @@ They read each file with log/file_lines.py, line by line and tolerant of damage 
 says how), and find the files through the parsers of log/layout.py.
 """
 
-import bisect
 import os
 
 from enhrec_wrap.log import chain, layout
+from enhrec_wrap.log.ranges import Ranges
 from enhrec_wrap.log.file_lines import (LineSplitter, Stats, day_file_lines, events_of,
                                         gz_lines, open_regular, parse)
 
@@ -36,7 +36,7 @@ class Duplicates:
             return True
         seen = self.seen.get(key)
         if seen is None:
-            seen = self.seen[key] = (_SeqSet(), {})
+            seen = self.seen[key] = (Ranges(), {})
         seqs, recent = seen
         if seqs.add(t.seq):
             recent[t.seq] = hash(line)
@@ -51,34 +51,6 @@ class Duplicates:
 
     def forget(self, key: str) -> None:
         self.seen.pop(key, None)
-
-
-class _SeqSet:
-    """A set of integers kept as sorted, disjoint ranges: a host's seqs are one range or few."""
-
-    def __init__(self):
-        self.starts = []
-        self.ends = []
-
-    def add(self, n: int) -> bool:
-        """False when n was in the set already."""
-        starts, ends = self.starts, self.ends
-        i = bisect.bisect_right(starts, n) - 1
-        if i >= 0 and n <= ends[i]:
-            return False
-        left = i >= 0 and ends[i] + 1 == n
-        right = i + 1 < len(starts) and starts[i + 1] == n + 1
-        if left and right:
-            ends[i] = ends[i + 1]
-            del starts[i + 1], ends[i + 1]
-        elif left:
-            ends[i] = n
-        elif right:
-            starts[i + 1] = n
-        else:
-            starts.insert(i + 1, n)
-            ends.insert(i + 1, n)
-        return True
 
 
 # --- the directory --------------------------------------------------------------------------

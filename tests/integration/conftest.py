@@ -317,3 +317,15 @@ def recorder(tmp_path):
 def make_recorder(tmp_path_factory):
     """For fixtures wider than one test: a Recorder in a fresh directory named after `name`."""
     return lambda name: Recorder(str(tmp_path_factory.mktemp(name)))
+
+
+@pytest.fixture
+def small_disk(recorder):
+    """The test's data_dir on a 1 MiB tmpfs, so that a session (a burst of its events or of its
+    terminal's output) can fill it."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", recorder.data_dir],
+                   check=True)
+    try:
+        yield recorder.data_dir
+    finally:
+        subprocess.run(["umount", "-l", recorder.data_dir], check=False)

@@ -178,17 +178,6 @@ def test_gzip_bomb_in_place_of_a_session_file_costs_no_memory(recorder):
 
 # --- 3. a full disk ---------------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(recorder):
-    """The test's data_dir on a 1 MiB tmpfs, so that the session can fill it."""
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", recorder.data_dir],
-                   check=True)
-    try:
-        yield recorder.data_dir
-    finally:
-        subprocess.run(["umount", "-l", recorder.data_dir], check=False)
-
-
 def log_of(recorder):
     return reader.LogDir(os.path.join(recorder.data_dir, "log"))
 

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import time
 
 import pytest
@@ -237,17 +236,6 @@ def test_watchdog_is_outside_the_session_and_root(recorder, test_user):
 
 
 # --- a full disk ----------------------------------------------------------------------------
-
-@pytest.fixture
-def small_disk(recorder):
-    """The test's data_dir on a 1 MiB tmpfs, so that the session can fill it."""
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", recorder.data_dir],
-                   check=True)
-    try:
-        yield recorder.data_dir
-    finally:
-        subprocess.run(["umount", "-l", recorder.data_dir], check=False)
-
 
 def fill_and_go_on(data_dir, outside, then=""):
     return ("sleep 0.3; "

@@ -503,17 +503,6 @@ def test_tty_recording_off(recorder):
 
 # --- a full disk ----------------------------------------------------------------------------
 
-@pytest.fixture
-def small_disk(recorder):
-    """The test's data_dir on a 1 MiB tmpfs: a burst of output fills it."""
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", recorder.data_dir],
-                   check=True)
-    try:
-        yield recorder.data_dir
-    finally:
-        subprocess.run(["umount", "-l", recorder.data_dir], check=False)
-
-
 def burst_then_go_on(data_dir, outside):
     """Most of the disk filled, then ~2.7 MB of base64 of random bytes (it hardly compresses, so
     the recording cannot fit), then room again (past the recording's 1 s retry)."""
