@@ -120,6 +120,29 @@ def test_every_batch_is_readable_before_close(log_dir):
         assert read_gz(os.path.join(directory, f"{SID}-0.events.gz")) == events[:n + 1]
 
 
+def test_batches_that_waited_for_the_writer_go_out_as_one_in_order(log_dir, monkeypatch):
+    """The writer thread takes every batch waiting at once: one gzip member per file for all
+    of them (its cost goes by how often it runs, not by how many batches came), every event in
+    order, in its kind's file too."""
+    events = session_events(40)
+    writer = store.SessionStore.create(log_dir, SERVER, SID)
+    _, directory = files_of_after(writer, events[:1], log_dir)
+    members = []
+    real_member = store.gzip_member
+    monkeypatch.setattr(store, "gzip_member", lambda data: members.append(data) or real_member(data))
+    with writer._cond:   # the thread cannot take anything while we hold its lock
+        for n in range(1, 40, 3):
+            writer.write(events[n:n + 3], [encode(e) for e in events[n:n + 3]])
+    writer.flush()
+    assert read_gz(os.path.join(directory, f"{SID}-0.events.gz")) == events
+    disk = [e for e in events if e["event"] == "session.disk"]
+    assert read_gz(os.path.join(directory, f"{SID}-0.session.disk-events.gz")) == disk
+    # one member for all events, one per kind: not one per batch of three
+    assert len(members) == 4
+    assert members[0] == b"".join(encode(e) for e in events[1:])
+    writer.close(ended=True)
+
+
 def files_of_after(writer, first, log_dir):
     write(writer, first)
     return files_of(log_dir)
