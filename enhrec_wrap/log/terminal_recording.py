@@ -30,6 +30,8 @@ import struct
 import time
 import zlib
 
+from isal import isal_zlib
+
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import files, layout
 
@@ -41,7 +43,13 @@ HEADER, OUTPUT, INPUT, RESIZE, TRUNCATED, END = b"h", b"o", b"i", b"r", b"t", b"
 PAYLOAD_KINDS = (OUTPUT, INPUT)
 # A reader sees a live (or crashed) session's recording up to this long ago.
 FLUSH_SECONDS = 0.005
-_LEVEL = 1                                   # fast over small, as the event files
+# Compressed by ISA-L (isal_zlib: zlib's interface, and the same deflate and gzip stream, so
+# every reader, here and elsewhere, reads it with zlib), at its level 1 (of 0 to 3): on the
+# relay's path the compression was most of what its own code cost. Measured here, 16 KiB calls:
+# the terminal benchmark's 20 MB text 0.45 ms/MB against zlib level 1's 1.7 (ratio 29 against
+# 28), the GPL and Apache licence texts 2.1 against 9.4 (2.7 against 2.6), `ls -laR` 1.3
+# against 5.4 (7.7 against 7.3).
+_LEVEL = 1
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
@@ -174,7 +182,7 @@ class Writer:
             self.retry_at = time.monotonic() + self.RETRY_SECONDS
             raise recording_error(path, err, 0) from None
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
-        self.zip = zlib.compressobj(_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+        self.zip = isal_zlib.compressobj(_LEVEL, isal_zlib.DEFLATED, _GZIP_WBITS)
         header = dict(self.header, part=self.part,
                       time_ns=time.time_ns() - (self.clock() - self.origin))
         self._frame(HEADER, json.dumps(header).encode())
@@ -185,7 +193,7 @@ class Writer:
     def flush(self) -> None:
         if self.zip is None or self.flush_at is None:
             return
-        self.pending.append(self.zip.flush(zlib.Z_SYNC_FLUSH))
+        self.pending.append(self.zip.flush(isal_zlib.Z_SYNC_FLUSH))
         self._write_pending()
 
     def _write_pending(self) -> None:
@@ -222,7 +230,7 @@ class Writer:
         if self.zip is None:
             return
         self._frame(END, json.dumps(self.summary()).encode())
-        self.pending.append(self.zip.flush(zlib.Z_FINISH))
+        self.pending.append(self.zip.flush(isal_zlib.Z_FINISH))
         self.flush_at = time.monotonic()
         try:
             self._write_pending()

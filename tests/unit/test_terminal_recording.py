@@ -1,6 +1,7 @@
 """The terminal recording's format (log/terminal_recording.py) and what is made of it
 (inspect/replay.py): frames, the size bound, crashes, write failures, asciicast, replay timing."""
 
+import gzip
 import json
 import os
 import shutil
@@ -93,6 +94,31 @@ def test_a_crashed_recording_reads_to_its_last_flush(tmp_path, clock):
     shutil.copy(path, crashed / "sessions" / "default")   # what a SIGKILL leaves
     got = frames(crashed)
     assert [(f.kind, f.data) for f in got[1:]] == [(b"o", b"first")]
+
+
+def test_a_long_recording_is_a_standard_gzip_stream_at_every_flush(tmp_path, clock):
+    """Written by ISA-L, read by zlib and by Python's gzip: binary and text, about 1.5 MB in
+    chunks of many sizes, a sync flush after every seventh (as the relay flushes every 5 ms)."""
+    chunks = [os.urandom(4095), bytes(range(256)) * 64, b"\x00" * 9000, b"\x1b[31mred\x1b[0m\r\n",
+              b"".join(b"%08d line of text\r\n" % n for n in range(3000))]
+    w = writer(tmp_path, clock, limit=16 << 20)
+    sent = [chunks[n % len(chunks)][n % 7:] for n in range(120)]
+    for n, data in enumerate(sent):
+        clock.advance(0.001)
+        w.output(data)
+        if n % 7 == 6:
+            w.flush()
+    path = rec.part_paths(str(tmp_path / "sessions" / "default"), SID)[0]
+    with open(path, "rb") as f:
+        at_last_flush = f.read()   # after the 119th output: what a crash then would leave
+    w.close()
+    got = frames(tmp_path)
+    assert [f.data for f in got if f.kind == b"o"] == sent
+    framed = [rec.FRAME.pack(f.kind, len(f.data), f.time) + f.data for f in got]
+    with gzip.open(path) as f:
+        assert f.read() == b"".join(framed)
+    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(at_last_flush) == \
+        b"".join(framed[:1 + 119])
 
 
 def test_flushes_are_due_within_milliseconds(tmp_path, clock):
