@@ -93,6 +93,19 @@ def test_the_pipe_relay_passes_every_byte_on_and_records_it(tmp_path):
     assert b'"end"' in os.read(status_r, 65536)
 
 
+def test_the_backlog_moves_what_waits_to_its_start_when_the_two_overlap():
+    backlog = terminal_relay.Backlog()
+    pattern = bytes(range(251)) * (backlog.CAPACITY // 251 + 1)
+    size = backlog.CAPACITY - terminal_relay.READ_SIZE + 1   # no room for a read after it
+    backlog.view[:size] = pattern[:size]
+    backlog.added(size)
+    backlog.taken(1000)          # what waits (from 1000 on) overlaps where it goes (from 0)
+    room = backlog.room()
+    assert (backlog.start, backlog.end) == (0, size - 1000)
+    assert bytes(backlog.waiting()) == pattern[1000:size]
+    assert len(room) == terminal_relay.READ_SIZE
+
+
 def test_the_backlog_keeps_every_byte_in_order_as_it_wraps_around():
     import random
     backlog = terminal_relay.Backlog()
