@@ -1,81 +1,25 @@
 """An interactive `ssh -tt` login through sshd's ForceCommand, its terminal recorded beside its
 kernel events and exported as asciicast v2; and a command without a terminal, which gets none."""
 
-import errno
-import fcntl
 import filecmp
 import json
 import os
-import pty
-import select
-import signal
-import struct
 import subprocess
-import termios
 import time
 import zlib
 
 import pytest
+from screen import Terminal
 
 ENHREC = "/usr/local/bin/enhrec"
 CONFIG_PATH = "/etc/enhrec-wrap/enhrec.yaml"   # the run's config (conftest.py's data_dir)
 SECRET = "e2e-Sekr1t-passw0rd"
 
 
-class Client:
-    """The ssh client on a terminal whose master this test holds."""
-
-    def __init__(self, argv, rows=24, cols=80):
-        pid, fd = pty.fork()
-        if pid == 0:
-            try:
-                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-                os.execvpe(argv[0], argv, dict(os.environ, TERM="xterm"))
-            finally:
-                os._exit(127)
-        self.pid, self.fd = pid, fd
-        self.seen, self.pos = b"", 0
-
-    def read(self, timeout=0.1):
-        if not select.select([self.fd], [], [], timeout)[0]:
-            return b""
-        try:
-            data = os.read(self.fd, 65536)
-        except OSError as e:
-            if e.errno != errno.EIO:
-                raise
-            return None
-        self.seen += data
-        return data
-
-    def expect(self, needle: bytes, timeout=90.0):
-        deadline = time.monotonic() + timeout
-        while needle not in self.seen[self.pos:]:
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {needle!r} on the screen: {self.seen[self.pos:][-600:]!r}")
-            if self.read() is None:
-                pytest.fail(f"the login ended before {needle!r}: {self.seen[-600:]!r}")
-        self.pos = self.seen.index(needle, self.pos) + len(needle)
-
-    def type(self, text: bytes):
-        os.write(self.fd, text)
-
-    def resize(self, rows, cols):
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        os.killpg(os.tcgetpgrp(self.fd), signal.SIGWINCH)
-
-    def wait(self, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            self.read(0.05)
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                while self.read(0.05):
-                    pass
-                return os.waitstatus_to_exitcode(status)
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-                pytest.fail(f"ssh did not end: {self.seen[-600:]!r}")
+def on_a_terminal(argv, rows=24, cols=80):
+    """The ssh client (or a viewer) on a terminal whose master this test holds."""
+    return Terminal(argv, dict(os.environ, TERM="xterm"), rows, cols, what="the login",
+                    patience=90.0)
 
 
 def screen(body) -> str:
@@ -97,7 +41,7 @@ def stored_bytes(data_dir) -> bytes:
 
 def test_an_interactive_login_is_recorded_and_exported(host, tmp_path):
     mark = host.mark()
-    client = Client(host.ssh_argv(tty=True))
+    client = on_a_terminal(host.ssh_argv(tty=True))
     client.expect(b"$ ")
     client.type(b"echo TTY-$((6 * 7))\r")
     client.expect(b"TTY-42")
@@ -133,7 +77,7 @@ def test_an_interactive_login_is_recorded_and_exported(host, tmp_path):
     assert SECRET.encode() not in stored_bytes(host.data_dir)
     cast = tmp_path / "login.cast"
     cast.write_bytes(exported.stdout)
-    viewer = Client(["asciinema", "cat", str(cast)])
+    viewer = on_a_terminal(["asciinema", "cat", str(cast)])
     assert viewer.wait() == 0 and b"TTY-42" in viewer.seen
 
 
