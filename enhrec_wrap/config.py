@@ -7,10 +7,7 @@ can never silently change what gets recorded.
 
 import dataclasses
 import os
-import shlex
 import stat
-
-import yaml
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import layout
@@ -20,9 +17,6 @@ BUILT_IN_DEFAULTS = "built-in defaults"
 
 MIN_BUFFER_PAGES = 1
 MAX_BUFFER_PAGES = 65536
-# A teleport.yaml is 6 levels deep; PyYAML builds nodes recursively and a file nested 100,000
-# deep would end in a RecursionError, so anything deeper than this is refused first.
-MAX_YAML_DEPTH = 50
 # nodename and cluster_name go into every event line: a host name (RFC 1035: 253 bytes) and no
 # more.
 MAX_NAME_BYTES = 253
@@ -78,18 +72,46 @@ class Config:
 def load_config(path: str | None) -> Config:
     """Read the config at `path`, or the default file (built-in defaults if it is absent)."""
     if path is None:
-        text = _read_trusted(DEFAULT_CONFIG_PATH, missing_ok=True)
-        if text is None:
+        data = _read_trusted(DEFAULT_CONFIG_PATH, missing_ok=True)
+        if data is None:
             return Config()
         path = DEFAULT_CONFIG_PATH
     else:
-        text = _read_trusted(path, missing_ok=False)
-    return _parse(path, text)
+        data = _read_trusted(path, missing_ok=False)
+    return Config(source=path, **_values(path, data))
+
+
+def _values(path: str, data: bytes) -> dict:
+    """The settings the file sets: what these bytes were found to say before (config_cache.py),
+    else parsed. Only a file that parsed is kept: a bad one always gets the parser's message."""
+    from enhrec_wrap import config_cache
+    key = config_cache.cache_key(data)
+    values = config_cache.read_cache(key, _OWNER_UID)
+    if values is not None and _as_parsed(values):
+        return values
+    values = _parse(path, _decode(path, data))
+    config_cache.write_cache(key, values, _OWNER_UID)
+    return values
+
+
+def _as_parsed(values) -> bool:
+    """A cached entry holds only what _parse makes: known keys, each value as its reader
+    returns it (anything else is not believed, and the file is parsed again)."""
+    readers = {**_TELEPORT_KEYS, **_AUTH_SERVICE_KEYS, **_RECORDING_KEYS, **_ENHREC_KEYS}
+    if not isinstance(values, dict):
+        return False
+    for key, value in values.items():
+        try:
+            if key not in readers or readers[key](value) != value:
+                return False
+        except _BadValue:
+            return False
+    return True
 
 
 # --- reading the file -----------------------------------------------------------------------
 
-def _read_trusted(path: str, missing_ok: bool) -> str | None:
+def _read_trusted(path: str, missing_ok: bool) -> bytes | None:
     try:
         # O_NONBLOCK: a FIFO must not hang the login before we get to refuse it.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
@@ -111,10 +133,11 @@ def _read_trusted(path: str, missing_ok: bool) -> str | None:
                           "check the file and the disk") from None
     finally:
         os.close(fd)
-    return _decode(path, data)
+    return data
 
 
 def _check_trusted(path: str, st: os.stat_result) -> None:
+    import shlex   # for a refusal only
     fix = f"run chown root:root {shlex.quote(path)} && chmod 644 {shlex.quote(path)}"
     if not stat.S_ISREG(st.st_mode):
         raise EnhrecError(f"{path}: not a regular file: the config must be a regular file "
@@ -136,68 +159,6 @@ def _decode(path: str, data: bytes) -> str:
         raise EnhrecError(f"{path}: line {line}: not UTF-8 text: save the file as UTF-8") from None
 
 
-# --- YAML -----------------------------------------------------------------------------------
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: with two `enabled:` lines, which one wins would
-    be a guess (PyYAML silently keeps the last; Teleport's strict parser refuses them too)."""
-
-    _depth = 0
-
-    def compose_node(self, parent, index):
-        if self._depth >= MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nested more than {MAX_YAML_DEPTH} levels deep: a config is a few "
-                "levels of sections and keys", self.peek_event().start_mark)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue
-            ident = (key_node.tag, key_node.value)
-            if ident in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_show(key_node.value)}", key_node.start_mark)
-            seen.add(ident)
-        return super().construct_mapping(node, deep)
-
-
-def _load_yaml(path: str, text: str):
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        if mark is None:
-            raise EnhrecError(f"{path}: not valid YAML: {_one_line(str(e))}") from None
-        raise EnhrecError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: "
-                          f"{_yaml_problem(e)}") from None
-    except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
-        # PyYAML gives the character as a code point for text input, as a str for bytes.
-        code = e.character if isinstance(e.character, int) else ord(e.character)
-        raise EnhrecError(f"{path}: line {line}: character {code:#x} is not allowed in YAML: "
-                          "remove it") from None
-    except yaml.YAMLError as e:
-        raise EnhrecError(f"{path}: not valid YAML: {_one_line(str(e))}") from None
-
-
-def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
-    problem = _one_line(e.problem or e.context or "invalid YAML")
-    # The context often points at the real culprit, e.g. the key missing its ':' a line above.
-    if e.problem and e.context and e.context_mark is not None:
-        problem += f" ({_one_line(e.context)} at line {e.context_mark.line + 1})"
-    return problem
-
-
 # --- the schema -----------------------------------------------------------------------------
 
 class _BadValue(Exception):
@@ -216,14 +177,14 @@ def _boolean(value) -> bool:
         return True
     if isinstance(value, str) and value.lower() in _TELEPORT_FALSE:
         return False
-    raise _BadValue(f"must be true or false, got {_show(value)}")
+    raise _BadValue(f"must be true or false, got {show_value(value)}")
 
 
 def _pages(value) -> int:
     # `type is int`, not isinstance: bool is an int in Python, and `true` pages is a mistake.
     if type(value) is not int or not MIN_BUFFER_PAGES <= value <= MAX_BUFFER_PAGES:
         raise _BadValue(f"must be an integer from {MIN_BUFFER_PAGES} to {MAX_BUFFER_PAGES}, "
-                        f"got {_show(value)}")
+                        f"got {show_value(value)}")
     return value
 
 
@@ -233,14 +194,14 @@ MAX_IDLE_SECONDS = 7 * 86400
 def _seconds(value) -> int:
     if type(value) is not int or not 0 <= value <= MAX_IDLE_SECONDS:
         raise _BadValue(f"must be a whole number of seconds from 0 to {MAX_IDLE_SECONDS}, "
-                        f"got {_show(value)}")
+                        f"got {show_value(value)}")
     return value
 
 
 def _byte_count(value) -> int:
     if type(value) is not int or not 0 <= value <= MAX_TTY_RECORDING_BYTES:
         raise _BadValue(f"must be an integer from 0 to {MAX_TTY_RECORDING_BYTES} (bytes), "
-                        f"got {_show(value)}")
+                        f"got {show_value(value)}")
     return value
 
 
@@ -252,36 +213,36 @@ def _tty_recording(value) -> str:
 def _epoch_seconds(value) -> int:
     if type(value) is not int or not MIN_KEY_EPOCH <= value <= MAX_KEY_EPOCH:
         raise _BadValue(f"must be a number of seconds from {MIN_KEY_EPOCH} to {MAX_KEY_EPOCH}, "
-                        f"got {_show(value)}")
+                        f"got {show_value(value)}")
     return value
 
 
 def _absolute_path(value) -> str:
     # Relative paths would depend on the directory the login shell happens to start in.
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise _BadValue(f"must be an absolute path, got {_show(value)}")
+        raise _BadValue(f"must be an absolute path, got {show_value(value)}")
     if len(value.encode()) > MAX_PATH_BYTES:
         raise _BadValue(f"must be an absolute path of at most {MAX_PATH_BYTES} bytes, got "
-                        f"{len(value.encode())} bytes ({_show(value)})")
+                        f"{len(value.encode())} bytes ({show_value(value)})")
     return value
 
 
 def _name(value) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise _BadValue(f"must be a non-empty string, got {_show(value)}")
+        raise _BadValue(f"must be a non-empty string, got {show_value(value)}")
     size = len(value.encode())
     if size > MAX_NAME_BYTES:
         raise _BadValue(f"must be at most {MAX_NAME_BYTES} bytes (a host name), got {size} "
-                        f"bytes ({_show(value)})")
+                        f"bytes ({show_value(value)})")
     if not value.isprintable():
-        raise _BadValue(f"must be printable (no control characters), got {_show(value)}")
+        raise _BadValue(f"must be printable (no control characters), got {show_value(value)}")
     return value
 
 
 def _one_of(*choices: str):
     def read(value) -> str:
         if not isinstance(value, str) or value not in choices:
-            raise _BadValue(f"must be one of {', '.join(choices)}, got {_show(value)}")
+            raise _BadValue(f"must be one of {', '.join(choices)}, got {show_value(value)}")
         return value
     return read
 
@@ -329,13 +290,15 @@ _TOP_LEVEL = frozenset({
 })
 
 
-def _parse(path: str, text: str) -> Config:
-    document = _load_yaml(path, text)
+def _parse(path: str, text: str) -> dict:
+    """The settings the file's text sets (Config's field names), checked."""
+    from enhrec_wrap.config_yaml import load_yaml
+    document = load_yaml(path, text)
     if document is None:
-        return Config(source=path)
+        return {}
     if not isinstance(document, dict):
         raise EnhrecError(f"{path}: the top level must be a mapping of sections "
-                          f"(teleport:, ssh_service:, enhrec:, ...), got {_show(document)}")
+                          f"(teleport:, ssh_service:, enhrec:, ...), got {show_value(document)}")
     _check_keys(path, "", document, _TOP_LEVEL)
     ssh_service = _mapping(path, "ssh_service", document.get("ssh_service"))
     auth_service = _mapping(path, "auth_service", document.get("auth_service"))
@@ -348,7 +311,7 @@ def _parse(path: str, text: str) -> Config:
                         _RECORDING_KEYS, _RECORDING_TOLERATED),
         **_read_section(path, "enhrec", document.get("enhrec"), _ENHREC_KEYS, frozenset()),
     }
-    return Config(source=path, **values)
+    return values
 
 
 def _read_section(path: str, where: str, value, readers: dict, tolerated: frozenset) -> dict:
@@ -374,7 +337,7 @@ def _mapping(path: str, where: str, value) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise EnhrecError(f"{path}: {where}: must be a mapping of keys, got {_show(value)}")
+        raise EnhrecError(f"{path}: {where}: must be a mapping of keys, got {show_value(value)}")
     return value
 
 
@@ -396,7 +359,7 @@ def _hint(key, allowed) -> str:
 
 # --- one-line rendering for messages --------------------------------------------------------
 
-def _show(value) -> str:
+def show_value(value) -> str:
     if isinstance(value, str):
         return _quoted(value if len(value) <= 40 else value[:40] + "...")
     if isinstance(value, bool) or value is None:
@@ -412,11 +375,7 @@ def _show(value) -> str:
 
 
 def _key_text(key) -> str:
-    return key if isinstance(key, str) and key.isprintable() and key else _show(key)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return key if isinstance(key, str) and key.isprintable() and key else show_value(key)
 
 
 def _quoted(value) -> str:

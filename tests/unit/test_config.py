@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from enhrec_wrap import config
+from enhrec_wrap import config, config_cache, config_yaml
 from enhrec_wrap.config import DEFAULT_CONFIG_PATH, Config, load_config
 from enhrec_wrap.errors import EnhrecError
 
@@ -54,9 +54,11 @@ proxy_service:
 
 
 @pytest.fixture(autouse=True)
-def files_owned_by_us_are_trusted(monkeypatch):
-    """Unit tests need no root: when not root, trust the files the test user makes."""
+def files_owned_by_us_are_trusted(monkeypatch, tmp_path):
+    """Unit tests need no root: when not root, trust the files the test user makes. Each test
+    has a cache of parsed files of its own (config_cache.py): these test the parse."""
     monkeypatch.setattr(config, "_OWNER_UID", os.geteuid())
+    monkeypatch.setattr(config_cache, "CACHE_DIR", str(tmp_path / "cache" / "config"))
 
 
 @pytest.fixture
@@ -399,11 +401,11 @@ def test_config_nested_100000_deep_is_one_line(write, opening):
     path = write("teleport:\n  nodename: " + opening * 100_000 + "\n")
     message = error_of(path)
     assert message.startswith(f"{path}: line 2, column ")
-    assert f"nested more than {config.MAX_YAML_DEPTH} levels deep" in message
+    assert f"nested more than {config_yaml.MAX_YAML_DEPTH} levels deep" in message
 
 
 def test_config_nested_as_deep_as_allowed_loads(write):
-    depth = config.MAX_YAML_DEPTH - 3   # the document, teleport: and the key's mapping
+    depth = config_yaml.MAX_YAML_DEPTH - 3   # the document, teleport: and the key's mapping
     path = write("teleport:\n  log: " + "[" * depth + "]" * depth + "\n")
     assert load_config(path).source == path
 
