@@ -28,7 +28,7 @@ from enhrec_wrap.events import teleport as events
 from enhrec_wrap.host.cgroup import SessionCgroup, is_cgroup2_mount, leaf_dir, parent_dir
 from enhrec_wrap.kernel.host import (PIN_ROOT, HostLock, drop_session, pinned_versions,
                                      sessions_of)
-from enhrec_wrap.log import layout, reader, session_lock, store
+from enhrec_wrap.log import layout, session_lock, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.log.server_id import read_server_id
 
@@ -165,6 +165,8 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> str | None
     """Writes session.end where it is missing: the session's own, when one sink has it, else
     one with {incomplete: true}. The caller holds the lock. Returns ENDED, COPIED, or None when
     there was nothing to end (no session.start, or both sinks have session.end)."""
+    # Only a stale session is read back: not imported by every start (1.5 ms, 0.14 MB).
+    from enhrec_wrap.log import reader
     log = reader.LogDir(config.log_dir)
     directory = layout.session_files_dir(config.log_dir, server_id)
     stored = _Seen()
