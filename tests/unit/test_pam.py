@@ -1,6 +1,9 @@
 """Tests for enhrec_wrap.login.pam that need neither root nor a PAM stack: who may use it, and the one
 line a refused account gets. The real PAM conversation is tested end to end (tests/e2e)."""
 
+import subprocess
+import sys
+import textwrap
 import types
 
 import pam as python_pam
@@ -63,3 +66,20 @@ def test_close_is_safe_twice():
     session.close()
     session.close()
     assert calls == ["close", ("setcred", python_pam.PAM_DELETE_CRED), "end"]
+
+
+def test_python_pam_is_imported_without_ctypes_util_and_typing():
+    """Its import costs a local login neither ctypes.util's find_library (ldconfig -p) nor
+    typing, and leaves no stand-in behind: a later import gets the real modules."""
+    code = textwrap.dedent("""
+        import sys
+        from enhrec_wrap.login import pam
+        module = pam._python_pam()
+        print(sorted(m for m in ("typing", "ctypes.util") if m in sys.modules))
+        assert module.pam().handle is None   # usable: a PamAuthenticator, not yet started
+        import typing, ctypes.util
+        print(hasattr(typing, "TypeVar"), hasattr(ctypes.util, "__file__"))
+    """)
+    out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True,
+                         text=True, cwd="/").stdout
+    assert out.split("\n")[:2] == ["[]", "True True"]
