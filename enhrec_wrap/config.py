@@ -5,7 +5,7 @@ other keys and sections, and reject anything unknown in the sections we own, so 
 can never silently change what gets recorded.
 """
 
-import dataclasses
+import collections
 import os
 import stat
 
@@ -34,29 +34,41 @@ MAX_KEY_EPOCH = 7 * 86400
 _OWNER_UID = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The settings of one run; the field defaults are the built-in defaults."""
-
-    source: str = BUILT_IN_DEFAULTS
-    nodename: str = dataclasses.field(default_factory=lambda: os.uname().nodename)   # gethostname
-    cluster_name: str | None = None   # auth_service.cluster_name; None: see `cluster`
-    data_dir: str = "/var/lib/teleport"
-    enabled: bool = True
-    command_buffer_size: int = 8
-    disk_buffer_size: int = 128    # Teleport's; bursts are paused, not buffered (backpressure)
-    network_buffer_size: int = 8
-    cgroup_path: str = "/cgroup2"
-    background_processes: str = "kill"
-    on_log_failure: str = "close"
-    idle_unload_seconds: int = 300   # kernel/idle.py
-    refuse_io_uring: bool = True     # session/seccomp.py
-    refuse_32bit: bool = True
-    tty_recording: str = "interactive"
-    record_input: bool = False
+# The settings of one run, and their built-in defaults. A tuple, not a frozen dataclass: no
+# module a session imports makes a dataclass (host/privileges.py).
+_DEFAULTS = {
+    "source": BUILT_IN_DEFAULTS,
+    "nodename": None,                # None: this host's name (gethostname), when made
+    "cluster_name": None,            # auth_service.cluster_name; None: see `cluster`
+    "data_dir": "/var/lib/teleport",
+    "enabled": True,
+    "command_buffer_size": 8,
+    "disk_buffer_size": 128,         # Teleport's; bursts are paused, not buffered (backpressure)
+    "network_buffer_size": 8,
+    "cgroup_path": "/cgroup2",
+    "background_processes": "kill",
+    "on_log_failure": "close",
+    "idle_unload_seconds": 300,      # kernel/idle.py
+    "refuse_io_uring": True,         # session/seccomp.py
+    "refuse_32bit": True,
+    "tty_recording": "interactive",
+    "record_input": False,
     # Output kept per session; a `cat` of a large log is the usual way past it.
-    tty_recording_max_bytes: int = DEFAULT_TTY_RECORDING_MAX_BYTES
-    key_epoch_seconds: int = 3600
+    "tty_recording_max_bytes": DEFAULT_TTY_RECORDING_MAX_BYTES,
+    "key_epoch_seconds": 3600,
+}
+
+
+class Config(collections.namedtuple("Config", _DEFAULTS, defaults=_DEFAULTS.values())):
+    """The settings of one run, made with keywords; the ones not given are the built-in
+    defaults."""
+
+    __slots__ = ()
+
+    def __new__(cls, **values):
+        if values.get("nodename") is None:
+            values["nodename"] = os.uname().nodename   # gethostname
+        return super().__new__(cls, **values)
 
     @property
     def log_dir(self) -> str:

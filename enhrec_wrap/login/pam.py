@@ -7,7 +7,6 @@ asks, and nobody else can use the service. Under sshd (`--ssh`) sshd has done al
 """
 
 import os
-from dataclasses import dataclass, field
 
 from enhrec_wrap.errors import EnhrecError
 
@@ -15,11 +14,13 @@ SERVICE = "enhrec-wrap"
 PAM_DIR = "/etc/pam.d"
 
 
-@dataclass
 class PamSession:
-    """An open PAM session; `close` ends it (and is safe to call twice)."""
-    handle: object                      # pam.PamAuthenticator holding the live PAM handle
-    environment: dict = field(default_factory=dict)
+    """An open PAM session; `close` ends it (and is safe to call twice). Not a dataclass: that
+    would import dataclasses into every start (host/privileges.py)."""
+
+    def __init__(self, handle, environment=None):
+        self.handle = handle     # pam.PamAuthenticator holding the live PAM handle
+        self.environment = environment if environment is not None else {}
 
     def close(self) -> None:
         pam = _python_pam()

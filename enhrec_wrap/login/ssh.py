@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 import stat
-from dataclasses import dataclass, field
+import collections
 
 from enhrec_wrap.host.privileges import Account
 
@@ -32,13 +32,11 @@ _ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}(%[\w.-]{1,32})?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-@dataclass(frozen=True)
-class SshLogin:
-    command: list[str] | None           # None: the login shell
-    interactive: bool
-    start_fields: dict = field(default_factory=dict)        # session.start only
-    connection_fields: dict = field(default_factory=dict)   # session.start and session.end
-    environment: dict = field(default_factory=dict)
+# What the session is: its command (None: the login shell), whether it is interactive, the
+# fields of session.start only, those of session.start and session.end, and the variables passed
+# on. A tuple: a dataclass would import dataclasses into every start (host/privileges.py).
+SshLogin = collections.namedtuple("SshLogin",
+                                  "command interactive start_fields connection_fields environment")
 
 
 def ssh_login(account: Account, environ, sftp_servers=SFTP_SERVERS) -> SshLogin:

@@ -14,7 +14,6 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass, field
 
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.session import recovery, terminal
@@ -46,18 +45,22 @@ WATCHDOG_DIED = ("the session watchdog died, so the session is ended (it may not
 MAX_INITIAL_COMMAND_BYTES = 64 << 10
 
 
-@dataclass
 class Request:
-    """What to run, for whom. Built by the CLI from arguments and the caller's identity."""
-    account: Account                 # the OS account the session runs as (`login`)
-    user: str                        # the identity that logged in (`user`)
-    command: list[str] | None        # None: the account's login shell
-    interactive: bool
-    start_fields: dict = field(default_factory=dict)   # extra session.start fields (ssh)
-    connection_fields: dict = field(default_factory=dict)   # extra start and end fields (ssh)
-    environment: dict = field(default_factory=dict)     # extra variables for the session
-    cwd: str | None = None           # where it starts; None: home for the login shell, else ours
-    client_fds: tuple = ()           # outputs whose reader vanishing means the client is gone
+    """What to run, for whom. Built by the CLI from arguments and the caller's identity. Not a
+    dataclass: that would import dataclasses into every start (host/privileges.py)."""
+
+    def __init__(self, account: Account, user: str, command: list[str] | None, interactive: bool,
+                 start_fields=None, connection_fields=None, environment=None,
+                 cwd: str | None = None, client_fds: tuple = ()):
+        self.account = account       # the OS account the session runs as (`login`)
+        self.user = user             # the identity that logged in (`user`)
+        self.command = command       # None: the account's login shell
+        self.interactive = interactive
+        self.start_fields = start_fields or {}             # extra session.start fields (ssh)
+        self.connection_fields = connection_fields or {}   # extra start and end fields (ssh)
+        self.environment = environment or {}               # extra variables for the session
+        self.cwd = cwd               # where it starts; None: home for the login shell, else ours
+        self.client_fds = client_fds   # outputs whose reader vanishing means the client is gone
 
 
 class Session:

@@ -18,7 +18,6 @@ live session is never touched: its recorder holds both locks.
 import fcntl
 import os
 import time
-from dataclasses import dataclass, field
 
 import orjson
 
@@ -39,15 +38,18 @@ INCOMPLETE_REASON = "the recorder stopped without ending the session (killed, cr
 CONNECTION_FIELDS = ("addr.remote", "addr.local", "server_addr", "proto")
 
 
-@dataclass
 class Report:
-    stale: list = field(default_factory=list)           # sids found without session.end
-    repaired: list = field(default_factory=list)        # sids given an incomplete session.end
-    copied: list = field(default_factory=list)          # sids whose session.end was copied
-    cgroups_removed: list = field(default_factory=list)  # cgroup paths killed and removed
-    stale_cgroups: list = field(default_factory=list)   # cgroup paths found unheld
-    registrations_dropped: list = field(default_factory=list)   # cgroup ids taken out of the programs
-    errors: list = field(default_factory=list)          # one line each
+    """What a check or a repair found and did. Not a dataclass: that would import dataclasses
+    into every start (host/privileges.py)."""
+
+    def __init__(self):
+        self.stale = []                  # sids found without session.end
+        self.repaired = []               # sids given an incomplete session.end
+        self.copied = []                 # sids whose session.end was copied
+        self.cgroups_removed = []        # cgroup paths killed and removed
+        self.stale_cgroups = []          # cgroup paths found unheld
+        self.registrations_dropped = []  # cgroup ids taken out of the programs
+        self.errors = []                 # one line each
 
 
 def check(config) -> Report:
@@ -132,15 +134,16 @@ def repair_at_start(config) -> Report | None:
 
 # --- one session ----------------------------------------------------------------------------
 
-@dataclass
 class _Seen:
     """What one sink holds of a session."""
-    first: dict | None = None      # session.start, else the first event seen
-    last_ei: int = -1
-    last_time: str = ""
-    has_end: bool = False
-    end_line: bytes = b""          # the session's session.end, as its line
-    last_part: int = -1
+
+    def __init__(self):
+        self.first = None        # session.start, else the first event seen
+        self.last_ei = -1
+        self.last_time = ""
+        self.has_end = False
+        self.end_line = b""      # the session's session.end, as its line
+        self.last_part = -1
 
     def add(self, event: dict, line: bytes):
         start = kinds.START

@@ -1,6 +1,5 @@
 """Tests for enhrec_wrap.config: defaults, Teleport files taken as they are, and every refusal."""
 
-import dataclasses
 import os
 import pathlib
 import shutil
@@ -82,14 +81,14 @@ def error_of(path: str) -> str:
 # --- accepted -------------------------------------------------------------------------------
 
 def test_config_fields_match_the_architecture():
-    names = [f.name for f in dataclasses.fields(Config)]
+    names = list(Config._fields)
     assert names == ["source", "nodename", "cluster_name", "data_dir", "enabled",
                      "command_buffer_size", "disk_buffer_size", "network_buffer_size",
                      "cgroup_path", "background_processes", "on_log_failure",
                      "idle_unload_seconds", "refuse_io_uring", "refuse_32bit",
                      "tty_recording", "record_input", "tty_recording_max_bytes",
                      "key_epoch_seconds"]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         Config().enabled = False
 
 
