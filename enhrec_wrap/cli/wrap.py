@@ -16,6 +16,10 @@ EXIT_STATUS = {
     Failure.COMMAND_NOT_FOUND: 127,
     Failure.COMMAND_NOT_EXECUTABLE: 126,
 }
+# orjson releases whose first import was checked to look up, of the stand-ins below, nothing but
+# uuid.UUID and dataclasses._FIELD (tests/unit/test_wrap_imports.py). A name it looks up and does
+# not find crashes its import (SIGSEGV), so any other release is imported as it is.
+ORJSON_CHECKED = ("3.13.",)
 
 
 def make_standard_fds_safe():
@@ -43,8 +47,51 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def import_orjson():
+    """orjson, as the recorder imports it. Its first import imports uuid and dataclasses to learn
+    two of the types it serializes, and they bring platform, inspect, ast, dis and tokenize:
+    10 ms of CPU and 1.8 MB of every session (docs/PERFORMANCE.md), for types the recorder never
+    gives it (its events, briefs and caches are dicts, lists, strings and numbers; no module a
+    session imports makes a dataclass). So that import sees stand-ins holding only the two names
+    it looks up, gone again right after, as login/pam.py does for python-pam: a later import of
+    either gets the real module. In the recorder orjson then refuses a uuid.UUID (TypeError), and
+    its handling of dataclasses is not to be relied on; `enhrec`, the watchdog's Python and the
+    tests import it as it is."""
+    import sys
+    if "orjson" not in sys.modules and not {"uuid", "dataclasses"} & sys.modules.keys() and \
+            (_orjson_release() or "").startswith(ORJSON_CHECKED):
+        import types
+        uuid, dataclasses = types.ModuleType("uuid"), types.ModuleType("dataclasses")
+        uuid.UUID = type("UUID", (), {})
+        dataclasses._FIELD = object()
+        sys.modules.update(uuid=uuid, dataclasses=dataclasses)
+        try:
+            import orjson
+        finally:
+            del sys.modules["uuid"], sys.modules["dataclasses"]
+    import orjson
+    return orjson
+
+
+def _orjson_release() -> str | None:
+    """The release of the orjson that `import orjson` would load, from its dist-info directory,
+    without importing it; None when that is not one clear answer."""
+    from importlib.machinery import PathFinder
+    spec = PathFinder.find_spec("orjson")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    site = os.path.dirname(spec.submodule_search_locations[0])
+    try:
+        found = [name for name in os.listdir(site)
+                 if name.startswith("orjson-") and name.endswith(".dist-info")]
+    except OSError:
+        return None
+    return found[0][len("orjson-"):-len(".dist-info")] if len(found) == 1 else None
+
+
 def main(argv=None):
     make_standard_fds_safe()
+    import_orjson()   # before anything imports it
     from enhrec_wrap.host import priority
     from enhrec_wrap.session.watchdog import Watchdog
     priority.boost()   # the watchdog too
