@@ -45,7 +45,8 @@ def _python_pam():
     every local login. And it imports typing for `Any`, which it only writes in annotations:
     1.9 ms and 0.4 MB. So its import sees stand-ins for both (a ctypes.util holding only
     _library, a typing holding only Any), gone again right after: a later import of either gets
-    the real module. A soname that does not load goes to the real find_library."""
+    the real module, and so does python-pam if it needs more of them. A soname that does not
+    load goes to the real find_library."""
     import sys
     stand_ins = {"ctypes.util": {"find_library": _library}, "typing": {"Any": object}}
     if "pam" not in sys.modules:
@@ -56,6 +57,8 @@ def _python_pam():
             sys.modules[name].__dict__.update(stand_ins[name])
         try:
             import pam
+        except ImportError:
+            pass   # a release that needs more of them: imported as it is, below
         finally:
             for name in placed:
                 del sys.modules[name]

@@ -83,3 +83,21 @@ def test_python_pam_is_imported_without_ctypes_util_and_typing():
     out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True,
                          text=True, cwd="/").stdout
     assert out.split("\n")[:2] == ["[]", "True True"]
+
+
+def test_a_python_pam_that_needs_more_of_typing_is_imported_as_it_is(tmp_path):
+    """A later release may import more of typing than Any: then it gets the real one."""
+    (tmp_path / "pam").mkdir()
+    (tmp_path / "pam" / "__init__.py").write_text("from typing import Any, Optional\n")
+    (tmp_path / "pam" / "__internals.py").write_text("")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from enhrec_wrap.login import pam
+        module = pam._python_pam()
+        import typing
+        print(module.__file__.startswith({str(tmp_path)!r}), module.Optional is typing.Optional)
+    """)
+    out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True,
+                         text=True, cwd="/").stdout
+    assert out.split() == ["True", "True"]
