@@ -223,11 +223,24 @@ class HostPrograms:
         return host
 
     def next_generation(self) -> int:
-        """Counts a session opening the set or registering; returns the new count."""
+        """Counts a session opening the set or registering, and marks the set used now (the
+        idle timer's clock, idle.py); returns the new count."""
         fd = self.maps[GENERATION_MAP]
         count = struct.unpack("=Q", map_lookup(fd, b"\0\0\0\0", 8))[0] + 1
         map_update(fd, b"\0\0\0\0", struct.pack("=Q", count))
+        self.mark_used()
         return count
+
+    def mark_used(self):
+        """The set's pin directory's mtime is when a session last opened, registered with or
+        left it: how long the set has been idle is read from there (idle.py)."""
+        try:
+            os.utime(self.pin_dir)
+        except FileNotFoundError:
+            pass   # its pins removed under it (rm -rf): its links keep it attached all the same
+
+    def idle_seconds(self) -> float:
+        return time.time() - os.stat(self.pin_dir).st_mtime
 
     def generation(self) -> int:
         return struct.unpack("=Q", map_lookup(self.maps[GENERATION_MAP], b"\0\0\0\0", 8))[0]

@@ -1,43 +1,123 @@
 """Unloading the host's programs when no session has used them for a while.
 
-The session that leaves the programs without sessions starts a timer: a detached process that
-sleeps `idle_unload_seconds`, then, under the HostLock, unloads the set if it is still unused and
-no session registered meanwhile (the set's generation is the one the timer was given). Each
-ending last session starts one; the ones whose generation is stale do nothing. Until then the
-programs stay attached, so the next session starts without loading them, and afterwards an idle
-host runs none of them: every syscall on it is back on its fast path.
+The session that leaves the programs without sessions starts the set's timer, unless it is
+already running: one detached process per set, whatever the number of sessions that came and
+went (a host running one short `ssh host cmd` after another starts one timer, not one each).
+The timer sleeps, then looks under the HostLock: a set some session uses again ends the timer
+(the next last session to leave starts it again); a set idle for `idle_unload_seconds` is
+unloaded; else it sleeps for what is left of that. How long the set has been idle is the age of
+its pin directory's mtime, which every session's opening, registration and leaving sets
+(HostPrograms.mark_used). The timer holds a flock on the pin directory, which says it runs; it
+lets it go under the HostLock when it ends, so that a session leaving at that moment finds it
+free and starts another. Until the unload the programs stay attached, so the next session
+starts without loading them, and afterwards an idle host runs none of them: every syscall on it
+is back on its fast path.
 
-Run as `python -I -m enhrec_wrap.kernel.idle VERSION GENERATION` (after a `sleep`, by
-start_if_last), or with `--now` to unload every set no session uses at once (`make uninstall`,
+Run as `python -I -m enhrec_wrap.kernel.idle timer VERSION SECONDS` (by the timer's shell,
+which prints what it prints: the seconds to sleep before it looks again, or nothing when it is
+done), or with `--now` to unload every set no session uses at once (`make uninstall`,
 `enhrec doctor --unload`): exit status 1 when a set is left because sessions use it. The
 session watchdog runs it as `... release VERSION CGROUP_ID IDLE_SECONDS` at a normal end.
 """
 
+import fcntl
 import os
+import stat
 import sys
 
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.kernel.host import (HostLock, HostPrograms, pinned_versions, remove_leftovers,
-                                     unload, unload_if_unused)
+from enhrec_wrap.kernel.host import (PIN_ROOT, HostLock, HostPrograms, pinned_versions,
+                                     remove_leftovers, unload, unload_if_unused)
+
+
+# The fd of the timer's flock on its set's pin directory, in the timer's shell and its Python.
+TIMER_LOCK_FD = 3
+# The timer's shell: $0 the seconds to sleep first, $1 the interpreter, $2 the version. Each look
+# prints how long to sleep before the next, or nothing when the timer is done.
+TIMER_SCRIPT = ('cd / && s="$0" && while sleep "$s"; do '
+                's=$("$1" -I -m enhrec_wrap.kernel.idle timer "$2" "$0") && [ -n "$s" ] || exit 0; '
+                'done')
+# A look that finds less than this left sleeps this long: no busy loop on a clock's rounding.
+MIN_SLEEP = 0.1
 
 
 def start_if_last(host: HostPrograms, seconds: float) -> bool:
-    """Starts the timer when no session is registered any more; the caller holds the HostLock."""
+    """Starts the set's timer when no session is registered any more and it is not running
+    already (then it finds the new idle time when it looks); the caller holds the HostLock."""
     if host.sessions():
         return False
+    host.mark_used()   # the idle time starts now
+    lock = os.open(host.pin_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True   # the set's timer runs
+        _spawn_timer(host.version, seconds, lock)
+    finally:
+        os.close(lock)   # the timer's copy holds the flock
+    return True
+
+
+def _spawn_timer(version: str, seconds: float, lock: int):
     # The sleep is a shell's, so that the timer costs a megabyte while it waits, not a Python;
     # posix_spawn, not subprocess: the watchdog runs this, and subprocess costs it 11 ms.
     # Every fd of ours is close-on-exec (Python's, bpf()'s, and the watchdog's received ones).
-    script = 'cd / && sleep "$0" && exec "$1" -I -m enhrec_wrap.kernel.idle "$2" "$3"'
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script, str(seconds), sys.executable,
-                                   host.version, str(host.generation())], _timer_environment(),
-                       file_actions=[(os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)],
+        os.posix_spawn("/bin/sh", ["/bin/sh", "-c", TIMER_SCRIPT, str(seconds), sys.executable,
+                                   version], _timer_environment(),
+                       file_actions=[*((os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)),
+                                     (os.POSIX_SPAWN_DUP2, lock, TIMER_LOCK_FD)],
                        setsid=True)
     finally:
         os.close(null)
-    return True
+
+
+def timer_look(version: str, seconds: float) -> float | None:
+    """The timer's look, under the HostLock: unloads the set once no session has used it for
+    `seconds`. Returns how long to sleep before the next look, or None when the timer is done
+    (its flock let go): the set is gone or unloaded, or sessions use it again."""
+    with HostLock():
+        left = _idle_left(version, seconds) if _still_ours(version) else None
+        if left is not None and left > 0:
+            return max(min(left, seconds), MIN_SLEEP)
+        if left is not None:
+            unload(version)
+        _end_timer()
+        return None
+
+
+def _still_ours(version: str) -> bool:
+    """The set pinned now is the one this timer was started for (its flock is on that pin
+    directory): a set unloaded and loaded again has a timer of its own."""
+    try:
+        mine, pinned = os.fstat(TIMER_LOCK_FD), os.stat(os.path.join(PIN_ROOT, version))
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (pinned.st_dev, pinned.st_ino)
+
+
+def _idle_left(version: str, seconds: float) -> float | None:
+    """How long until the set has been idle for `seconds` (0 or less: it has), or None when
+    there is nothing to wait for: no such set, or sessions use it."""
+    host = HostPrograms.open(version)
+    if host is None:
+        return None
+    try:
+        return None if host.sessions() else seconds - host.idle_seconds()
+    finally:
+        host.close()
+
+
+def _end_timer():
+    """Lets the timer's flock go (the shell's and ours are one open file), so that a session
+    leaving once we let the HostLock go starts a new timer rather than count on this one."""
+    try:
+        if stat.S_ISDIR(os.fstat(TIMER_LOCK_FD).st_mode):
+            fcntl.flock(TIMER_LOCK_FD, fcntl.LOCK_UN)
+    except OSError:
+        pass   # not run by a timer's shell: nothing to let go
 
 
 def _timer_environment() -> dict:
@@ -99,10 +179,15 @@ def main(argv=None) -> int:
         except (EnhrecError, OSError, IndexError, ValueError):
             return 1   # left registered: the next start's recovery takes it out
         return 0
-    version, generation = argv[0], int(argv[1])
     try:
-        unload_if_idle(version, generation)
-    except EnhrecError:
+        if argv[:1] == ["timer"]:
+            left = timer_look(argv[1], float(argv[2]))
+            if left is not None:
+                print(f"{left:.3f}")
+            return 0
+        # A timer an earlier release started (VERSION GENERATION), woken after an upgrade.
+        unload_if_idle(argv[0], int(argv[1]))
+    except (EnhrecError, OSError, IndexError, ValueError):
         return 1   # left loaded: the next session's end, or `enhrec doctor --unload`, tries again
     return 0
 

@@ -143,6 +143,55 @@ def test_an_idle_host_unloads_the_programs_and_the_next_session_loads_them(
     assert os.path.isdir(our_set())
 
 
+def idle_timers() -> list[int]:
+    """The pids of the idle timers (kernel/idle.py) of the set pinned now: those whose flock fd
+    is on its pin directory (a timer of a set unloaded before sleeps on until it looks)."""
+    try:
+        ours = os.stat(our_set())
+    except FileNotFoundError:
+        return []
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            locked = os.stat(f"/proc/{pid}/fd/3")
+        except OSError:
+            continue
+        if argv[:2] == [b"/bin/sh", b"-c"] and b"kernel.idle timer" in argv[2] \
+                and (locked.st_dev, locked.st_ino) == (ours.st_dev, ours.st_ino):
+            pids.append(int(pid))
+    return pids
+
+
+def test_sessions_one_after_another_share_one_idle_timer(recorder, kernel_to_ourselves):
+    """Each session that leaves the set without sessions would start a timer: a host running
+    one short session after another (`ssh host cmd` in a loop) has one, not one a session."""
+    recorder.unload_our_programs()
+    recorder.configure("enhrec:\n  idle_unload_seconds: 60\n")
+    for _ in range(4):
+        assert recorder.run(["/bin/true"]).returncode == 0
+    wait_until(lambda: not registered(), 10, "sessions still registered")
+    assert len(idle_timers()) == 1
+
+
+def test_a_session_in_the_idle_time_starts_it_again(recorder, kernel_to_ourselves):
+    """The set is unloaded idle_unload_seconds after the LAST session left it, not after the
+    first one that started the timer; then the timer ends."""
+    recorder.unload_our_programs()
+    recorder.configure("enhrec:\n  idle_unload_seconds: 3\n")
+    assert recorder.run(["/bin/true"]).returncode == 0
+    time.sleep(2)
+    assert recorder.run(["/bin/true"]).returncode == 0
+    wait_until(lambda: not registered(), 10, "sessions still registered")
+    second_left = time.monotonic()
+    (timer,) = idle_timers()
+    wait_until(lambda: not os.path.exists(our_set()), 20, "the idle programs were not unloaded")
+    # registered() went empty at most ~0.1 s after the session really left
+    assert time.monotonic() - second_left >= 3 - 0.3
+    wait_until(lambda: not os.path.exists(f"/proc/{timer}"), 10, "the timer did not end")
+
+
 def test_a_session_never_uses_programs_of_another_version(recorder, tmp_path, kernel_to_ourselves):
     """A set pinned under another version (as after an upgrade) is never attached to: the session
     loads its own, and the other, used by no session, is unloaded on the way."""
