@@ -12,10 +12,9 @@ compiled-program cache, which keeps its own entries: this directory is not one o
 """
 
 import os
-import stat
 import sys
 
-import orjson
+from enhrec_wrap.host.private_cache import PrivateCache
 
 CACHE_DIR = "/var/cache/enhrec-wrap/config"
 CACHE_FORMAT = "enhrec-config-cache 1"
@@ -52,90 +51,20 @@ def _code() -> list[bytes] | None:
     return out
 
 
+def _cache(owner_uid: int) -> PrivateCache:
+    # Made at each use: tests point CACHE_DIR elsewhere.
+    return PrivateCache(CACHE_DIR, CACHE_KEEP, owner_uid, within=os.path.dirname(CACHE_DIR))
+
+
 def read_cache(key: str | None, owner_uid: int):
     """The values stored under key, or None (absent, unreadable, not the owner's alone)."""
-    dir_fd = _private_dir_fd(owner_uid, create=False) if key else None
-    if dir_fd is None:
-        return None
-    try:
-        fd = os.open(f"{key}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    finally:
-        os.close(dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _owners_alone(fd, owner_uid):
-            return None
-        with open(fd, "rb", closefd=False) as f:
-            entry = orjson.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
+    entry = _cache(owner_uid).read(key) if key else None
     if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
         return None
     return entry.get("values")
 
 
 def write_cache(key: str | None, values: dict, owner_uid: int):
-    """Stores values under key (atomically: a reader sees all of the entry or none) and keeps the
-    newest CACHE_KEEP entries. Best effort: a session never fails for its cache."""
-    dir_fd = _private_dir_fd(owner_uid, create=True) if key else None
-    if dir_fd is None:
-        return
-    tmp = f".{key}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-        with open(fd, "wb") as f:
-            f.write(orjson.dumps({"format": CACHE_FORMAT, "values": values}))
-        os.rename(tmp, f"{key}.json", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        entries = []
-        for name in os.listdir(dir_fd):
-            if name.endswith(".json") and not name.startswith("."):
-                entries.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns,
-                                name))
-        for _, name in sorted(entries, reverse=True)[CACHE_KEEP:]:
-            os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-    finally:
-        os.close(dir_fd)
-
-
-def _private_dir_fd(owner_uid: int, create: bool):
-    """CACHE_DIR, opened, if it and its parent are the owner's alone (else None)."""
-    parent = os.path.dirname(CACHE_DIR)
-    if create:
-        for path in (parent, CACHE_DIR):
-            try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                pass
-            except OSError:
-                return None
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        parent_fd = os.open(parent, flags)
-    except OSError:
-        return None
-    try:
-        if not _owners_alone(parent_fd, owner_uid):
-            return None
-        fd = os.open(os.path.basename(CACHE_DIR), flags, dir_fd=parent_fd)
-    except OSError:
-        return None
-    finally:
-        os.close(parent_fd)
-    if not _owners_alone(fd, owner_uid):
-        os.close(fd)
-        return None
-    return fd
-
-
-def _owners_alone(fd: int, owner_uid: int) -> bool:
-    st = os.fstat(fd)
-    return st.st_uid == owner_uid and not st.st_mode & 0o077
+    """Stores values under key (best effort: a session never fails for its cache)."""
+    if key:
+        _cache(owner_uid).write(key, {"format": CACHE_FORMAT, "values": values})

@@ -1,11 +1,10 @@
 """The compiled-program cache: what BCC compiled (compiler.py), kept so that the programs can be
 loaded again without BCC or LLVM (host.py). Root's alone, like the programs it feeds to the
-kernel: an entry anyone else could have written is never read."""
+kernel: an entry anyone else could have written is never read (host/private_cache.py)."""
 
 import os
-import stat
 
-import orjson
+from enhrec_wrap.host.private_cache import PrivateCache
 
 CACHE_DIR = "/var/cache/enhrec-wrap"
 CACHE_FORMAT = "enhrec-bpf-cache 4"
@@ -53,77 +52,18 @@ def _bcc_version() -> bytes:
         return b"unknown bcc"
 
 
-def _private_dir_fd(create: bool):
-    """CACHE_DIR, opened, if it is root's alone (else None: a cache anyone else could write
-    would let them choose the programs root loads)."""
-    if create:
-        try:
-            os.mkdir(CACHE_DIR, 0o700)
-        except FileExistsError:
-            pass
-        except OSError:
-            return None
-    try:
-        fd = os.open(CACHE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    st = os.fstat(fd)
-    if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
-        os.close(fd)
-        return None
-    return fd
+def _cache() -> PrivateCache:
+    # Made at each use: tests point CACHE_DIR elsewhere.
+    return PrivateCache(CACHE_DIR, CACHE_KEEP)
 
 
 def read_cache(key: str):
     """The entry stored under key, or None (absent, unreadable, not root's, not ours)."""
-    dir_fd = _private_dir_fd(create=False)
-    if dir_fd is None:
-        return None
-    try:
-        fd = os.open(f"{key}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    finally:
-        os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o077:
-            return None
-        with open(fd, "rb", closefd=False) as f:
-            entry = orjson.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
+    entry = _cache().read(key)
     return entry if isinstance(entry, dict) and entry.get("format") == CACHE_FORMAT else None
 
 
 def write_cache(key: str, entry):
-    """Stores entry (atomically: a reader sees all of it or nothing) and keeps the newest
-    CACHE_KEEP entries. Best effort: a session never fails for its cache."""
-    if entry is None:
-        return
-    dir_fd = _private_dir_fd(create=True)
-    if dir_fd is None:
-        return
-    tmp = f".{key}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-        with open(fd, "wb") as f:
-            f.write(orjson.dumps(entry))
-        os.rename(tmp, f"{key}.json", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        entries = []
-        for name in os.listdir(dir_fd):
-            if name.endswith(".json") and not name.startswith("."):
-                entries.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime_ns,
-                                name))
-        for _, name in sorted(entries, reverse=True)[CACHE_KEEP:]:
-            os.unlink(name, dir_fd=dir_fd)
-    except OSError:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-    finally:
-        os.close(dir_fd)
+    """Stores entry (best effort: a session never fails for its cache)."""
+    if entry is not None:
+        _cache().write(key, entry)
