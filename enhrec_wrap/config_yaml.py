@@ -78,6 +78,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _show_key(value) -> str:
-    from enhrec_wrap.config import show_value   # the config's own way to quote a value
-    return show_value(value)
+def _show_key(text: str) -> str:
+    """A key (a scalar node's text) quoted as config.show_value quotes a string."""
+    import json   # for a mistake only
+    return json.dumps(text if len(text) <= 40 else text[:40] + "...")
