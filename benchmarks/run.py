@@ -48,7 +48,7 @@ CACHED_STEPS = ("Watchdog.arm", "_spawn", "os.fork", "HostPrograms.open_or_load"
                 "HostPrograms.open", "SessionRings.create", "SessionRings.register",
                 "Recording.wait_registered", "Session.fork_child", "Session.start_child",
                 "Session.close")
-LOADED_STEPS = CACHED_STEPS + ("HostPrograms._load", "read_cache", "_pin_entry")
+LOADED_STEPS = CACHED_STEPS + ("HostPrograms._load", "read_cache", "pin_entry")
 COMPILED_STEPS = LOADED_STEPS + ("compile_entry",)
 # Runs redone because another session on the machine loaded the set first, before a figure fails.
 MAX_REDONE = 20
@@ -319,7 +319,7 @@ class Suite:
                      f"median {ms(h.median(extra))} ({runs} runs{again}); split: Python start + "
                      f"imports {s['import']:.0f} ms, the set loaded {load:.0f} ms (reading the "
                      f"cache {s['read_cache']:.0f} ms, BCC compile {compiled:.0f} ms, maps "
-                     f"created, programs verified, attached and pinned {s['_pin_entry']:.0f} ms: "
+                     f"created, programs verified, attached and pinned {s['pin_entry']:.0f} ms: "
                      f"map_create {s['map_create']:.0f}, prog_load (the verifier, two threads "
                      f"summed) {s['prog_load']:.0f}, the tracepoints' perf events "
                      f"{s['tracepoint_event']:.0f}, link_create and raw_tracepoint_open "

@@ -69,14 +69,14 @@ STEPS = [
     ("enhrec_wrap.kernel.host", "HostPrograms", "_load"),
     ("enhrec_wrap.kernel.program_cache", None, "read_cache"),
     ("enhrec_wrap.kernel.compiler", None, "compile_entry"),
-    ("enhrec_wrap.kernel.host", None, "_pin_entry"),
-    # ... its system calls, as host.py calls them (prog_load runs in two threads: summed)
-    ("enhrec_wrap.kernel.host", None, "map_create"),
-    ("enhrec_wrap.kernel.host", None, "prog_load"),
-    ("enhrec_wrap.kernel.host", None, "tracepoint_event"),
-    ("enhrec_wrap.kernel.host", None, "link_create"),
-    ("enhrec_wrap.kernel.host", None, "raw_tracepoint_open"),
-    ("enhrec_wrap.kernel.host", None, "obj_pin"),
+    ("enhrec_wrap.kernel.pinning", None, "pin_entry"),
+    # ... its system calls, as pinning.py calls them (prog_load runs in two threads: summed)
+    ("enhrec_wrap.kernel.pinning", None, "map_create"),
+    ("enhrec_wrap.kernel.pinning", None, "prog_load"),
+    ("enhrec_wrap.kernel.pinning", None, "tracepoint_event"),
+    ("enhrec_wrap.kernel.pinning", None, "link_create"),
+    ("enhrec_wrap.kernel.pinning", None, "raw_tracepoint_open"),
+    ("enhrec_wrap.kernel.pinning", None, "obj_pin"),
     # the session's rings
     ("enhrec_wrap.kernel.rings", "SessionRings", "create"),
     ("enhrec_wrap.kernel.rings", "SessionRings", "register"),
