@@ -22,6 +22,7 @@ session watchdog runs it as `... release VERSION CGROUP_ID IDLE_SECONDS` at a no
 
 import fcntl
 import os
+import signal
 import stat
 import sys
 
@@ -69,7 +70,9 @@ def _spawn_timer(version: str, seconds: float, lock: int):
                                    version], _timer_environment(),
                        file_actions=[*((os.POSIX_SPAWN_DUP2, null, fd) for fd in (0, 1, 2)),
                                      (os.POSIX_SPAWN_DUP2, lock, TIMER_LOCK_FD)],
-                       setsid=True)
+                       setsid=True,
+                       # the watchdog ignores these; a timer is stopped by a plain `kill`
+                       setsigdef=(signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM))
     finally:
         os.close(null)
 
@@ -157,11 +160,46 @@ def unload_if_idle(version: str, generation: int) -> bool:
 
 
 def unload_unused() -> tuple[int, list[str]]:
-    """Unloads every set no session uses: (how many, the versions left loaded)."""
+    """Unloads every set no session uses, and ends their idle timers (`make uninstall` leaves
+    no process behind): (how many, the versions left loaded)."""
     with HostLock():
-        unloaded = sum(unload_if_unused(version) for version in pinned_versions())
+        unloaded = 0
+        for version in pinned_versions():
+            timers = _timers_of(os.path.join(PIN_ROOT, version))
+            if unload_if_unused(version):
+                unloaded += 1
+                _end_processes(timers)
         remove_leftovers()
         return unloaded, pinned_versions()
+
+
+def _timers_of(directory: str) -> set[int]:
+    """The process groups of the timers whose flock is on this pin directory (each timer is a
+    session of its own: its shell and its sleep)."""
+    try:
+        pinned = os.stat(directory)
+    except OSError:
+        return set()
+    groups = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            locked = os.stat(f"/proc/{pid}/fd/{TIMER_LOCK_FD}")
+            if (locked.st_dev, locked.st_ino) == (pinned.st_dev, pinned.st_ino):
+                groups.add(os.getpgid(int(pid)))
+        except OSError:
+            continue
+    groups.discard(os.getpgrp())
+    return groups
+
+
+def _end_processes(groups: set[int]):
+    # SIGKILL: a timer keeps nothing to clean up (its flock goes with it), and one started by
+    # an earlier release ignores SIGTERM as the watchdog that spawned it did.
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass   # gone already
 
 
 def main(argv=None) -> int:

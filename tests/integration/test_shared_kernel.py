@@ -10,6 +10,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -173,6 +174,17 @@ def test_sessions_one_after_another_share_one_idle_timer(recorder, kernel_to_our
         assert recorder.run(["/bin/true"]).returncode == 0
     wait_until(lambda: not registered(), 10, "sessions still registered")
     assert len(idle_timers()) == 1
+
+
+def test_unloading_at_once_ends_the_idle_timer(recorder, kernel_to_ourselves):
+    """`make uninstall` (idle --now) leaves no pin and no timer process behind."""
+    recorder.configure("enhrec:\n  idle_unload_seconds: 600\n")
+    assert recorder.run(["/bin/true"]).returncode == 0
+    wait_until(lambda: not registered(), 10, "sessions still registered")
+    (timer,) = idle_timers()
+    subprocess.run([sys.executable, "-I", "-m", "enhrec_wrap.kernel.idle", "--now"], check=True)
+    assert not os.path.exists(our_set())
+    wait_until(lambda: not os.path.exists(f"/proc/{timer}"), 5, "the idle timer went on")
 
 
 def test_a_session_in_the_idle_time_starts_it_again(recorder, kernel_to_ourselves):
