@@ -161,10 +161,9 @@ class HostPrograms:
         for other in pinned_versions():
             if other != version:
                 unload_if_unused(other)
-        # Counted as a session now, not only once its rings are registered: the caller lets the
-        # HostLock go before it registers (recording.py), and an idle timer that ran in between
-        # would otherwise find the generation it waits on, no session, and unload the set under
-        # a session about to use it (idle.py unload_if_idle).
+        # Counted as used now, not only once its rings are registered: the idle clock starts
+        # again (idle.py), and a timer of an earlier release, which waits on the generation
+        # (idle.py unload_if_idle), finds it moved.
         host.next_generation()
         return host
 
