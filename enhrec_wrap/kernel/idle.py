@@ -108,7 +108,13 @@ def _idle_left(version: str, seconds: float) -> float | None:
     if host is None:
         return None
     try:
-        return None if host.sessions() else seconds - host.idle_seconds()
+        if host.sessions():
+            return None
+        idle = host.idle_seconds()
+        if idle < 0:   # the clock was set back since: the idle time starts again from now
+            host.mark_used()
+            idle = 0.0
+        return seconds - idle
     finally:
         host.close()
 

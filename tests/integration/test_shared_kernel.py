@@ -176,6 +176,19 @@ def test_sessions_one_after_another_share_one_idle_timer(recorder, kernel_to_our
     assert len(idle_timers()) == 1
 
 
+def test_a_clock_set_back_does_not_keep_an_idle_set_loaded(recorder, kernel_to_ourselves):
+    """The idle time is read from the pin directory's mtime: one in the future (the clock was
+    set back an hour since the last session) starts the wait again from now, no later."""
+    recorder.unload_our_programs()
+    recorder.configure("enhrec:\n  idle_unload_seconds: 2\n")
+    assert recorder.run(["/bin/true"]).returncode == 0
+    wait_until(lambda: not registered() and idle_timers(), 10, "no idle timer after the session")
+    with kernel.HostLock():   # as the clock's step would leave it, before the timer looks
+        future = time.time() + 3600
+        os.utime(our_set(), (future, future))
+    wait_until(lambda: not os.path.exists(our_set()), 10, "the idle programs were not unloaded")
+
+
 def test_unloading_at_once_ends_the_idle_timer(recorder, kernel_to_ourselves):
     """`make uninstall` (idle --now) leaves no pin and no timer process behind."""
     recorder.configure("enhrec:\n  idle_unload_seconds: 600\n")
