@@ -57,8 +57,11 @@ def _python_pam():
             sys.modules[name].__dict__.update(stand_ins[name])
         try:
             import pam
-        except ImportError:
-            pass   # a release that needs more of them: imported as it is, below
+        except (ImportError, AttributeError):
+            # A release that needs more of them: imported as it is, below, with none of its
+            # modules kept from this try (one may hold a stand-in).
+            for name in [n for n in sys.modules if n == "pam" or n.startswith("pam.")]:
+                del sys.modules[name]
         finally:
             for name in placed:
                 del sys.modules[name]

@@ -101,3 +101,24 @@ def test_a_python_pam_that_needs_more_of_typing_is_imported_as_it_is(tmp_path):
     out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True,
                          text=True, cwd="/").stdout
     assert out.split() == ["True", "True"]
+
+
+def test_a_python_pam_whose_submodule_needs_more_of_typing_is_imported_as_it_is(tmp_path):
+    """The stand-in's missing name may show as an AttributeError after a submodule was imported
+    with the stand-in: that submodule is imported again too, with the real typing."""
+    (tmp_path / "pam").mkdir()
+    (tmp_path / "pam" / "__init__.py").write_text(
+        "from pam import helper\nimport typing\nOPTIONAL = typing.Optional\n")
+    (tmp_path / "pam" / "helper.py").write_text("import typing\nTYPING = typing\n")
+    (tmp_path / "pam" / "__internals.py").write_text("")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from enhrec_wrap.login import pam
+        module = pam._python_pam()
+        import typing
+        print(module.OPTIONAL is typing.Optional, module.helper.TYPING is typing)
+    """)
+    out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True,
+                         text=True, cwd="/").stdout
+    assert out.split() == ["True", "True"]
