@@ -327,7 +327,7 @@ class _MacChecker:
         self.host = host
         self.current = 0
         self.epoch = None        # the last line's epoch under the current key
-        self.macs = {}           # (key index, epoch) -> hmac_of(k(epoch))
+        self.macs = {}           # (key index, epoch) -> mac_states(k(epoch))
         self.first_epoch = None
         self.last_epoch_lines = 0
 
@@ -336,7 +336,7 @@ class _MacChecker:
         if mac is None:
             if len(self.macs) > 64:
                 self.macs.clear()
-            mac = chain.hmac_of(self.keys[index].key(epoch))
+            mac = chain.mac_states(self.keys[index].key(epoch))
             self.macs[(index, epoch)] = mac
         return mac
 

@@ -84,7 +84,7 @@ def timer_look(version: str, seconds: float) -> float | None:
     with HostLock():
         left = _idle_left(version, seconds) if _still_ours(version) else None
         if left is not None and left > 0:
-            return max(min(left, seconds), MIN_SLEEP)
+            return max(left, MIN_SLEEP)
         if left is not None:
             unload(version)
         _end_timer()
