@@ -1,6 +1,6 @@
 """A directory of JSON entries only root can have written, for what a start would rather not
 work out again: the compiled programs (kernel/program_cache.py) and what a config file says
-(config_cache.py). An entry anyone else could have written is never read: the directory, the one
+(config/cache.py). An entry anyone else could have written is never read: the directory, the one
 it is in when that is a cache too, and each entry must be the owner's alone, since whoever
 could write them would choose the programs root loads or the settings it runs with. Writes are
 atomic (a reader sees all of an entry or none of it) and best effort (a session never fails for

@@ -8,7 +8,9 @@ import textwrap
 
 import pytest
 
-from enhrec_wrap import config, config_cache, config_yaml
+from enhrec_wrap import config
+from enhrec_wrap.config import cache as config_cache
+from enhrec_wrap.config import yaml_loader as config_yaml
 from enhrec_wrap.config import DEFAULT_CONFIG_PATH, Config, load_config
 from enhrec_wrap.errors import EnhrecError
 
@@ -55,7 +57,7 @@ proxy_service:
 @pytest.fixture(autouse=True)
 def files_owned_by_us_are_trusted(monkeypatch, tmp_path):
     """Unit tests need no root: when not root, trust the files the test user makes. Each test
-    has a cache of parsed files of its own (config_cache.py): these test the parse."""
+    has a cache of parsed files of its own (config/cache.py): these test the parse."""
     monkeypatch.setattr(config, "_OWNER_UID", os.geteuid())
     monkeypatch.setattr(config_cache, "CACHE_DIR", str(tmp_path / "cache" / "config"))
 

@@ -1,4 +1,4 @@
-"""Tests for enhrec_wrap.config_cache: a file parsed once is not parsed again, and nothing but
+"""Tests for enhrec_wrap.config.cache: a file parsed once is not parsed again, and nothing but
 what a parse of the same bytes by the same code made is ever believed."""
 
 import os
@@ -6,7 +6,8 @@ import os
 import orjson
 import pytest
 
-from enhrec_wrap import config, config_cache
+from enhrec_wrap import config
+from enhrec_wrap.config import cache as config_cache
 from enhrec_wrap.config import load_config
 from enhrec_wrap.errors import EnhrecError
 

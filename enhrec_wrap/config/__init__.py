@@ -1,4 +1,5 @@
-"""Reading and validating the YAML config into a frozen `Config`.
+"""Reading and validating the YAML config into an immutable `Config` (the parse: yaml_loader.py,
+what a file said before: cache.py).
 
 The file is a Teleport `teleport.yaml`, taken as it is: we read a few keys, tolerate Teleport's
 other keys and sections, and reject anything unknown in the sections we own, so that a typo
@@ -94,9 +95,9 @@ def load_config(path: str | None) -> Config:
 
 
 def _values(path: str, data: bytes) -> dict:
-    """The settings the file sets: what these bytes were found to say before (config_cache.py),
+    """The settings the file sets: what these bytes were found to say before (config/cache.py),
     else parsed. Only a file that parsed is kept: a bad one always gets the parser's message."""
-    from enhrec_wrap import config_cache
+    from enhrec_wrap.config import cache as config_cache
     key = config_cache.cache_key(data)
     values = config_cache.read_cache(key, _OWNER_UID)
     if values is not None and _as_parsed(values):
@@ -304,7 +305,7 @@ _TOP_LEVEL = frozenset({
 
 def _parse(path: str, text: str) -> dict:
     """The settings the file's text sets (Config's field names), checked."""
-    from enhrec_wrap.config_yaml import load_yaml
+    from enhrec_wrap.config.yaml_loader import load_yaml
     document = load_yaml(path, text)
     if document is None:
         return {}

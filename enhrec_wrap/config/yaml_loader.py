@@ -1,9 +1,9 @@
-"""The config file's YAML (config.py): PyYAML's safe loader, with duplicate keys and deep nesting
+"""The config file's YAML (config/__init__.py): PyYAML's safe loader, with duplicate keys and deep nesting
 refused, and its errors as one line naming the file, line and column.
 
 A module of its own so that only a parse imports PyYAML (9 to 12 ms and 0.9 MB of a session's
 start, its reader compiling a regular expression of all of Unicode): a session whose file was
-parsed before takes what it said from config_cache.py instead.
+parsed before takes what it said from config/cache.py instead.
 """
 
 import yaml

@@ -1,9 +1,9 @@
-"""What a config file's bytes were found to say (config.py), kept so that a session's start does
+"""What a config file's bytes were found to say (config/__init__.py), kept so that a session's start does
 not import PyYAML to learn it again: its import is 9 to 12 ms of CPU and 0.9 MB of every
-session (config_yaml.py), for a file that rarely changes.
+session (yaml_loader.py), for a file that rarely changes.
 
 An entry is keyed by the SHA-256 of the file's bytes and of everything that turns them into
-settings: config.py and config_yaml.py (the schema and the loader), PyYAML's __init__.py (it
+settings: __init__.py and yaml_loader.py (the schema and the loader), PyYAML's __init__.py (it
 holds its version) and Python's version. The same bytes read by the same code say the same
 thing, so an edit, an upgrade or another file is a new key, parsed once. Only files that parsed
 are kept, and only root's: like the config itself, an entry anyone else could have written is
@@ -41,7 +41,7 @@ def _code() -> list[bytes] | None:
     if yaml_spec is None or not yaml_spec.origin:
         return None
     out = []
-    for path in (os.path.join(here, "config.py"), os.path.join(here, "config_yaml.py"),
+    for path in (os.path.join(here, "__init__.py"), os.path.join(here, "yaml_loader.py"),
                  yaml_spec.origin):
         try:
             with open(path, "rb") as f:
