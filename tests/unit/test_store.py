@@ -683,3 +683,26 @@ def test_the_lock_removed_under_the_recorder_is_noticed_and_made_again(log_dir):
     assert session_lock.is_live(log_dir, SERVER, SID)
     writer.close(ended=True)
     assert not os.path.exists(layout.lock_path(log_dir, SERVER, SID))
+
+
+def test_a_big_batch_is_compressed_by_isal_into_a_member_zlib_reads(monkeypatch):
+    """Batches from _ISAL_FROM bytes go through ISA-L (much faster), smaller ones through zlib
+    (no isal import at a session's start); both are gzip members that zlib and gzip read, one
+    after the other in one file."""
+    import gzip
+    import zlib as real_zlib
+    from isal import isal_zlib
+    used = []
+    monkeypatch.setattr(gz_stream, "_isal_compress", None)
+    real_isal = isal_zlib.compress
+    monkeypatch.setattr(isal_zlib, "compress", lambda *a: used.append("isal") or real_isal(*a))
+    small = b'{"event":"session.disk","path":"/etc/passwd"}\n' * 10
+    big = b''.join(b'{"event":"session.disk","path":"/tmp/f%d"}\n' % i
+                   for i in range(gz_stream._ISAL_FROM // 30))
+    assert len(small) < gz_stream._ISAL_FROM <= len(big)
+    first = gz_stream.gzip_member(small)
+    assert used == []
+    second = gz_stream.gzip_member(big)
+    assert used == ["isal"]
+    assert real_zlib.decompress(second, 16 + real_zlib.MAX_WBITS) == big
+    assert gzip.decompress(first + second) == small + big
