@@ -239,6 +239,13 @@ class HostPrograms:
         keys = map_keys(self.maps["session_rings"], RING_KEY.size)
         return sorted({RING_KEY.unpack(k)[0] for k in keys})
 
+    def places_taken(self) -> int:
+        """How many of the set's MAX_SESSIONS places are taken: a session takes one in each
+        map (its lost counters, its rings), and the fuller map refuses the next."""
+        lost = len(map_keys(self.maps["lost_events"], 8))
+        rings = -(-len(map_keys(self.maps["session_rings"], RING_KEY.size)) // abi.STREAM_COUNT)
+        return max(lost, rings)
+
     def close(self):
         for fd in [*self.maps.values(), *self.links]:
             os.close(fd)
