@@ -55,10 +55,10 @@ class Recording:
         hold of the HostLock: a set with no session registered is one that any other start
         (of another version) or idle timer may unload, so the gap between opening it and
         registering must not exist. The registration (an RCU grace period, 13 ms here) runs in
-        a thread, which lets the lock go when it is done."""
-        lock = HostLock().__enter__()
+        a thread, which lets the lock go when it is done; the hold is a shared one when the
+        set is there to be used (HostPrograms.hold_for_session)."""
+        lock, host = HostPrograms.hold_for_session(config.cgroup_path)
         try:
-            host = HostPrograms.open_or_load(config.cgroup_path)
             try:
                 rings = SessionRings.create(host, cgroup_id, ring_bytes(config, host.cpus))
                 recording = cls(host, rings, ledger)
@@ -156,7 +156,7 @@ class Recording:
             self._registration.join()
         try:
             if idle_unload_seconds is not None and self.rings.registered:
-                with HostLock():
+                with HostLock(shared=True):
                     self.rings.unregister()
                     idle.start_if_last(self.host, idle_unload_seconds)
         finally:

@@ -9,7 +9,6 @@ Sized to run in well under a minute each on a 2-CPU machine (docs/architecture.m
 sessions", has the figures of 100 and 200 sessions).
 """
 
-import json
 import os
 import socket
 import struct
@@ -22,7 +21,7 @@ import pytest
 from enhrec_wrap.kernel import abi
 from enhrec_wrap.kernel import host as kernel
 from enhrec_wrap.kernel.syscalls import (BPF_MAP_TYPE_RINGBUF, map_create, map_delete_batch,
-                                         map_update_batch)
+                                         map_keys, map_update_batch)
 
 SESSION_TIMEOUT = 120
 CONCURRENT = 40
@@ -279,3 +278,34 @@ def test_a_host_at_max_sessions_refuses_the_next_with_one_line(recorder, tmp_pat
             if ln.startswith("FAIL") and "MAX_SESSIONS" in ln], doctor.stdout
     # Room again: the next session starts.
     assert recorder.run(["/bin/true"]).returncode == 0
+
+
+def test_a_start_takes_out_many_dead_registrations(recorder, kernel_to_ourselves):
+    """Registrations left by sessions whose recorder and watchdog both died (as after a `kill
+    -9` of them all): the next start's recovery takes them all out, in one batch per map, and
+    records its own session."""
+    recorder.run(["/bin/true"])   # our set is loaded
+    count = 300
+    with kernel.HostLock():
+        host = kernel.HostPrograms.open(kernel.program_version())
+    ring = map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0, "fake_ring")
+    try:
+        ids = list(range(_Fakes.FIRST_ID, _Fakes.FIRST_ID + count))   # no cgroup has these
+        keys = [kernel.RING_KEY.pack(i, s, 0) for i in ids for s in abi.RING_STREAM_NAMES]
+        with kernel.HostLock():
+            map_update_batch(host.maps["session_rings"], keys,
+                             [struct.pack("=I", ring)] * len(keys))
+            map_update_batch(host.maps["lost_events"], [struct.pack("=Q", i) for i in ids],
+                             [bytes(8 * abi.STREAM_COUNT * host.cpus)] * count)
+        assert set(ids) <= registered()
+        result = recorder.run(["/bin/cat", "/etc/hostname"])
+        assert result.returncode == 0, result.stderr
+        assert not set(ids) & registered()
+        assert not set(ids) & {struct.unpack("=Q", k)[0] for k in
+                               map_keys(host.maps["lost_events"], 8)}
+    finally:
+        os.close(ring)
+        host.close()
+    (session,) = [s for s in recorder.sessions().values()
+                  if [e for e in s.disks if e["path"] == "/etc/hostname"]]
+    assert session.end["lost_events"] == {"command": 0, "disk": 0, "network": 0}
