@@ -175,15 +175,15 @@ class HostPrograms:
     @classmethod
     def hold_for_session(cls, cgroup_root: str) -> tuple[HostLock, "HostPrograms"]:
         """The set of this code's version, and a HostLock that keeps it loaded until the
-        caller has registered (and lets it go). Shared when the set is pinned and no other
-        version is: sessions then register side by side, each registration's RCU grace period
-        (12 ms here) beside the others' - 100 first sessions at once held the exclusive lock
-        4.0 s in all, in 10.4 s. Exclusive when the set is to be loaded, or another version's
-        unloaded (open_or_load)."""
+        caller has registered (and lets it go). Shared when the set is pinned and no set of
+        another version is to be unloaded: sessions then register side by side, each
+        registration's RCU grace period (12 ms here) beside the others' - 100 first sessions
+        at once held the exclusive lock 4.0 s in all, in 10.4 s. Exclusive when the set is to
+        be loaded, or another version's, unused, unloaded (open_or_load)."""
         version = program_version()
         lock = HostLock(shared=True).__enter__()
         try:
-            if pinned_versions() == [version]:
+            if not _unused_others(version):
                 host = cls.open(version)
                 if host is not None:
                     host.next_generation()
@@ -295,6 +295,11 @@ def read_meta(fd: int) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != program_cache.CACHE_FORMAT:
         raise ValueError("not a set of ours")
     return meta
+
+
+def _unused_others(version: str) -> bool:
+    """A set of another version is pinned that no session uses (open_or_load unloads it)."""
+    return any(other != version and sessions_of(other) == [] for other in pinned_versions())
 
 
 def pinned_versions() -> list[str]:

@@ -102,7 +102,9 @@ def _drop_stale_registrations(config, report: Report) -> None:
     if not os.path.isdir(PIN_ROOT) or not is_cgroup2_mount(config.cgroup_path):
         return   # without the hierarchy in sight, no cgroup can be told dead
     alive = None
-    with HostLock():
+    # Shared, as sessions registering beside it: a session is registered only after its cgroup
+    # exists, so every id listed here was alive before the hierarchy was walked.
+    with HostLock(shared=True):
         for version in pinned_versions():
             dead = []
             for cgroup_id in sessions_of(version) or []:

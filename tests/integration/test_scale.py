@@ -309,3 +309,16 @@ def test_a_start_takes_out_many_dead_registrations(recorder, kernel_to_ourselves
     (session,) = [s for s in recorder.sessions().values()
                   if [e for e in s.disks if e["path"] == "/etc/hostname"]]
     assert session.end["lost_events"] == {"command": 0, "disk": 0, "network": 0}
+
+
+def test_sessions_start_beside_a_shared_hold_of_the_host_lock(recorder):
+    """A session's start (its recovery, opening the set, registering) takes the HostLock shared
+    when the set is pinned alone, so starts go on side by side: one that holds it, as a
+    registration waiting out its RCU grace period does, keeps no other waiting."""
+    recorder.run(["/bin/true"])   # our set is loaded, unused sets of other versions unloaded
+    with kernel.HostLock(shared=True):
+        result = recorder.run(["/bin/cat", "/etc/hostname"], timeout=30)
+    assert result.returncode == 0, result.stderr
+    (session,) = [s for s in recorder.sessions().values()
+                  if [e for e in s.disks if e["path"] == "/etc/hostname"]]
+    assert session.end["lost_events"] == {"command": 0, "disk": 0, "network": 0}
