@@ -25,6 +25,7 @@ from enhrec_wrap.kernel.syscalls import (BPF_MAP_TYPE_RINGBUF, map_create, map_d
 
 SESSION_TIMEOUT = 120
 CONCURRENT = 40
+CGROUP_SESSIONS = "/cgroup2/enhrec"   # conftest.py's: the default cgroup_path's sessions
 
 
 def wait_until(predicate, timeout, what, step=0.05):
@@ -234,19 +235,26 @@ def test_a_run_of_short_sessions_leaves_nothing_behind(recorder):
 # --- the limit ----------------------------------------------------------------------------------
 
 class _Fakes:
-    """Registrations that no session owns, as many as it takes to fill the set's maps (keyed
-    by cgroup ids no cgroup has): only ever for the moment a test needs the host full."""
+    """Places in the set's maps that no session owns, as many as it takes to fill them: only
+    ever for the moment a test needs the host full. They are lost counters under cgroup ids no
+    cgroup has (recovery takes a registration whose cgroup is gone out of session_rings only),
+    and one ring under a cgroup of the test's own, in a stream no program looks up, so that
+    the set counts as used and no start of another version unloads it meanwhile."""
 
     FIRST_ID = 1 << 62
+    UNUSED_STREAM = abi.STREAM_COUNT
 
     def __init__(self, count: int):
         with kernel.HostLock():
             self.host = kernel.HostPrograms.open(kernel.program_version())
         assert self.host is not None
+        self.cgroup = os.path.join(os.path.dirname(CGROUP_SESSIONS), f"scale-test-{os.getpid()}")
+        os.mkdir(self.cgroup)
         self.ring = map_create(BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0, "fake_ring")
+        self.ring_key = kernel.RING_KEY.pack(os.stat(self.cgroup).st_ino, self.UNUSED_STREAM, 0)
+        map_update_batch(self.host.maps["session_rings"], [self.ring_key],
+                         [struct.pack("=I", self.ring)])
         ids = range(self.FIRST_ID, self.FIRST_ID + count)
-        # lost_events only: recovery takes a registration whose cgroup is gone out of
-        # session_rings (a dead session), which these would be.
         self.lost_keys = [struct.pack("=Q", i) for i in ids]
         map_update_batch(self.host.maps["lost_events"], self.lost_keys,
                          [bytes(8 * abi.STREAM_COUNT * self.host.cpus)] * count)
@@ -254,9 +262,11 @@ class _Fakes:
     def remove(self):
         try:
             map_delete_batch(self.host.maps["lost_events"], self.lost_keys)
+            map_delete_batch(self.host.maps["session_rings"], [self.ring_key])
         finally:
             os.close(self.ring)
             self.host.close()
+            os.rmdir(self.cgroup)
 
 
 def test_a_host_at_max_sessions_refuses_the_next_with_one_line(recorder, tmp_path,
