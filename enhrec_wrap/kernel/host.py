@@ -109,7 +109,7 @@ def _is_mount_of(path: str, fstype: str) -> bool:
 class HostLock:
     """A hold of PIN_ROOT while the pinned set or its sessions change: exclusive to load or
     unload a set (or to decide to), shared to register or take out a session with a set that
-    stays (sessions_side_by_side)."""
+    stays (HostPrograms.hold_for_session)."""
 
     def __init__(self, shared: bool = False):
         self.mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
