@@ -68,6 +68,7 @@ def check_programs(config: Config, unload: bool) -> Result:
         unloaded = idle.unload_unused()[0] if unload else 0
         with kernel.HostLock():
             loaded = _loaded_sets(kernel)
+            taken = _places_taken(kernel)
     except EnhrecError as e:
         return fail(name, str(e), "check that bpffs can be mounted on /sys/fs/bpf")
     ours = kernel.program_version()
@@ -80,11 +81,38 @@ def check_programs(config: Config, unload: bool) -> Result:
     detail = prefix + "loaded once for the host: " + "; ".join(parts)
     if unload:
         return fail(name, detail, "end those sessions first, then unload again")
-    return ok(name, detail)
+    return _capacity(name, detail, taken)
 
 
 def _loaded_sets(kernel) -> list[tuple[str, list[int]]]:
     return [(version, kernel.sessions_of(version) or []) for version in kernel.pinned_versions()]
+
+
+def _places_taken(kernel) -> int | None:
+    """How many of this version's set's MAX_SESSIONS places are taken; None when not loaded."""
+    host = kernel.HostPrograms.open(kernel.program_version())
+    if host is None:
+        return None
+    try:
+        return host.places_taken()
+    except OSError:
+        return None
+    finally:
+        host.close()
+
+
+def _capacity(name: str, detail: str, taken: int | None) -> Result:
+    """The set holds at most MAX_SESSIONS sessions at once (bpf_programs/enhrec.h): full, the
+    next session is refused; nine tenths full, a warning."""
+    from enhrec_wrap.kernel.abi import MAX_SESSIONS
+    if taken is None:
+        return ok(name, detail)
+    detail += f"; {taken} of MAX_SESSIONS {MAX_SESSIONS} places taken"
+    if taken >= MAX_SESSIONS:
+        return fail(name, detail, "no new session can start until one ends")
+    if taken * 10 >= MAX_SESSIONS * 9:
+        return warn(name, detail, "the host is close to its limit of sessions at once")
+    return ok(name, detail)
 
 
 def _sessions_text(cgroup_ids: list[int], config: Config) -> str:

@@ -44,7 +44,10 @@ MIN_SLEEP = 0.1
 
 def start_if_last(host: HostPrograms, seconds: float) -> bool:
     """Starts the set's timer when no session is registered any more and it is not running
-    already (then it finds the new idle time when it looks); the caller holds the HostLock."""
+    already (then it finds the new idle time when it looks); the caller holds the HostLock,
+    shared will do. Of sessions that leave side by side, each looks after its own rings are
+    out (a map's delete shows at once), so the last to look finds none and starts the timer
+    if another did not; the timer ends only under the exclusive lock."""
     if host.sessions():
         return False
     host.mark_used()   # the idle time starts now
@@ -140,7 +143,7 @@ def release_session(version: str, cgroup_id: int, idle_unload_seconds: float):
     the last: the watchdog's last act at a normal end, while the wrapper is already gone (so
     this imports nothing of the events or the log)."""
     from enhrec_wrap.kernel.rings import SessionRings
-    with HostLock():
+    with HostLock(shared=True):   # leaving, as registering, side by side (hold_for_session)
         host = HostPrograms.open(version)
         if host is None:
             return

@@ -25,7 +25,7 @@ from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.events import kinds
 from enhrec_wrap.events import teleport as events
 from enhrec_wrap.host.cgroup import SessionCgroup, is_cgroup2_mount, leaf_dir, parent_dir
-from enhrec_wrap.kernel.host import (PIN_ROOT, HostLock, drop_session, pinned_versions,
+from enhrec_wrap.kernel.host import (PIN_ROOT, HostLock, drop_sessions, pinned_versions,
                                      sessions_of)
 from enhrec_wrap.log import layout, session_lock, store
 from enhrec_wrap.log.auditlog import AuditLog
@@ -102,14 +102,18 @@ def _drop_stale_registrations(config, report: Report) -> None:
     if not os.path.isdir(PIN_ROOT) or not is_cgroup2_mount(config.cgroup_path):
         return   # without the hierarchy in sight, no cgroup can be told dead
     alive = None
-    with HostLock():
+    # Shared, as sessions registering beside it: a session is registered only after its cgroup
+    # exists, so every id listed here was alive before the hierarchy was walked.
+    with HostLock(shared=True):
         for version in pinned_versions():
+            dead = []
             for cgroup_id in sessions_of(version) or []:
                 if alive is None:
                     alive = _cgroup_ids(config.cgroup_path)
                 if cgroup_id not in alive:
-                    drop_session(version, cgroup_id)
-                    report.registrations_dropped.append(cgroup_id)
+                    dead.append(cgroup_id)
+            drop_sessions(version, dead)
+            report.registrations_dropped.extend(dead)
 
 
 def _cgroup_ids(cgroup_path: str) -> set[int]:
