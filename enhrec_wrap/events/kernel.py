@@ -83,9 +83,12 @@ class KernelEvents:
         again there, so that building a batch never leaves them unread for long).
 
         Opens, nearly every event of a busy session, take OpenFields' way: the same fields
-        as build() gives, made from the record's values without a dict of the record."""
+        as build() gives, made from the record's values without a dict of the record, and
+        then (when nothing in them was escaped) made as their line at once, an
+        events.EncodedEvent: the same bytes as encode() makes of the dict
+        (EventFactory.line_from_parts)."""
         as_dict, build, open_parts = self.decoder.as_dict, self.build, self._opens.parts
-        make, make_parts = factory.make_from, factory.make_from_parts
+        make, line_from_parts = factory.make_from, factory.line_from_parts
         to_epoch = factory.monotonic_to_epoch_ns
         made = []
         append = made.append
@@ -93,7 +96,7 @@ class KernelEvents:
             if record_type == abi.RECORD_OPEN:
                 process, file, escaped = open_parts(values, tail)
                 if escaped is None:
-                    append(make_parts(SESSION_DISK, ts + to_epoch, process, file))
+                    append(line_from_parts(SESSION_DISK, ts + to_epoch, process, file))
                 else:
                     append(make(SESSION_DISK, ts + to_epoch,
                                 {**process, **file, "escaped_fields": escaped}))
