@@ -105,11 +105,6 @@ def random_uuid() -> str:
     return _uuid_batch(1)[0].decode()
 
 
-# Lines kept as templates by line_from_parts before it starts again (the pairs of a session's
-# remembered parts: OpenFields keeps 1,024 of each); a template is the event's line, about 0.5
-# KB, and the parts it is keyed by, which OpenFields may have let go (0.76 KB a file's): 1.3 MB
-# at most.
-TEMPLATES = 1024
 # What a line template holds where each event has its own value: made by make_from itself with
 # these in place of the ei, the uid and the time, encoded by encode(), and then each one's JSON
 # found and cut out (a NUL, which orjson writes as \u0000, is in no kernel or envelope string;
@@ -118,7 +113,7 @@ _SLOT_EI, _SLOT_UID, _SLOT_TIME = "\0ei\0", "\0uid\0", "\0time\0"
 
 
 class EncodedEvent:
-    """An event made as its line at once (EventFactory.line_from_parts), with what the sinks
+    """An event made as its line at once (EventFactory.from_format), with what the sinks
     place a line by: its "ei" and its "event", read by subscript as a dict's are (the item of
     the attribute of that name: object.__getattribute__ itself, in C, costs no Python call per
     event). Any other field is in the line."""
@@ -144,9 +139,6 @@ class EventFactory:
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC; this turns it into wall-clock time.
         self.monotonic_to_epoch_ns = time.time_ns() - time.monotonic_ns()
         self._uuid = random_uuids()   # ASCII bytes: a line's format takes them as they are
-        # line_from_parts: (id(process), id(fields), kind) -> (its line's format or None,
-        # process, fields)
-        self._templates = {}
 
     def make(self, kind, epoch_ns=None, **fields):
         return self.make_from(kind, time.time_ns() if epoch_ns is None else epoch_ns, fields)
@@ -158,36 +150,11 @@ class EventFactory:
         return {"ei": ei, "event": kind[0], "code": kind[1], "uid": self._uuid().decode(),
                 "time": rfc3339(epoch_ns), **self.envelope, **fields}
 
-    def line_from_parts(self, kind, epoch_ns, process, fields):
-        """make_from(kind, epoch_ns, {**process, **fields}) as its line, the same bytes as
-        encode() makes of it, for parts that never change once made (the kernel events'
-        remembered parts, events/kernel.py OpenFields): each pair's line is kept as a bytes
-        format with the ei, the uid and the time left out (made by make_from and encode
-        themselves: _line_format), and an event is that format filled in. Measured for an
-        open's 23 fields (thread CPU time): 0.58-0.67 us an event's dict copied from a kept
-        event and encoded by orjson, 0.25 us its line from the format."""
-        key = (id(process), id(fields), kind)
-        template = self._templates.get(key)
-        if template is None:
-            if len(self._templates) >= TEMPLATES:
-                self._templates.clear()
-            # The parts are held with it, so that no other dict can take their ids meanwhile.
-            template = self._templates[key] = (self._line_format(kind, {**process, **fields}),
-                                               process, fields)
-        line_format = template[0]
-        if line_format is None:
-            return self.make_from(kind, epoch_ns, {**process, **fields})
-        ei = self.next_ei
-        self.next_ei = ei + 1
-        event = _new_encoded(EncodedEvent)
-        event.ei = ei
-        event.event = kind[0]
-        event.line = line_format % (ei, self._uuid(), rfc3339_ascii(epoch_ns))
-        return event
-
-    def _line_format(self, kind, fields) -> bytes | None:
-        """The line make_from and encode make of these fields, as a bytes format of its ei
-        (%d), uid and time (%s); None if the slots cannot be told apart in it."""
+    def line_format(self, kind, fields) -> bytes | None:
+        """The line that make_from(kind, ..., fields) and encode() make, as a bytes format of
+        its ei (%d), uid and time (%s), for from_format(); None if the slots cannot be told
+        apart in it. Made by make_from and encode themselves, so that a line filled in is
+        the same bytes as the event's dict encoded."""
         next_ei, uuid = self.next_ei, self._uuid
         try:
             self._uuid = _SLOT_UID.encode
@@ -203,6 +170,20 @@ class EventFactory:
         ei_slot, uid_slot, time_slot = slots
         return (line.replace(ei_slot, b"%d").replace(uid_slot, b'"%s"')
                 .replace(time_slot, b'"%s"'))
+
+    def from_format(self, kind, epoch_ns, line_format: bytes) -> EncodedEvent:
+        """The next event, made as its line from a line_format() of its fields: the same bytes
+        as encode(make_from(kind, epoch_ns, fields)). For fields that repeat (the kernel
+        events' opens, events/kernel.py), whose callers keep the format. Measured for an
+        open's 23 fields (thread CPU time): 0.58-0.67 us an event's dict copied from a kept
+        event and encoded by orjson, 0.25 us its line from the format."""
+        ei = self.next_ei
+        self.next_ei = ei + 1
+        event = _new_encoded(EncodedEvent)
+        event.ei = ei
+        event.event = kind[0]
+        event.line = line_format % (ei, self._uuid(), rfc3339_ascii(epoch_ns))
+        return event
 
 
 _new_encoded = object.__new__

@@ -1,5 +1,5 @@
-"""The open records' own way to their events (events/kernel.py OpenFields, teleport.py
-make_from_parts) against the way every other record takes (Decoder.as_dict, KernelEvents.build,
+"""The open records' own way to their events (events/kernel.py OpenFields and the kept line
+formats, teleport.py EventFactory.line_format and from_format) against the way every other record takes (Decoder.as_dict, KernelEvents.build,
 EventFactory.make_from): the same lines, byte for byte, memo hit or miss."""
 
 import itertools
@@ -144,15 +144,15 @@ def test_escaped_fields_are_not_shared_between_events(decoder):
 
 
 def test_events_made_from_one_template_are_each_their_own(decoder):
-    """line_from_parts fills the kept line's format: each event has its own ei, uid and time,
-    the same bytes as encode() makes of the event's dict."""
+    """An open's kept line format is filled in for each: each event has its own ei, uid and
+    time, the same bytes as encode() makes of the event's dict."""
     one = opened(decoder)
     later = (one[0] + 5_000_000, *one[1:])
     kernel, made = KernelEvents(decoder), factory()
     [first] = kernel.events([one], made)
     [second] = kernel.events([later], made)
     assert type(first) is type(second) is events.EncodedEvent   # the lines' own way
-    assert len(made._templates) == 1   # the second came from the first's template
+    assert len(kernel._lines) == 1   # the second came from the first's format
     assert (first["ei"], second["ei"]) == (0, 1) and (first["event"], second["event"]) == (
         "session.disk", "session.disk")
     a, b = first.as_dict(), second.as_dict()
@@ -217,7 +217,15 @@ def test_an_envelope_holding_a_slot_marker_takes_the_dicts_way(decoder):
         reference.make_from(kind, ts + reference.monotonic_to_epoch_ns, fields))
 
 
-def test_templates_that_start_again_still_make_the_reference_lines(decoder, monkeypatch):
-    monkeypatch.setattr(events, "TEMPLATES", 2)
+def test_formats_that_start_again_or_change_factory_still_make_the_reference_lines(decoder, monkeypatch):
+    """The kept formats start again when full, and when another factory (another envelope)
+    makes the events."""
+    kernel = KernelEvents(decoder)
+    other = factory()
+    other.envelope["login"] = "somebody"
+    [elsewhere] = kernel.events([opened(decoder)], other)
+    assert orjson.loads(events.encode(elsewhere))["login"] == "somebody"
+    monkeypatch.setattr(kernel_events, "MEMO_ENTRIES", 2)
     batch = [opened(decoder, path=b"/t/%d" % (i % 5)) for i in range(20)]
-    assert lines_of(KernelEvents(decoder), batch) == reference_lines(decoder, batch)
+    assert lines_of(kernel, batch) == reference_lines(decoder, batch)   # the first factory's again
+    assert len(kernel._lines) <= 2
