@@ -86,7 +86,7 @@ class KernelEvents:
         self._lines_for = None
 
     def events(self, records: list, factory, between=None) -> list:
-        """The events of a batch of records (decode.Decoder.raw_from tuples), in time order.
+        """The events of a batch of records (decode.Decoder.raw_all tuples), in time order.
         `between` is called after every BETWEEN_RECORDS of them (the recorder reads its rings
         again there, so that building a batch never leaves them unread for long).
 

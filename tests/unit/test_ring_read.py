@@ -178,3 +178,26 @@ def test_raw_from_refuses_what_is_not_a_whole_record_and_reads_at_an_offset():
     with pytest.raises(ValueError, match="unknown record type"):
         bad = raw[:decoder.type_offset] + b"\x0f\x00" + raw[decoder.type_offset + 2:]
         decoder.raw_from(bad, 0, len(bad))
+
+
+def test_raw_all_decodes_a_batch_as_raw_from_each_and_hands_back_the_rest():
+    decoder = Decoder(fields=FIELDS)
+    good = [packed(decoder, abi.RECORD_OPEN, b"/a\0" * n, ts_ns=n, pid=n) for n in range(1, 6)]
+    good += [packed(decoder, abi.RECORD_REFUSED, ts_ns=9), packed(decoder, abi.RECORD_EXEC_FAILED,
+                                                                     b"/x\0x\0", ts_ns=8)]
+    bad = [b"", b"\0" * (decoder.type_offset + 1), good[0][:-1], good[5][:-1],
+           good[5][:decoder.type_offset] + b"\x0f\x00" + good[5][decoder.type_offset + 2:]]
+    taken = [("g%d" % i, raw) for i, raw in enumerate(good)]
+    for i, raw in enumerate(bad):
+        taken.insert(2 * i + 1, ("b%d" % i, raw))
+    records, undecodable = decoder.raw_all(taken)
+    assert [(ts, record_type, tail) for ts, record_type, _, tail in records] == [
+        *((n, abi.RECORD_OPEN, b"/a\0" * n) for n in range(1, 6)),
+        (9, abi.RECORD_REFUSED, None), (8, abi.RECORD_EXEC_FAILED, b"/x\0x\0")]
+    assert [values for _, _, values, _ in records] == [
+        decoder.layouts[r[1]].struct.unpack_from(raw) for r, raw in zip(records, good)]
+    assert records == [decoder.raw_from(raw, 0, len(raw)) for raw in good]
+    assert undecodable == [("b%d" % i, raw) for i, raw in enumerate(bad)]
+    for raw in bad:
+        with pytest.raises(ValueError):
+            decoder.raw_from(raw, 0, len(raw))
