@@ -105,10 +105,11 @@ def random_uuid() -> str:
     return _uuid_batch(1)[0].decode()
 
 
-# What a line template holds where each event has its own value: made by make_from itself with
-# these in place of the ei, the uid and the time, encoded by encode(), and then each one's JSON
-# found and cut out (a NUL, which orjson writes as \u0000, is in no kernel or envelope string;
-# a template where one is not found exactly once, in this order, is not kept).
+# What a line format (EventFactory.line_format) holds where each event has its own value: made
+# by make_from itself with these in place of the ei, the uid and the time, encoded by encode(),
+# and then each one's JSON found and cut out (a NUL, which orjson writes as \u0000, is in no
+# kernel or envelope string; a format where one is not found exactly once, in this order, is
+# not made).
 _SLOT_EI, _SLOT_UID, _SLOT_TIME = "\0ei\0", "\0uid\0", "\0time\0"
 
 
@@ -122,6 +123,7 @@ class EncodedEvent:
     __getitem__ = object.__getattribute__
 
     def as_dict(self) -> dict:
+        """The event's fields, read back from its line (for readers and tests, not the sinks)."""
         return orjson.loads(self.line)
 
 
