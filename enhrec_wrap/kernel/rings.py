@@ -13,6 +13,7 @@ to the kernel: ledger.taken(stream, position, type_counts). See session/ledger.p
 
 import collections
 import mmap
+import operator
 import os
 import select
 import struct
@@ -245,13 +246,16 @@ def _ring_key(cgroup_id: int, stream: int) -> bytes:
     return RING_KEY.pack(cgroup_id, stream, 0)
 
 
+_record_type = operator.itemgetter(1)   # of a decoded record (Decoder.raw_all)
+
+
 def _ring_size(fd: int) -> int:
     """A ring map's data size (max_entries), from the kernel's map info."""
     return map_info(fd)["max_entries"]
 
 
 class RingReader:
-    """Reads one session's rings into batches of decoded records (decode.Decoder.raw_from
+    """Reads one session's rings into batches of decoded records (decode.Decoder.raw_all
     tuples), as a pull API: `batch = reader.poll(timeout)`."""
 
     def __init__(self, rings: SessionRings, decoder, ledger=None):
@@ -356,20 +360,15 @@ class RingReader:
         is dropped and counted, in its ring's stream."""
         backlog = self._backlog
         count = len(backlog) if limit is None else min(limit, len(backlog))
-        decode, handed = self.decoder.raw_from, self.handed
-        records = []
         popleft = backlog.popleft
-        for _ in range(count):
-            stream, raw = popleft()
-            try:
-                record = decode(raw, 0, len(raw))
-            except ValueError:
-                self.undecodable[stream] += 1
-                if len(raw) > self._type_at:
-                    self.dropped[raw[self._type_at] % RECORD_TYPES] += 1
-                continue
-            handed[record[1] % RECORD_TYPES] += 1
-            records.append(record)
+        records, undecodable = self.decoder.raw_all([popleft() for _ in range(count)])
+        for stream, raw in undecodable:
+            self.undecodable[stream] += 1
+            if len(raw) > self._type_at:
+                self.dropped[raw[self._type_at] % RECORD_TYPES] += 1
+        handed = self.handed
+        for record_type, n in collections.Counter(map(_record_type, records)).items():
+            handed[record_type % RECORD_TYPES] += n
         if backlog:
             self._flush_due = time.monotonic()   # the rest goes out at the next poll
         return records

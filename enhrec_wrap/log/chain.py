@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import re
+from itertools import repeat
 
 GENESIS = b"0" * 64
 KEY_BYTES = 32
@@ -57,27 +58,42 @@ class Trailer:
 
 def seal(lines: list[bytes], seq: int, prev: bytes, epoch: int, key: bytes) -> tuple[list[bytes], bytes]:
     """The lines sealed as seq, seq+1, ...; prev is the hex SHA-256 of the line before the first.
-    Returns them and the hex SHA-256 of the last (the next batch's prev)."""
+    Returns them and the hex SHA-256 of the last (the next batch's prev).
+
+    The two SHA-256 of each line (the MAC's inner one, and the next line's prev) are most of
+    it: 1.4 us of a 500-byte line's 2.4. Of the rest, a line's parts are put together by
+    bytes.join rather than by %-formats (which parse their format at each call), and the
+    lines are checked in one pass over the batch: measured (thread CPU time, lines of 520
+    bytes, best of 25 rounds) 2.47-2.55 -> 2.14-2.19 us a line."""
+    _check_lines(lines)
     inner, outer = mac_states(key)
-    inner_copy, outer_copy, sha = inner.copy, outer.copy, _SHA256.copy
+    inner_copy, outer_copy, sha, join = inner.copy, outer.copy, _SHA256.copy, b"".join
     tail = b'","epoch":%d' % epoch
     out = []
     append = out.append
     for line in lines:
-        if line[-2:] != b"}\n" or line[-3:-2] == b"{":
-            raise ValueError(f"not a JSON object line with a field: {line[:60]!r}")
-        head = b'%s,"seq":%d,"prev":"%s%s' % (line[:-2], seq, prev, tail)
+        head = join((line[:-2], b',"seq":', b"%d" % seq, b',"prev":"', prev, tail))
         m = inner_copy()
         m.update(head)
         mac = outer_copy()
         mac.update(m.digest())
-        sealed = b'%s,"mac":"%s"}\n' % (head, mac.hexdigest().encode())
+        sealed = join((head, _MAC_MARK, mac.hexdigest().encode(), _TAIL))
         h = sha()
         h.update(sealed)
         prev = h.hexdigest().encode()
         append(sealed)
         seq += 1
     return out, prev
+
+
+def _check_lines(lines: list[bytes]):
+    """Raises ValueError unless every line is a JSON object line with a field: it ends in
+    b'}\n', not in b'{}\n'."""
+    if all(map(bytes.endswith, lines, repeat(b"}\n"))) and not any(
+            map(bytes.endswith, lines, repeat(b"{}\n"))):
+        return
+    bad = next(line for line in lines if not line.endswith(b"}\n") or line.endswith(b"{}\n"))
+    raise ValueError(f"not a JSON object line with a field: {bad[:60]!r}")
 
 
 def mac_states(key: bytes) -> tuple:

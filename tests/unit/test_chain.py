@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import multiprocessing
 import os
+import re
 
 import orjson
 import pytest
@@ -115,6 +116,34 @@ def test_malformed_trailers_are_not_read(bad):
 def test_only_json_object_lines_with_fields_are_sealed(bad):
     with pytest.raises(ValueError):
         chain.seal([bad], 1, chain.GENESIS, 0, KEY)
+    good = event(ei=0)
+    with pytest.raises(ValueError, match=re.escape(f"a field: {bad!r}")):
+        chain.seal([good, good, bad, good], 1, chain.GENESIS, 0, KEY)   # found within a batch
+
+
+def documented_seal(lines, seq, prev, epoch, key):
+    """chain.py's docstring's rule, written out line by line with hmac.new and hashlib."""
+    out = []
+    for line in lines:
+        head = line[:-2] + b',"seq":' + str(seq).encode() + b',"prev":"' + prev + b'","epoch":' \
+            + str(epoch).encode()
+        sealed = head + b',"mac":"' + hmac.new(key, head, hashlib.sha256).hexdigest().encode() + b'"}\n'
+        out.append(sealed)
+        prev = hashlib.sha256(sealed).hexdigest().encode()
+        seq += 1
+    return out, prev
+
+
+def test_a_batch_of_varied_lines_is_sealed_byte_for_byte_by_the_rule():
+    """Lines short and long (past SHA-256's blocks), with percent signs, escapes, non-ASCII and
+    the trailer's own text inside, seq and epoch of every width."""
+    values = ["", "%s%d%%", "\\", '"', "\u00e9\U0001f600", ',"seq":1,"mac":"', "x" * 2000, "\n"]
+    lines = [event(ei=i, path=values[i % len(values)] * (1 + i % 3), n=i * 7919)
+             for i in range(200)]
+    for seq, epoch in ((1, 0), (9, 10), (10 ** 18, 10 ** 18 + 1)):
+        prev = hashlib.sha256(b"%d" % seq).hexdigest().encode()
+        assert chain.seal(lines, seq, prev, epoch, KEY) == documented_seal(lines, seq, prev,
+                                                                           epoch, KEY)
 
 
 def test_epoch_keys_evolve_by_sha256():

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from enhrec_wrap.events import teleport as events
+from enhrec_wrap.events.timestamps import rfc3339_ascii
 from enhrec_wrap.config import Config
 from enhrec_wrap.host.privileges import Account
 from enhrec_wrap.events.kernel import KernelEvents
@@ -213,7 +214,8 @@ def test_random_uuids_are_the_uuid_modules_version_4_of_the_same_random_bytes(mo
     uuids = [made() for _ in range(2 * 1024 + 3)]   # into a third batch
     raw = b"".join(drawn)
     assert len(drawn) == 3
-    assert uuids == [str(uuid.UUID(bytes=raw[i:i + 16], version=4)) for i in range(0, 16 * len(uuids), 16)]
+    assert uuids == [str(uuid.UUID(bytes=raw[i:i + 16], version=4)).encode()   # as ASCII
+                     for i in range(0, 16 * len(uuids), 16)]
     single = events.random_uuid()
     assert single == str(uuid.UUID(bytes=drawn[-1], version=4))
 
@@ -242,6 +244,7 @@ def test_rfc3339_of_a_burst_is_each_stamp_formatted_anew():
         seconds, rest = divmod(ns, 1_000_000_000)
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
         assert events.rfc3339(ns) == expected
+        assert rfc3339_ascii(ns) == expected.encode()
 
 
 def test_event_factory_numbers_events_and_adds_the_envelope():

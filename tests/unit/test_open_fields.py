@@ -1,11 +1,12 @@
-"""The open records' own way to their events (events/kernel.py OpenFields, teleport.py
-make_from_parts) against the way every other record takes (Decoder.as_dict, KernelEvents.build,
+"""The open records' own way to their events (events/kernel.py OpenFields and the kept line
+formats, teleport.py EventFactory.line_format and from_format) against the way every other record takes (Decoder.as_dict, KernelEvents.build,
 EventFactory.make_from): the same lines, byte for byte, memo hit or miss."""
 
 import itertools
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 
 from enhrec_wrap.events import kernel as kernel_events
@@ -66,7 +67,7 @@ def opened(decoder, path=b"/etc/passwd", request=None, path_flags=abi.PATH_COMPL
 def factory():
     made = events.EventFactory(SID, "server", "node", "root", "alice", "main")
     counter = itertools.count()
-    made._uuid = lambda: f"uuid-{next(counter)}"
+    made._uuid = lambda: b"uuid-%d" % next(counter)
     made.monotonic_to_epoch_ns = 1_764_590_000_000_000_000
     return made
 
@@ -143,22 +144,88 @@ def test_escaped_fields_are_not_shared_between_events(decoder):
 
 
 def test_events_made_from_one_template_are_each_their_own(decoder):
-    """make_from_parts copies the kept event: each has its own ei, uid and time, and changing
-    one changes neither the template nor the events made from it later."""
+    """An open's kept line format is filled in for each: each event has its own ei, uid and
+    time, the same bytes as encode() makes of the event's dict."""
     one = opened(decoder)
     later = (one[0] + 5_000_000, *one[1:])
     kernel, made = KernelEvents(decoder), factory()
     [first] = kernel.events([one], made)
-    first["path"] = "changed"
-    first["escaped_fields"] = ["path"]
     [second] = kernel.events([later], made)
-    assert len(made._templates) == 1   # the second came from the first's template
-    assert (first["ei"], second["ei"]) == (0, 1) and first["uid"] != second["uid"]
-    assert second["time"] != first["time"]
-    assert events.encode(second) == reference_lines(decoder, [one, later])[1]
+    assert type(first) is type(second) is events.EncodedEvent   # the lines' own way
+    assert len(kernel._lines) == 1   # the second came from the first's format
+    assert (first["ei"], second["ei"]) == (0, 1) and (first["event"], second["event"]) == (
+        "session.disk", "session.disk")
+    a, b = first.as_dict(), second.as_dict()
+    assert a["uid"] != b["uid"] and a["time"] != b["time"]
+    assert [events.encode(first), events.encode(second)] == reference_lines(decoder, [one, later])
 
 
-def test_templates_that_start_again_still_make_the_reference_lines(decoder, monkeypatch):
-    monkeypatch.setattr(events, "TEMPLATES", 2)
+def varied_opens(decoder):
+    """Opens of every kind the kernel side makes: odd paths (quotes, backslashes, percent
+    signs, control and non-ASCII characters, JSON's escapes), paths that are not UTF-8, every
+    path flag, failures, every open flag, extreme numbers, many processes."""
+    names = [b"plain", b'quo"te', b"back\\slash", b"100%", b"%d%s%%", b"tab\there", b"\x01ctl",
+             b"\x7f", "caf\u00e9".encode(), "\u2028\u2029".encode(), "\U0001f600".encode(),
+             b"\\u0000", b'"ei"', b"uid", b"sp ace", b"\xff\xfe", b"a\xc3", b"{}[],:"]
+    flags = [f for f in range(1 << 10) if f & abi.PATH_COMPLETE or f & abi.PATH_TRUNCATED]
+    out = []
+    for i, name in enumerate(names * 4):
+        path = b"/srv/%d/" % (i % 7) + name
+        flag = flags[i * 37 % len(flags)]
+        values = {"pid": 100 + i % 5, "ppid": 1 + i % 3, "ts_ns": 1_000 + i * 997_001,
+                  "flags": (i * 0o1013) & 0o7777777, "file.ino": (1 << 64) - 1 - i,
+                  "file.dev": (i * 1_234_567) & 0xFFFFFFFF, "file.mnt_id": i,
+                  "comm": [b"cat", b"sh", b"w%d" % i, b"\xff"[:i % 9 == 0]][i % 4]}
+        if i % 5 == 0:   # a failure: the caller's request only
+            out.append(opened(decoder, path=path, ret=-(1 + i % 40),
+                              path_flags=abi.PATH_NO_FILE | flag, walked=False, **values))
+        elif i % 5 == 1:
+            out.append(opened(decoder, path=path, request=name, dirfd=3, path_flags=flag,
+                              via_uring=i % 2, **values))
+        else:
+            out.append(opened(decoder, path=path, path_flags=flag, ret=i, **values))
+    return out
+
+
+def test_varied_opens_make_the_reference_lines_byte_for_byte(decoder):
+    """Every open's line made from its kept format is the line of its event's dict, as
+    encode() makes it (the reference way), in batches with memo and template hits."""
+    batch = sorted(varied_opens(decoder) * 2, key=lambda r: r[0])   # so two calls sort alike
+    kernel, made = KernelEvents(decoder), factory()
+    got = lines_of(kernel, batch[:100], made) + lines_of(kernel, batch[100:], made)
+    assert got == reference_lines(decoder, batch)
+    made_events = KernelEvents(decoder).events(batch, factory())
+    fast = [e for e in made_events if type(e) is events.EncodedEvent]
+    assert len(fast) > len(batch) // 2   # the lines' own way was taken, not only the dicts'
+    for e in fast:
+        assert orjson.loads(e.line)["ei"] == e["ei"] and e.as_dict()["event"] == e["event"]
+
+
+def test_an_envelope_holding_a_slot_marker_takes_the_dicts_way(decoder):
+    """A template whose slots cannot be told apart (here a login that is the uid's marker) is
+    not kept: its events are dicts, and the lines are still the reference's."""
+    one = opened(decoder)
+    made = factory()
+    made.envelope["login"] = events._SLOT_UID
+    reference = factory()
+    reference.envelope["login"] = events._SLOT_UID
+    [event] = KernelEvents(decoder).events([one], made)
+    assert type(event) is dict
+    ts, record_type, values, tail = one
+    kind, fields = KernelEvents().build(decoder.as_dict(record_type, values, tail))
+    assert events.encode(event) == events.encode(
+        reference.make_from(kind, ts + reference.monotonic_to_epoch_ns, fields))
+
+
+def test_formats_that_start_again_or_change_factory_still_make_the_reference_lines(decoder, monkeypatch):
+    """The kept formats start again when full, and when another factory (another envelope)
+    makes the events."""
+    kernel = KernelEvents(decoder)
+    other = factory()
+    other.envelope["login"] = "somebody"
+    [elsewhere] = kernel.events([opened(decoder)], other)
+    assert orjson.loads(events.encode(elsewhere))["login"] == "somebody"
+    monkeypatch.setattr(kernel_events, "MEMO_ENTRIES", 2)
     batch = [opened(decoder, path=b"/t/%d" % (i % 5)) for i in range(20)]
-    assert lines_of(KernelEvents(decoder), batch) == reference_lines(decoder, batch)
+    assert lines_of(kernel, batch) == reference_lines(decoder, batch)   # the first factory's again
+    assert len(kernel._lines) <= 2
