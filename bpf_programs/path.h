@@ -12,7 +12,8 @@
  *
  * struct resolved_file and the PATH_* flags are in enhrec.h. Offsets: kernel/offsets.py
  * (OFF_TASK_FS, OFF_FS_ROOT, OFF_PATH_*, OFF_DENTRY_*, OFF_MOUNT_*, OFF_VFSMOUNT_MNT_ROOT,
- * OFF_TASK_FILES, OFF_FILES_FDT, OFF_FDT_*, OFF_FILE_*, OFF_INODE_*, OFF_SB_*). Why the loop is
+ * OFF_TASK_FILES, OFF_FILES_FDT, OFF_FDT_*, OFF_FILE_*, OFF_INODE_*, OFF_SB_*, and for
+ * PATH_USER_NS OFF_TASK_NSPROXY, OFF_NSPROXY_MNT_NS, OFF_MNT_NS_USER_NS, OFF_USER_NS_LEVEL). Why the loop is
  * written the way it is (unrolled, its state through memory): docs/architecture.md, from the
  * verifier counts measured when it was built (16,739 instructions processed, 25 ms, at 64
  * steps; 506,187 without).
@@ -51,10 +52,29 @@ static __always_inline u64 current_file(s64 fd)
     return fd_array ? kptr(fd_array, fd * sizeof(u64)) : 0;
 }
 
-/* Walks from (dentry, vfsmnt) to the current task's root. buf must hold
- * 2 * PATH_BUF_SIZE bytes (the mask of each write offset gives the verifier its bound). */
+/* Whether the current task's mount namespace belongs to a user namespace other than the
+ * host's (user_namespace.level > 0): one an ordinary user can make (unshare -Urm), in which
+ * its mounts are theirs to arrange (PATH_USER_NS). */
+static __always_inline int in_user_ns_mounts(void)
+{
+    u64 mnt_ns = kptr(kptr(current_task(), OFF_TASK_NSPROXY), OFF_NSPROXY_MNT_NS);
+    return ku32(kptr(mnt_ns, OFF_MNT_NS_USER_NS), OFF_USER_NS_LEVEL) != 0;
+}
+
+/* off through memory, so that the verifier knows only its mask: the walks after it are then
+ * verified once instead of once per path before them (see forget() in exec.h). */
+static __always_inline u32 forget_offset(u32 *slot, u32 off, u32 mask)
+{
+    *slot = off;
+    return *(volatile u32 *)slot & mask;
+}
+
+/* Walks from (dentry, vfsmnt) to the current task's root; with fs_only (1), to the root of
+ * the file's own filesystem instead, crossing no mount: the file's place in its filesystem,
+ * which no mount arrangement changes (PATH_USER_NS). buf must hold 2 * PATH_BUF_SIZE bytes
+ * (the mask of each write offset gives the verifier its bound). */
 static __always_inline void walk_path(u64 dentry, u64 vfsmnt, char *buf,
-                                      struct resolved_file *out)
+                                      struct resolved_file *out, u32 fs_only)
 {
     u64 root[2] = {};   /* struct path: {mnt, dentry} in either order (OFF_PATH_*) */
     read_kernel(root, sizeof(root), (const void *)(kptr(current_task(), OFF_TASK_FS) + OFF_FS_ROOT));
@@ -66,7 +86,12 @@ static __always_inline void walk_path(u64 dentry, u64 vfsmnt, char *buf,
     out->root_mnt_id = ku32(root_mnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_ID);
     if (root_dentry != kptr(root_mnt, OFF_VFSMOUNT_MNT_ROOT))
         flags |= PATH_CHROOT;
-    u32 beyond_mounts = 0;   /* past a parentless mount: the fs's own tree from here on */
+    fs_only &= 1;
+    /* fs_only: no root to stop at (a dentry is never 0), without a branch (which would carry
+     * two states through every step) */
+    root_dentry &= (u64)fs_only - 1;
+    root_mnt &= (u64)fs_only - 1;
+    u32 beyond_mounts = fs_only;   /* past a parentless mount: the fs's own tree from here on */
 
     int i;
     /* Unrolled: with the loop kept, the exact counter made every iteration's states
@@ -164,25 +189,48 @@ static __always_inline int describe_file(u64 file, struct resolved_file *out, u6
     return 1;
 }
 
-/* Fills out and buf for a struct file. */
-static __always_inline void resolve_file(u64 file, char *buf, struct resolved_file *out)
+/* Whether a walk's path may not be where its file is: the caller's mounts were the user's
+ * to arrange, or it was chrooted. Then the file is walked a second time, fs_only. */
+static __always_inline int needs_fs_walk(struct resolved_file *walked, int user_ns_mounts)
 {
-    u64 dentry = 0, vfsmnt = 0;
-    if (describe_file(file, out, &dentry, &vfsmnt))
-        walk_path(dentry, vfsmnt, buf, out);
+    if (user_ns_mounts)
+        walked->path_flags |= PATH_USER_NS;
+    return walked->path_flags & (PATH_USER_NS | PATH_CHROOT);
 }
 
-/* Fills out and buf for the file at fd of the current task: at the exit of an open, the
- * file that open installed (but see PATH_FILE_SHARED). */
-static __always_inline void resolve_fd(s64 fd, char *buf, struct resolved_file *out)
+/* Fills out, fs and buf (3 * PATH_BUF_SIZE bytes) for the file at fd of the current task: at
+ * the exit of an open, the file that open installed (but see PATH_FILE_SHARED); its path, then
+ * (needs_fs_walk) its path from its filesystem's root. Returns the components' length. One
+ * copy of walk_path in a loop of two turns, as in exec.h. */
+static __always_inline u32 resolve_fd(s64 fd, char *buf, struct resolved_file *out,
+                                      struct resolved_file *fs, u32 *scratch)
 {
     __builtin_memset(out, 0, sizeof(*out));
+    __builtin_memset(fs, 0, sizeof(*fs));
     u64 file = current_file(fd);
     if (file && kptr(file, OFF_FILE_REF) != FILE_ONE_REF)
         /* FILE_ONE_REF: the count's value for one reference (0 for 6.13's file_ref_t, 1 for
          * the atomic_long_t f_count before it), given with the offset. */
         out->path_flags |= PATH_FILE_SHARED;
-    resolve_file(file, buf, out);
+    u64 dentry = 0, vfsmnt = 0;
+    if (!describe_file(file, out, &dentry, &vfsmnt))
+        return 0;
+    int user_ns_mounts = in_user_ns_mounts();
+    struct resolved_file *walked = out;
+    u32 off = 0;
+    int turn;
+#pragma clang loop unroll(disable)
+    for (turn = 0; turn < 2; turn++) {
+        off = forget_offset(scratch, off, 2 * PATH_BUF_SIZE - 1);
+        if (turn == 1) {
+            if (!needs_fs_walk(out, user_ns_mounts))
+                break;
+            walked = fs;
+        }
+        walk_path(dentry, vfsmnt, &buf[off & (2 * PATH_BUF_SIZE - 1)], walked, turn);
+        off = (off + walked->path_len) & (2 * PATH_BUF_SIZE - 1);
+    }
+    return forget_offset(scratch, off, 2 * PATH_BUF_SIZE - 1);
 }
 
 #endif

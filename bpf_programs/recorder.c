@@ -282,21 +282,22 @@ static __always_inline int open_kind(s32 syscall_nr)
     return -1;
 }
 
-/* Fills e's file and its path components from the file at fd; returns their length. */
+/* Fills e's file and its path components (both walks') from the file at fd; returns their
+ * length. */
 static __always_inline u32 resolve_opened(s64 fd, struct open_event *e)
 {
     if (fd < 0) {
         __builtin_memset(&e->file, 0, sizeof(e->file));
+        __builtin_memset(&e->fs, 0, sizeof(e->fs));
         e->file.path_flags = PATH_NO_FILE;
         return 0;
     }
-    resolve_fd(fd, e->data, &e->file);
-    return e->file.path_len & (2 * PATH_BUF_SIZE - 1);
+    return resolve_fd(fd, e->data, &e->file, &e->fs, &e->scratch);
 }
 
 static __always_inline void send_open(void *ring, struct open_event *e, u32 len, u64 cgroup_id)
 {
-    u32 size = (len + (e->request_len & (REQUEST_MAX - 1))) & (2 * PATH_BUF_SIZE + REQUEST_MAX - 1);
+    u32 size = (len + (e->request_len & (REQUEST_MAX - 1))) & (4 * PATH_BUF_SIZE - 1);
     if (size > sizeof(e->data))
         return;
     e->hdr.tail_len = size;
