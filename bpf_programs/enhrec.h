@@ -72,6 +72,9 @@
                                  directory), so the path may name another place than the one
                                  where the file is. Set, like PATH_CHROOT, on the walk that had
                                  a second one from the file up to its filesystem's own root */
+#define PATH_UNIX_ABSTRACT 1024  /* a unix socket connect's peer has an abstract name, not a
+                                 file: path_len bytes of the kernel's copy of it (after its
+                                 leading NUL) instead of components; 0 bytes: no name */
 
 /* exec_event.flags */
 #define EXEC_ARGV_TRUNCATED 1 /* arg_end - arg_start > ARGV_MAX: the first ARGV_MAX bytes kept */
@@ -178,8 +181,10 @@ struct open_event {
                                       path_flags, depth and path_len are set; zeros when none */
     u32 request_len;
     u16 via_uring;            /* 1: an IORING_OP_OPENAT completion (io_uring allowed) */
-    u16 pad;
-    u32 scratch;              /* see forget() in path.h */
+    u16 unix_connect;         /* 1: a connect() of a unix socket: file is its peer's (the socket
+                                 file it is bound to, or PATH_UNIX_ABSTRACT), ret connect()'s;
+                                 the request is the caller's sun_path */
+    u32 scratch;              /* see forget_offset() in path.h */
     u32 pad2;
     char data[3 * PATH_BUF_SIZE + REQUEST_MAX];
 };

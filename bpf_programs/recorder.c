@@ -59,6 +59,7 @@ struct syscall_exit_args {
 #define NR_OPEN_BY_HANDLE_AT 304
 #define NR_OPENAT2 437
 #define NR_EXECVEAT 322
+#define NR_CONNECT 42
 
 /* Each session's ring buffers, by its cgroup id and stream. The sessions create the rings
  * themselves (of the sizes their config asks: the kernel does not compare a ring's size with the
@@ -268,6 +269,7 @@ int tracepoints__syscalls__sys_exit__execve__execveat(struct syscall_exit_args *
 #define OPEN_OPENAT2 2        /* openat2(dfd, filename, how, size) */
 #define OPEN_CREAT 3          /* creat(pathname, mode) */
 #define OPEN_BY_HANDLE 4      /* open_by_handle_at(mount_fd, handle, flags) */
+#define OPEN_UNIX_CONNECT 5   /* connect(fd, sockaddr_un, addrlen) of a unix socket */
 
 /* The open-like call an exit is of; -1 for none (never: the program's name lists the calls). */
 static __always_inline int open_kind(s32 syscall_nr)
@@ -278,6 +280,7 @@ static __always_inline int open_kind(s32 syscall_nr)
     case NR_OPENAT2: return OPEN_OPENAT2;
     case NR_CREAT: return OPEN_CREAT;
     case NR_OPEN_BY_HANDLE_AT: return OPEN_BY_HANDLE;
+    case NR_CONNECT: return OPEN_UNIX_CONNECT;
     }
     return -1;
 }
@@ -286,13 +289,16 @@ static __always_inline int open_kind(s32 syscall_nr)
  * length. */
 static __always_inline u32 resolve_opened(s64 fd, struct open_event *e)
 {
+    __builtin_memset(&e->file, 0, sizeof(e->file));
+    __builtin_memset(&e->fs, 0, sizeof(e->fs));
+    u64 dentry = 0, vfsmnt = 0;
     if (fd < 0) {
-        __builtin_memset(&e->file, 0, sizeof(e->file));
-        __builtin_memset(&e->fs, 0, sizeof(e->fs));
         e->file.path_flags = PATH_NO_FILE;
         return 0;
     }
-    return resolve_fd(fd, e->data, &e->file, &e->fs, &e->scratch);
+    if (!locate_fd(fd, &e->file, &dentry, &vfsmnt))
+        return 0;
+    return walk_paths(dentry, vfsmnt, e->data, &e->file, &e->fs, &e->scratch);
 }
 
 static __always_inline void send_open(void *ring, struct open_event *e, u32 len, u64 cgroup_id)
@@ -302,6 +308,37 @@ static __always_inline void send_open(void *ring, struct open_event *e, u32 len,
         return;
     e->hdr.tail_len = size;
     send(ring, e, offsetof(struct open_event, data) + size, cgroup_id, STREAM_DISK);
+}
+
+/* A unix socket's connect(): the peer the kernel connected it to (its socket file, walked as
+ * an opened file's is, or its abstract name), and the caller's sun_path as the request. One
+ * walk_paths call site with the opens' (the walk is 10,000 instructions). */
+static __always_inline int record_unix_connect(void *ring, struct open_event *e, u64 sk, s64 fd,
+                                               u64 sockaddr, u64 addrlen, u64 cgroup_id)
+{
+    __builtin_memset(&e->file, 0, sizeof(e->file));
+    __builtin_memset(&e->fs, 0, sizeof(e->fs));
+    e->unix_connect = 1;
+    e->dirfd = fd;   /* the socket */
+    e->flags = 0;
+    e->mode = 0;
+    u32 len = 0;
+    u64 dentry = 0, vfsmnt = 0;
+    if (e->ret < 0 || !sk)
+        e->file.path_flags = PATH_NO_FILE;
+    else if (locate_unix_peer(sk, e->data, &e->file, &dentry, &vfsmnt))
+        len = walk_paths(dentry, vfsmnt, e->data, &e->file, &e->fs, &e->scratch);
+    else
+        len = e->file.path_len & 127;
+    /* sun_path as the caller passed it: bytes, not a string (an abstract name starts with NUL) */
+    s64 n = (s64)addrlen - UNIX_NAME_OFFSET;
+    n = n < 0 ? 0 : n > UNIX_PATH_MAX_VALUE ? UNIX_PATH_MAX_VALUE : n;
+    len &= 2 * PATH_BUF_SIZE - 1;
+    if (n && read_user(&e->data[len], n & 127, (const void *)(sockaddr + UNIX_NAME_OFFSET)))
+        n = 0;
+    e->request_len = n;
+    send_open(ring, e, len, cgroup_id);
+    return 0;
 }
 
 /* At the syscall's exit: the file is installed, and the request's page faulted in. */
@@ -314,14 +351,29 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     int kind = open_kind(syscall_nr);
     if (kind < 0)
         return 0;
+    u64 unix_sk = 0;
+    if (kind == OPEN_UNIX_CONNECT) {
+        /* a unix socket's connect only (an inet one is recorded by the socket hooks): by the
+         * socket when it connected, by the caller's sockaddr when it did not */
+        u64 fd = syscall_arg(PT_REGS_DI);
+        unix_sk = unix_sock_at(fd);
+        u16 family = 0;
+        if (ret < 0 && !unix_sk)
+            read_user(&family, sizeof(family), (const void *)syscall_arg(PT_REGS_SI));
+        if (!unix_sk && family != AF_UNIX_VALUE)
+            return 0;
+    }
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
     if (!begin_record(e ? &e->hdr : NULL, RECORD_OPEN, cgroup_id, STREAM_DISK))
         return 0;
     e->ret = ret;
     e->via_uring = 0;
+    e->unix_connect = 0;
     u64 di = syscall_arg(PT_REGS_DI), si = syscall_arg(PT_REGS_SI), dx = syscall_arg(PT_REGS_DX);
     const char *request = NULL;
+    if (kind == OPEN_UNIX_CONNECT)
+        return record_unix_connect(ring, e, unix_sk, (s64)di, si, dx, cgroup_id);
     if (kind == OPEN_OPEN) {
         request = (const char *)di;
         e->dirfd = AT_FDCWD_VALUE;
@@ -358,13 +410,6 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     return 0;
 }
 
-#if IN_UNIT(0)
-int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at(
-    struct syscall_exit_args *args)
-{
-    return record_open(args->ret, args->syscall_nr);
-}
-#endif
 
 /* -- connects and sends --------------------------------------------------------------------- */
 
@@ -480,12 +525,14 @@ int sendmsg6(struct bpf_sock_addr *ctx)
     return on_send(ctx, 0);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+/* connect()'s exit (in the open exits' program): 1 when it was an inet socket's whose
+ * destination the hook kept (sent now with the result), or a task in no session. */
+static __always_inline int inet_connect_exit(long ret)
 {
     u64 cgroup_id;
     void *ring = session_ring(&cgroup_id, STREAM_NETWORK);
     if (!ring)
-        return 0;
+        return 1;
     u64 id = bpf_get_current_pid_tgid();
     struct connect_event *pending = pending_connects.lookup(&id);
     if (!pending)
@@ -495,14 +542,26 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     if (!e) {
         pending_connects.delete(&id);
         count_lost(cgroup_id, STREAM_NETWORK);
-        return 0;
+        return 1;
     }
     __builtin_memcpy(e, pending, sizeof(*e));
     pending_connects.delete(&id);
-    e->ret = args->ret;
+    e->ret = ret;
     send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
-    return 0;
+    return 1;
 }
+
+#if IN_UNIT(0)
+/* connect() too: an inet socket's is the network record the socket hooks began, a unix
+ * socket's is recorded like an open of its peer's socket file. */
+int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at__connect(
+    struct syscall_exit_args *args)
+{
+    if (args->syscall_nr == NR_CONNECT && inet_connect_exit(args->ret))
+        return 0;
+    return record_open(args->ret, args->syscall_nr);
+}
+#endif
 
 /* The socket left SYN_SENT (established or failed): its source port is known now. May run in
  * softirq context, in any task, so it goes by the socket and not by the cgroup: only sockets a
@@ -649,6 +708,7 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete)
     e->dirfd = AT_FDCWD_VALUE;
     e->mode = 0;
     e->via_uring = 1;
+    e->unix_connect = 0;
     e->request_len = 0;
     u32 len = resolve_opened(args->res, e);
     send_open(ring, e, len, cgroup_id);

@@ -262,11 +262,16 @@ def _open(record, fields, escaped):
     tail, file_flags = record["tail"], record["file.path_flags"]
     length, fs_length = record["file.path_len"], record["fs.path_len"]
     components, fs_components = tail[:length], tail[length:length + fs_length]
-    request = tail[length + fs_length:][:record["request_len"]].rstrip(b"\0")
+    request = tail[length + fs_length:][:record["request_len"]]
+    unix_connect = record["unix_connect"]
+    request = _unix_name(request) if unix_connect else request.rstrip(b"\0")
     opened = record["ret"] >= 0 and not file_flags & abi.PATH_NO_FILE
     if opened:
-        path = paths.resolved_path(components, file_flags, record["file.fs_magic"],
-                                   record["file.ino"])
+        if file_flags & abi.PATH_UNIX_ABSTRACT:
+            path = b"@" + components   # the kernel's copy of the peer's abstract name
+        else:
+            path = paths.resolved_path(components, file_flags, record["file.fs_magic"],
+                                       record["file.ino"])
         fields["path"] = _text_field(path, "path", escaped)
         fields["path_source"] = "kernel"
         if record["request_len"] and request != path:
@@ -283,12 +288,22 @@ def _open(record, fields, escaped):
     flag_names = paths.flag_names(file_flags & ~abi.PATH_COMPLETE)
     if flag_names:
         fields["path_flags"] = flag_names
-    if opened:
+    if opened and not file_flags & abi.PATH_UNIX_ABSTRACT:   # an abstract name has no file
         fields["inode"] = record["file.ino"]
         fields["device"] = paths.device(record["file.dev"])
         fields["mount_id"] = record["file.mnt_id"]
     if record["via_uring"]:
         fields["via"] = "io_uring"
+    elif unix_connect:
+        fields["via"] = "unix_connect"
+
+
+def _unix_name(sun_path: bytes) -> bytes:
+    """A sockaddr_un's sun_path as ss(8) and /proc/net/unix write it: a file name ends at its
+    NUL; an abstract name (a NUL first) is "@" and its bytes."""
+    if sun_path[:1] == b"\0":
+        return b"@" + sun_path[1:]
+    return sun_path.split(b"\0", 1)[0]
 
 
 def _connect(record, fields, escaped):
