@@ -181,13 +181,18 @@ struct open_event {
                                       path_flags, depth and path_len are set; zeros when none */
     u32 request_len;
     u16 via_uring;            /* 1: an IORING_OP_OPENAT completion (io_uring allowed) */
-    u16 unix_connect;         /* 1: a connect() of a unix socket: file is its peer's (the socket
-                                 file it is bound to, or PATH_UNIX_ABSTRACT), ret connect()'s;
-                                 the request is the caller's sun_path */
+    u16 source;               /* OPEN_FROM_*: the call that put the file in the task's hands */
     u32 scratch;              /* see forget_offset() in path.h */
     u32 pad2;
     char data[3 * PATH_BUF_SIZE + REQUEST_MAX];
 };
+
+/* open_event.source: what an open record is of, besides open-like calls (OPEN_FROM_CALL) */
+#define OPEN_FROM_CALL 0
+#define OPEN_FROM_UNIX_CONNECT 1  /* a connect() of a unix socket: file is its peer's (the socket
+                                     file it is bound to, or PATH_UNIX_ABSTRACT), ret connect()'s;
+                                     the request is the caller's sun_path */
+#define OPEN_FROM_PIDFD_GETFD 2   /* pidfd_getfd(): a file of another process, dirfd the pidfd */
 
 /* RECORD_CONNECT and RECORD_SEND. */
 struct connect_event {

@@ -60,6 +60,7 @@ struct syscall_exit_args {
 #define NR_OPENAT2 437
 #define NR_EXECVEAT 322
 #define NR_CONNECT 42
+#define NR_PIDFD_GETFD 438
 
 /* Each session's ring buffers, by its cgroup id and stream. The sessions create the rings
  * themselves (of the sizes their config asks: the kernel does not compare a ring's size with the
@@ -270,6 +271,7 @@ int tracepoints__syscalls__sys_exit__execve__execveat(struct syscall_exit_args *
 #define OPEN_CREAT 3          /* creat(pathname, mode) */
 #define OPEN_BY_HANDLE 4      /* open_by_handle_at(mount_fd, handle, flags) */
 #define OPEN_UNIX_CONNECT 5   /* connect(fd, sockaddr_un, addrlen) of a unix socket */
+#define OPEN_GETFD 6          /* pidfd_getfd(pidfd, targetfd, flags): another process's file */
 
 /* The open-like call an exit is of; -1 for none (never: the program's name lists the calls). */
 static __always_inline int open_kind(s32 syscall_nr)
@@ -281,6 +283,7 @@ static __always_inline int open_kind(s32 syscall_nr)
     case NR_CREAT: return OPEN_CREAT;
     case NR_OPEN_BY_HANDLE_AT: return OPEN_BY_HANDLE;
     case NR_CONNECT: return OPEN_UNIX_CONNECT;
+    case NR_PIDFD_GETFD: return OPEN_GETFD;
     }
     return -1;
 }
@@ -310,38 +313,24 @@ static __always_inline void send_open(void *ring, struct open_event *e, u32 len,
     send(ring, e, offsetof(struct open_event, data) + size, cgroup_id, STREAM_DISK);
 }
 
-/* A unix socket's connect(): the peer the kernel connected it to (its socket file, walked as
- * an opened file's is, or its abstract name), and the caller's sun_path as the request. One
- * walk_paths call site with the opens' (the walk is 10,000 instructions). */
-static __always_inline int record_unix_connect(void *ring, struct open_event *e, u64 sk, s64 fd,
-                                               u64 sockaddr, u64 addrlen, u64 cgroup_id)
+/* Where the file of an open-like call is: (dentry, vfsmnt) to walk (1), or none (0: a failed
+ * call, PATH_NO_FILE; a unix peer with an abstract name, PATH_UNIX_ABSTRACT, its name in data). */
+static __always_inline int locate_opened(int kind, long ret, u64 unix_sk, struct open_event *e,
+                                         u64 *dentry, u64 *vfsmnt)
 {
-    __builtin_memset(&e->file, 0, sizeof(e->file));
-    __builtin_memset(&e->fs, 0, sizeof(e->fs));
-    e->unix_connect = 1;
-    e->dirfd = fd;   /* the socket */
-    e->flags = 0;
-    e->mode = 0;
-    u32 len = 0;
-    u64 dentry = 0, vfsmnt = 0;
-    if (e->ret < 0 || !sk)
+    if (ret < 0 || (kind == OPEN_UNIX_CONNECT && !unix_sk)) {
         e->file.path_flags = PATH_NO_FILE;
-    else if (locate_unix_peer(sk, e->data, &e->file, &dentry, &vfsmnt))
-        len = walk_paths(dentry, vfsmnt, e->data, &e->file, &e->fs, &e->scratch);
-    else
-        len = e->file.path_len & 127;
-    /* sun_path as the caller passed it: bytes, not a string (an abstract name starts with NUL) */
-    s64 n = (s64)addrlen - UNIX_NAME_OFFSET;
-    n = n < 0 ? 0 : n > UNIX_PATH_MAX_VALUE ? UNIX_PATH_MAX_VALUE : n;
-    len &= 2 * PATH_BUF_SIZE - 1;
-    if (n && read_user(&e->data[len], n & 127, (const void *)(sockaddr + UNIX_NAME_OFFSET)))
-        n = 0;
-    e->request_len = n;
-    send_open(ring, e, len, cgroup_id);
-    return 0;
+        return 0;
+    }
+    if (kind == OPEN_UNIX_CONNECT)
+        return locate_unix_peer(unix_sk, e->data, &e->file, dentry, vfsmnt);
+    return locate_fd(ret, &e->file, dentry, vfsmnt);
 }
 
-/* At the syscall's exit: the file is installed, and the request's page faulted in. */
+/* At the syscall's exit: the file is installed, and the request's page faulted in. A unix
+ * socket's connect() is recorded here too, like an open of the peer's socket file (its
+ * sun_path the request): one call site of walk_paths for all of them (the walk is 10,000
+ * instructions). */
 static __always_inline int record_open(long ret, s32 syscall_nr)
 {
     u64 cgroup_id;
@@ -355,8 +344,7 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     if (kind == OPEN_UNIX_CONNECT) {
         /* a unix socket's connect only (an inet one is recorded by the socket hooks): by the
          * socket when it connected, by the caller's sockaddr when it did not */
-        u64 fd = syscall_arg(PT_REGS_DI);
-        unix_sk = unix_sock_at(fd);
+        unix_sk = unix_sock_at(syscall_arg(PT_REGS_DI));
         u16 family = 0;
         if (ret < 0 && !unix_sk)
             read_user(&family, sizeof(family), (const void *)syscall_arg(PT_REGS_SI));
@@ -369,11 +357,10 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
         return 0;
     e->ret = ret;
     e->via_uring = 0;
-    e->unix_connect = 0;
+    e->source = kind == OPEN_UNIX_CONNECT ? OPEN_FROM_UNIX_CONNECT
+                : kind == OPEN_GETFD ? OPEN_FROM_PIDFD_GETFD : OPEN_FROM_CALL;
     u64 di = syscall_arg(PT_REGS_DI), si = syscall_arg(PT_REGS_SI), dx = syscall_arg(PT_REGS_DX);
     const char *request = NULL;
-    if (kind == OPEN_UNIX_CONNECT)
-        return record_unix_connect(ring, e, unix_sk, (s64)di, si, dx, cgroup_id);
     if (kind == OPEN_OPEN) {
         request = (const char *)di;
         e->dirfd = AT_FDCWD_VALUE;
@@ -384,9 +371,9 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
         e->dirfd = AT_FDCWD_VALUE;
         e->flags = CREAT_FLAGS;
         e->mode = (u16)si;
-    } else if (kind == OPEN_BY_HANDLE) {
-        e->dirfd = (s32)di;   /* the mount fd; the handle is no path */
-        e->flags = (s32)dx;
+    } else if (kind == OPEN_BY_HANDLE || kind == OPEN_GETFD || kind == OPEN_UNIX_CONNECT) {
+        e->dirfd = (s32)di;   /* the mount fd, the pidfd, the socket: no path */
+        e->flags = kind == OPEN_BY_HANDLE ? (s32)dx : 0;
         e->mode = 0;
     } else {
         request = (const char *)si;
@@ -400,16 +387,30 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
             e->mode = 0;
         }
     }
-    u32 len = resolve_opened(ret, e);
+    __builtin_memset(&e->file, 0, sizeof(e->file));
+    __builtin_memset(&e->fs, 0, sizeof(e->fs));
+    u64 dentry = 0, vfsmnt = 0;
+    u32 len = 0;
+    if (locate_opened(kind, ret, unix_sk, e, &dentry, &vfsmnt))
+        len = walk_paths(dentry, vfsmnt, e->data, &e->file, &e->fs, &e->scratch);
+    else
+        len = e->file.path_len & 127;   /* an abstract name, or nothing */
+    len &= 2 * PATH_BUF_SIZE - 1;
     e->request_len = 0;
     if (request) {
         long n = read_user_str(&e->data[len], REQUEST_MAX, request);
         e->request_len = n > 0 ? n : 0;
+    } else if (kind == OPEN_UNIX_CONNECT) {
+        /* sun_path as the caller passed it: bytes, not a string (an abstract name starts
+         * with NUL) */
+        s64 n = (s64)dx - UNIX_NAME_OFFSET;
+        n = n < 0 ? 0 : n > UNIX_PATH_MAX_VALUE ? UNIX_PATH_MAX_VALUE : n;
+        if (n && !read_user(&e->data[len], n & 127, (const void *)(si + UNIX_NAME_OFFSET)))
+            e->request_len = n;
     }
     send_open(ring, e, len, cgroup_id);
     return 0;
 }
-
 
 /* -- connects and sends --------------------------------------------------------------------- */
 
@@ -554,7 +555,7 @@ static __always_inline int inet_connect_exit(long ret)
 #if IN_UNIT(0)
 /* connect() too: an inet socket's is the network record the socket hooks began, a unix
  * socket's is recorded like an open of its peer's socket file. */
-int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at__connect(
+int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at__pidfd_getfd__connect(
     struct syscall_exit_args *args)
 {
     if (args->syscall_nr == NR_CONNECT && inet_connect_exit(args->ret))
@@ -708,7 +709,7 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete)
     e->dirfd = AT_FDCWD_VALUE;
     e->mode = 0;
     e->via_uring = 1;
-    e->unix_connect = 0;
+    e->source = OPEN_FROM_CALL;
     e->request_len = 0;
     u32 len = resolve_opened(args->res, e);
     send_open(ring, e, len, cgroup_id);

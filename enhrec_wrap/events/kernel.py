@@ -36,6 +36,8 @@ SYSCALL_NAMES = {
     ("i386", 362): "connect", ("i386", 369): "sendto", ("i386", 370): "sendmsg",
     ("i386", 384): "arch_prctl",
 }
+# session.disk's `via` of the records that are no open-like call (docs/events.md)
+OPEN_SOURCES = {abi.OPEN_FROM_UNIX_CONNECT: "unix_connect", abi.OPEN_FROM_PIDFD_GETFD: "pidfd_getfd"}
 REFUSED_ACTIONS = {abi.REFUSED_ERRNO: "errno", abi.REFUSED_KILLED: "killed"}
 # include/uapi/linux/io_uring.h enum io_uring_op
 URING_OPERATIONS = (
@@ -263,7 +265,7 @@ def _open(record, fields, escaped):
     length, fs_length = record["file.path_len"], record["fs.path_len"]
     components, fs_components = tail[:length], tail[length:length + fs_length]
     request = tail[length + fs_length:][:record["request_len"]]
-    unix_connect = record["unix_connect"]
+    unix_connect = record["source"] == abi.OPEN_FROM_UNIX_CONNECT
     request = _unix_name(request) if unix_connect else request.rstrip(b"\0")
     opened = record["ret"] >= 0 and not file_flags & abi.PATH_NO_FILE
     if opened:
@@ -294,8 +296,8 @@ def _open(record, fields, escaped):
         fields["mount_id"] = record["file.mnt_id"]
     if record["via_uring"]:
         fields["via"] = "io_uring"
-    elif unix_connect:
-        fields["via"] = "unix_connect"
+    elif record["source"] in OPEN_SOURCES:
+        fields["via"] = OPEN_SOURCES[record["source"]]
 
 
 def _unix_name(sun_path: bytes) -> bytes:

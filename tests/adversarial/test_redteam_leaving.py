@@ -50,3 +50,28 @@ def test_a_process_renamed_like_another_program_keeps_its_exec(run_in_session, s
     assert opened["program"] == "sshd", run.brief(opened)
     (command,) = run.of("session.command", pid)
     assert command["executable"] == os.path.realpath("/usr/bin/python3"), run.brief(command)
+
+
+def test_pidfd_getfd_of_a_file_held_outside_names_the_file(run_in_session, scratch):
+    """Root in the session takes a file descriptor of a process outside it (this test's):
+    the file enters the session without an open, and is recorded as one (`via:
+    "pidfd_getfd"`), by the file the kernel handed over."""
+    secret = scratch / "held-outside"
+    secret.write_text("HELD\n")
+    fd = os.open(secret, os.O_RDONLY)
+    try:
+        code = ("import ctypes, os, sys\n"
+                "pidfd = os.pidfd_open(int(sys.argv[1]))\n"
+                "got = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(sys.argv[2]), 0)\n"
+                "print('GOT', pidfd, got, os.read(got, 10).decode().strip())\n")
+        run = run_in_session(["python3", "-c", code, str(os.getpid()), str(fd)])
+    finally:
+        os.close(fd)
+    pidfd, got, content = run.printed_once("GOT")
+    assert content == "HELD"
+    taken = run.one_open(run.pid_of("python3"), "the pidfd_getfd", return_code=int(got),
+                         via="pidfd_getfd")
+    facts = run.brief(taken)
+    assert (taken["path"], taken.get("via"), taken.get("path_source")) == (
+        str(secret), "pidfd_getfd", "kernel"), facts
+    assert taken["inode"] == secret.stat().st_ino and "requested_path" not in taken, facts
