@@ -322,8 +322,13 @@ static __always_inline int locate_opened(int kind, long ret, u64 unix_sk, struct
         e->file.path_flags = PATH_NO_FILE;
         return 0;
     }
-    if (kind == OPEN_UNIX_CONNECT)
+    if (kind == OPEN_UNIX_CONNECT) {
+        /* another reference to the socket: a thread may have dup2()ed another socket onto
+         * the fd since connect() returned (as for an open's file, PATH_FILE_SHARED) */
+        if (kptr(current_file(e->dirfd), OFF_FILE_REF) != FILE_ONE_REF)
+            e->file.path_flags |= PATH_FILE_SHARED;
         return locate_unix_peer(unix_sk, e->data, &e->file, dentry, vfsmnt);
+    }
     return locate_fd(ret, &e->file, dentry, vfsmnt);
 }
 
