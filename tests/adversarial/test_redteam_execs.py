@@ -63,6 +63,14 @@ def test_memfd_named_like_a_real_binary(technique):
     assert command["executable_inode"] == int(inode), run.brief(command)
 
 
+def test_execveat_of_a_name_relative_to_a_directory_fd(technique):
+    """execveat(dirfd of /bin, "echo"): the kernel names it /dev/fd/N/echo; the executable is
+    the real file."""
+    run, _ = technique("exec_tricks", "dirfd")
+    (fd,) = run.printed_once("DIRFD")
+    _the_exec(run, "dirfd", f"/dev/fd/{fd}/echo", ECHO)
+
+
 def test_program_run_through_the_dynamic_loader(run_in_session, scratch):
     """`ld.so /bin/cat FILE`: the only exec is the loader's, whose argv names cat and FILE; the
     loader maps cat with an open, which names cat's real file."""

@@ -125,3 +125,19 @@ def test_opens_outside_a_user_namespace_carry_no_fs_path(run_in_session):
     run = run_in_session(["cat", "/etc/hostname"])
     opened = run.one_open(run.pid_of("cat"), "cat's open", path="/etc/hostname")
     assert "fs_path" not in opened and "path_flags" not in opened, run.brief(opened)
+
+
+def test_chroot_by_root_names_the_file_from_its_filesystem(run_in_session, public_dir):
+    """Root's own chroot (no user namespace): marked chroot, and fs_path says where it is."""
+    os.makedirs(f"{public_dir}/jail/etc")
+    _write(f"{public_dir}/jail/etc/shadow", "JAILED\n")
+    code = ("import os\n"
+            f"os.chroot({public_dir + '/jail'!r}); os.chdir('/')\n"
+            "fd = os.open('/etc/shadow', os.O_RDONLY)\nprint('OPEN', fd)\n")
+    run = run_in_session(["python3", "-c", code])
+    (fd,) = run.printed_once("OPEN")
+    opened = run.one_open(run.pid_of("python3"), "the open in the chroot", path="/etc/shadow",
+                          return_code=int(fd))
+    facts = run.brief(opened)
+    assert opened.get("path_flags") == ["chroot"], facts
+    assert opened.get("fs_path") == f"{public_dir}/jail/etc/shadow", facts

@@ -4,6 +4,7 @@
  *   opath           an O_PATH fd of /bin/echo, run by execveat(fd, "", AT_EMPTY_PATH)
  *   deleted COPY    COPY (a copy of echo) opened, unlinked, then run with fexecve
  *   memfd-slash     a memfd named "/usr/bin/sudo", run with fexecve
+ *   dirfd           execveat(an O_PATH fd of /bin, "echo", 0): a name relative to a dirfd
  * Prints EXEC <mode> <pid that execs> <fd or 0> <inode of the binary>, then echo prints the
  * marker. */
 #define _GNU_SOURCE
@@ -85,6 +86,18 @@ int main(int argc, char **argv)
         fd = memfd_create("/usr/bin/sudo", 0);
         if (fd >= 0 && copy_into(fd, "/bin/echo") < 0)
             return 1;
+    } else if (!strcmp(mode, "dirfd")) {
+        fd = open("/bin", O_PATH | O_DIRECTORY);
+        if (fd < 0) {
+            perror(mode);
+            return 1;
+        }
+        announce(mode, -1);
+        printf("DIRFD %d\n", fd);
+        fflush(stdout);
+        syscall(SYS_execveat, fd, "echo", marker_argv, no_env, 0);
+        perror("execveat");
+        return 1;
     }
     if (fd < 0) {
         perror(mode);
