@@ -193,6 +193,10 @@ struct open_event {
                                      file it is bound to, or PATH_UNIX_ABSTRACT), ret connect()'s;
                                      the request is the caller's sun_path */
 #define OPEN_FROM_PIDFD_GETFD 2   /* pidfd_getfd(): a file of another process, dirfd the pidfd */
+#define OPEN_FROM_PTRACE 3        /* ptrace(PTRACE_ATTACH or PTRACE_SEIZE) of a task OUTSIDE the
+                                     session (what it does next is not recorded): file is its
+                                     executable (mm->exe_file), dirfd its pid, flags the
+                                     request */
 
 /* RECORD_CONNECT and RECORD_SEND. */
 struct connect_event {

@@ -11,10 +11,9 @@
  *   the program receives, NUL-separated (for a script the kernel has put interp in front).
  * Nothing of it is in memory the old image could still change: argv read at sys_enter (as
  * the first versions did) could be rewritten by another thread, and failed for pages not yet
- * touched.
+ * touched. Where the binary's path may not say where it is (the caller's mounts in a user
+ * namespace, or a chroot: path.h's needs_fs_walk), its path from its filesystem's root too.
  *
- * - where the binary's path may not say where it is (the caller's mounts in a user namespace,
- *   or a chroot: path.h's needs_fs_walk), its path from its filesystem's root as well.
  * struct exec_event is in enhrec.h. Offsets: those of path.h, and OFF_TASK_MM,
  * OFF_MM_ARG_START/END, OFF_BPRM_FILENAME/INTERP/FILE/ARGC, OFF_INODE_I_SIZE, OFF_FS_PWD.
  */

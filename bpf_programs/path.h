@@ -12,13 +12,12 @@
  *
  * struct resolved_file and the PATH_* flags are in enhrec.h. Offsets: kernel/offsets.py
  * (OFF_TASK_FS, OFF_FS_ROOT, OFF_PATH_*, OFF_DENTRY_*, OFF_MOUNT_*, OFF_VFSMOUNT_MNT_ROOT,
- * OFF_TASK_FILES, OFF_FILES_FDT, OFF_FDT_*, OFF_FILE_*, OFF_INODE_*, OFF_SB_*, and for
- * PATH_USER_NS OFF_TASK_NSPROXY, OFF_NSPROXY_MNT_NS, OFF_MNT_NS_USER_NS, OFF_USER_NS_LEVEL; for unix
- * sockets OFF_FILE_PRIVATE_DATA, OFF_SOCKET_SK, OFF_SK_FAMILY, OFF_UNIX_SOCK_*,
- * OFF_UNIX_ADDRESS_*, OFF_DENTRY_D_INODE). Why the loop is
- * written the way it is (unrolled, its state through memory): docs/architecture.md, from the
- * verifier counts measured when it was built (16,739 instructions processed, 25 ms, at 64
- * steps; 506,187 without).
+ * OFF_TASK_FILES, OFF_FILES_FDT, OFF_FDT_*, OFF_FILE_*, OFF_INODE_*, OFF_SB_*; for
+ * PATH_USER_NS OFF_TASK_NSPROXY, OFF_NSPROXY_MNT_NS, OFF_MNT_NS_USER_NS, OFF_USER_NS_LEVEL; for
+ * unix sockets OFF_FILE_PRIVATE_DATA, OFF_SOCKET_SK, OFF_SK_FAMILY, OFF_UNIX_SOCK_*,
+ * OFF_UNIX_ADDRESS_*, OFF_DENTRY_D_INODE). Why the loop is written the way it is (unrolled,
+ * its state through memory): docs/architecture.md, from the verifier counts measured when it
+ * was built (16,739 instructions processed, 25 ms, at 64 steps; 506,187 without).
  */
 #ifndef ENHREC_PATH_H
 #define ENHREC_PATH_H

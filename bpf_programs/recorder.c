@@ -61,6 +61,7 @@ struct syscall_exit_args {
 #define NR_EXECVEAT 322
 #define NR_CONNECT 42
 #define NR_PIDFD_GETFD 438
+#define NR_PTRACE 101
 
 /* Each session's ring buffers, by its cgroup id and stream. The sessions create the rings
  * themselves (of the sizes their config asks: the kernel does not compare a ring's size with the
@@ -272,6 +273,9 @@ int tracepoints__syscalls__sys_exit__execve__execveat(struct syscall_exit_args *
 #define OPEN_BY_HANDLE 4      /* open_by_handle_at(mount_fd, handle, flags) */
 #define OPEN_UNIX_CONNECT 5   /* connect(fd, sockaddr_un, addrlen) of a unix socket */
 #define OPEN_GETFD 6          /* pidfd_getfd(pidfd, targetfd, flags): another process's file */
+#define OPEN_PTRACE 7         /* ptrace(request, pid, ...): an attach to another task */
+#define PTRACE_ATTACH_VALUE 16
+#define PTRACE_SEIZE_VALUE 0x4206
 
 /* The open-like call an exit is of; -1 for none (never: the program's name lists the calls). */
 static __always_inline int open_kind(s32 syscall_nr)
@@ -284,6 +288,7 @@ static __always_inline int open_kind(s32 syscall_nr)
     case NR_OPEN_BY_HANDLE_AT: return OPEN_BY_HANDLE;
     case NR_CONNECT: return OPEN_UNIX_CONNECT;
     case NR_PIDFD_GETFD: return OPEN_GETFD;
+    case NR_PTRACE: return OPEN_PTRACE;
     }
     return -1;
 }
@@ -313,12 +318,24 @@ static __always_inline void send_open(void *ring, struct open_event *e, u32 len,
     send(ring, e, offsetof(struct open_event, data) + size, cgroup_id, STREAM_DISK);
 }
 
+/* The task that ptrace(ATTACH or SEIZE, tid) just attached, when it is outside the calling
+ * task's session (cgroup_id); 0 when it is inside, or is not the one at the head of our
+ * ptraced list (ptrace_link() adds there). */
+static __always_inline u64 tracee_outside(u64 cgroup_id, u32 tid)
+{
+    u64 tracee = kptr(current_task(), OFF_TASK_PTRACED) - OFF_TASK_PTRACE_ENTRY;
+    if (ku32(tracee, OFF_TASK_PID) != tid)
+        return 0;
+    u64 cgroup = kptr(kptr(tracee, OFF_TASK_CGROUPS), OFF_CSS_SET_DFL_CGRP);
+    return kptr(kptr(cgroup, OFF_CGROUP_KN), OFF_KERNFS_NODE_ID) == cgroup_id ? 0 : tracee;
+}
+
 /* Where the file of an open-like call is: (dentry, vfsmnt) to walk (1), or none (0: a failed
  * call, PATH_NO_FILE; a unix peer with an abstract name, PATH_UNIX_ABSTRACT, its name in data). */
-static __always_inline int locate_opened(int kind, long ret, u64 unix_sk, struct open_event *e,
+static __always_inline int locate_opened(int kind, long ret, u64 target, struct open_event *e,
                                          u64 *dentry, u64 *vfsmnt)
 {
-    if (ret < 0 || (kind == OPEN_UNIX_CONNECT && !unix_sk)) {
+    if (ret < 0 || (kind == OPEN_UNIX_CONNECT && !target)) {   /* (a tracee is never 0) */
         e->file.path_flags = PATH_NO_FILE;
         return 0;
     }
@@ -327,8 +344,11 @@ static __always_inline int locate_opened(int kind, long ret, u64 unix_sk, struct
          * the fd since connect() returned (as for an open's file, PATH_FILE_SHARED) */
         if (kptr(current_file(e->dirfd), OFF_FILE_REF) != FILE_ONE_REF)
             e->file.path_flags |= PATH_FILE_SHARED;
-        return locate_unix_peer(unix_sk, e->data, &e->file, dentry, vfsmnt);
+        return locate_unix_peer(target, e->data, &e->file, dentry, vfsmnt);
     }
+    if (kind == OPEN_PTRACE)   /* the tracee's executable */
+        return describe_file(kptr(kptr(target, OFF_TASK_MM), OFF_MM_EXE_FILE), &e->file, dentry,
+                             vfsmnt);
     return locate_fd(ret, &e->file, dentry, vfsmnt);
 }
 
@@ -345,15 +365,24 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     int kind = open_kind(syscall_nr);
     if (kind < 0)
         return 0;
-    u64 unix_sk = 0;
+    u64 target = 0;
     if (kind == OPEN_UNIX_CONNECT) {
         /* a unix socket's connect only (an inet one is recorded by the socket hooks): by the
          * socket when it connected, by the caller's sockaddr when it did not */
-        unix_sk = unix_sock_at(syscall_arg(PT_REGS_DI));
+        target = unix_sock_at(syscall_arg(PT_REGS_DI));
         u16 family = 0;
-        if (ret < 0 && !unix_sk)
+        if (ret < 0 && !target)
             read_user(&family, sizeof(family), (const void *)syscall_arg(PT_REGS_SI));
-        if (!unix_sk && family != AF_UNIX_VALUE)
+        if (!target && family != AF_UNIX_VALUE)
+            return 0;
+    } else if (kind == OPEN_PTRACE) {
+        /* an attach that worked, to a task outside the session (one inside is recorded
+         * itself): the tracee, which ptrace_link() put first on our ptraced list */
+        u64 request = syscall_arg(PT_REGS_DI);
+        if (ret < 0 || (request != PTRACE_ATTACH_VALUE && request != PTRACE_SEIZE_VALUE))
+            return 0;
+        target = tracee_outside(cgroup_id, (u32)syscall_arg(PT_REGS_SI));
+        if (!target)
             return 0;
     }
     int zero = 0;
@@ -363,7 +392,8 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     e->ret = ret;
     e->via_uring = 0;
     e->source = kind == OPEN_UNIX_CONNECT ? OPEN_FROM_UNIX_CONNECT
-                : kind == OPEN_GETFD ? OPEN_FROM_PIDFD_GETFD : OPEN_FROM_CALL;
+                : kind == OPEN_GETFD ? OPEN_FROM_PIDFD_GETFD
+                : kind == OPEN_PTRACE ? OPEN_FROM_PTRACE : OPEN_FROM_CALL;
     u64 di = syscall_arg(PT_REGS_DI), si = syscall_arg(PT_REGS_SI), dx = syscall_arg(PT_REGS_DX);
     const char *request = NULL;
     if (kind == OPEN_OPEN) {
@@ -379,6 +409,10 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     } else if (kind == OPEN_BY_HANDLE || kind == OPEN_GETFD || kind == OPEN_UNIX_CONNECT) {
         e->dirfd = (s32)di;   /* the mount fd, the pidfd, the socket: no path */
         e->flags = kind == OPEN_BY_HANDLE ? (s32)dx : 0;
+        e->mode = 0;
+    } else if (kind == OPEN_PTRACE) {
+        e->dirfd = (s32)si;   /* the tracee */
+        e->flags = (s32)di;   /* the request */
         e->mode = 0;
     } else {
         request = (const char *)si;
@@ -396,7 +430,7 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     __builtin_memset(&e->fs, 0, sizeof(e->fs));
     u64 dentry = 0, vfsmnt = 0;
     u32 len = 0;
-    if (locate_opened(kind, ret, unix_sk, e, &dentry, &vfsmnt))
+    if (locate_opened(kind, ret, target, e, &dentry, &vfsmnt))
         len = walk_paths(dentry, vfsmnt, e->data, &e->file, &e->fs, &e->scratch);
     else
         len = e->file.path_len & 127;   /* an abstract name, or nothing */
@@ -560,7 +594,7 @@ static __always_inline int inet_connect_exit(long ret)
 #if IN_UNIT(0)
 /* connect() too: an inet socket's is the network record the socket hooks began, a unix
  * socket's is recorded like an open of its peer's socket file. */
-int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at__pidfd_getfd__connect(
+int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at__pidfd_getfd__ptrace__connect(
     struct syscall_exit_args *args)
 {
     if (args->syscall_nr == NR_CONNECT && inet_connect_exit(args->ret))

@@ -37,7 +37,8 @@ SYSCALL_NAMES = {
     ("i386", 384): "arch_prctl",
 }
 # session.disk's `via` of the records that are no open-like call (docs/events.md)
-OPEN_SOURCES = {abi.OPEN_FROM_UNIX_CONNECT: "unix_connect", abi.OPEN_FROM_PIDFD_GETFD: "pidfd_getfd"}
+OPEN_SOURCES = {abi.OPEN_FROM_UNIX_CONNECT: "unix_connect",
+                abi.OPEN_FROM_PIDFD_GETFD: "pidfd_getfd", abi.OPEN_FROM_PTRACE: "ptrace_attach"}
 REFUSED_ACTIONS = {abi.REFUSED_ERRNO: "errno", abi.REFUSED_KILLED: "killed"}
 # include/uapi/linux/io_uring.h enum io_uring_op
 URING_OPERATIONS = (
@@ -298,6 +299,8 @@ def _open(record, fields, escaped):
         fields["via"] = "io_uring"
     elif record["source"] in OPEN_SOURCES:
         fields["via"] = OPEN_SOURCES[record["source"]]
+        if record["source"] == abi.OPEN_FROM_PTRACE:
+            fields["target_pid"] = record["dirfd"]
 
 
 def _unix_name(sun_path: bytes) -> bytes:

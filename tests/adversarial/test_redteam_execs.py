@@ -3,8 +3,6 @@ argv only the technique produces and the binary that really ran."""
 
 import os
 
-import pytest
-
 ECHO = os.path.realpath("/bin/echo")
 LOADER = "/lib64/ld-linux-x86-64.so.2"
 

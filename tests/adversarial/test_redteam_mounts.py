@@ -11,9 +11,10 @@ import tempfile
 
 import pytest
 
+
 @pytest.fixture
 def public_dir():
-    """A scratch directory nobody can read (pytest's own are root-only)."""
+    """A scratch directory that nobody can reach (pytest's own are root-only)."""
     directory = os.path.realpath(tempfile.mkdtemp(prefix="enhrec-redteam-", dir="/tmp"))
     os.chmod(directory, 0o755)
     yield directory

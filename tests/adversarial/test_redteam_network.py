@@ -25,7 +25,7 @@ def test_tcp_connect_to_an_ipv4_mapped_address_is_the_ipv4_address(run_in_sessio
     assert _network(run, pid, port) == [(0, "tcp", "127.0.0.1", 4, "127.0.0.1")], (
         run.sends_and_connects())
     (event,) = run.of("session.network", pid, dst_port=port)
-    assert event.get("src_port") == int(sport) and event["connect_return_code"] == 0, run.brief(event)
+    assert (event.get("src_port"), event["connect_return_code"]) == (int(sport), 0), run.brief(event)
 
 
 def test_udp_socket_connected_then_connected_elsewhere(run_in_session):

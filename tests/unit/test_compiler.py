@@ -40,7 +40,8 @@ def test_every_open_like_exit_is_attached_once():
     events = [t.split(":")[1] for t in compiler.attachments(name)[1]]
     assert sorted(events) == sorted(["sys_exit_open", "sys_exit_openat", "sys_exit_openat2",
                                      "sys_exit_creat", "sys_exit_open_by_handle_at",
-                                     "sys_exit_pidfd_getfd", "sys_exit_connect"])
+                                     "sys_exit_pidfd_getfd", "sys_exit_ptrace",
+                                     "sys_exit_connect"])
     kinds = re.search(r"open_kind\(s32 syscall_nr\)\n\{(.*?)\n\}", source, re.S).group(1)
     assert len(re.findall(r"case NR_\w+: return OPEN_\w+;", kinds)) == len(events)
 
