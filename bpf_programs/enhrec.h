@@ -66,12 +66,23 @@
                                  thread uses it, or it is not the file this open made (a thread
                                  dup2()ed another onto the new fd before the exit tracepoint) */
 #define PATH_CHROOT 256       /* the caller's root is not its mount's root: a chroot */
+#define PATH_USER_NS 512      /* the caller's mount namespace belongs to a user namespace other
+                                 than the host's: an ordinary user can have arranged its mounts
+                                 (unshare -Urm: bind mounts, pivot_root, a tmpfs over a
+                                 directory), so the path may name another place than the one
+                                 where the file is. Set, like PATH_CHROOT, on the walk that had
+                                 a second one from the file up to its filesystem's own root */
+#define PATH_UNIX_ABSTRACT 1024  /* a unix socket connect's peer has an abstract name, not a
+                                 file: path_len bytes of the kernel's copy of it (after its
+                                 leading NUL) instead of components; 0 bytes: no name */
 
 /* exec_event.flags */
 #define EXEC_ARGV_TRUNCATED 1 /* arg_end - arg_start > ARGV_MAX: the first ARGV_MAX bytes kept */
 #define EXEC_ARGV_UNREADABLE 2
 #define EXEC_SCRIPT 4         /* bprm->interp differs from bprm->filename: a "#!" script */
 #define EXEC_CWD 8            /* filename is relative: the cwd's walk follows the binary's */
+#define EXEC_BINARY_FS 16     /* the binary's walk to its filesystem's root follows (binary_fs:
+                                 its path had PATH_USER_NS or PATH_CHROOT) */
 
 /* exec_failed_event.truncated bits */
 #define ARGV_TOO_MANY 1       /* more than MAX_ARGS arguments */
@@ -117,9 +128,10 @@ struct resolved_file {
 
 /* Tail: argv (argv_len: the new image's strings, NUL-separated, argv[0] first), filename
  * (filename_len, NUL included), interp (interp_len, scripts only), the binary's path
- * components (binary.path_len), then the cwd's (cwd.path_len, with EXEC_CWD). */
+ * components (binary.path_len), then the cwd's (cwd.path_len, with EXEC_CWD), then the
+ * binary's from its filesystem's root (binary_fs.path_len, with EXEC_BINARY_FS). */
 #define EXEC_OFF_MASK 65535   /* every piece starts below this: 2 * EXEC_NAME_MAX + ARGV_MAX +
-                                 2 * PATH_BUF_SIZE = 48 KiB at most */
+                                 3 * PATH_BUF_SIZE = 52 KiB at most */
 struct exec_event {
     struct event_header hdr;
     u32 old_pid;              /* the thread that called exec (another one than pid's leader
@@ -127,6 +139,8 @@ struct exec_event {
     u32 argc;                 /* bprm->argc */
     struct resolved_file binary;   /* bprm->file: what runs (a script's interpreter) */
     struct resolved_file cwd;      /* current->fs->pwd, when EXEC_CWD */
+    struct resolved_file binary_fs;  /* bprm->file from its filesystem's root (EXEC_BINARY_FS):
+                                        only path_flags, depth and path_len are set */
     u64 size;                 /* the binary's i_size */
     u32 argv_len;
     u16 filename_len;
@@ -153,8 +167,9 @@ struct exec_failed_event {
 };
 
 /* Tail: the opened file's path components (file.path_len, leaf first; none when the call
- * failed), then the path the caller passed (request_len, NUL included; none for
- * open_by_handle_at, which passes a handle). */
+ * failed), then its components from its filesystem's own root (fs.path_len: only when
+ * file.path_flags has PATH_USER_NS or PATH_CHROOT), then the path the caller passed
+ * (request_len, NUL included; none for open_by_handle_at, which passes a handle). */
 struct open_event {
     struct event_header hdr;
     s64 ret;                  /* fd, or -errno */
@@ -162,11 +177,26 @@ struct open_event {
     s32 dirfd;                /* AT_FDCWD for open/creat; open_by_handle_at's mount fd */
     u32 mode;
     struct resolved_file file;     /* PATH_NO_FILE, zeros, when ret < 0 */
+    struct resolved_file fs;       /* the file from its filesystem's root (see the tail): only
+                                      path_flags, depth and path_len are set; zeros when none */
     u32 request_len;
     u16 via_uring;            /* 1: an IORING_OP_OPENAT completion (io_uring allowed) */
-    u16 pad;
-    char data[2 * PATH_BUF_SIZE + REQUEST_MAX];
+    u16 source;               /* OPEN_FROM_*: the call that put the file in the task's hands */
+    u32 scratch;              /* see forget_offset() in path.h */
+    u32 pad2;
+    char data[3 * PATH_BUF_SIZE + REQUEST_MAX];
 };
+
+/* open_event.source: what an open record is of, besides open-like calls (OPEN_FROM_CALL) */
+#define OPEN_FROM_CALL 0
+#define OPEN_FROM_UNIX_CONNECT 1  /* a connect() of a unix socket: file is its peer's (the socket
+                                     file it is bound to, or PATH_UNIX_ABSTRACT), ret connect()'s;
+                                     the request is the caller's sun_path */
+#define OPEN_FROM_PIDFD_GETFD 2   /* pidfd_getfd(): a file of another process, dirfd the pidfd */
+#define OPEN_FROM_PTRACE 3        /* ptrace(PTRACE_ATTACH or PTRACE_SEIZE) of a task OUTSIDE the
+                                     session (what it does next is not recorded): file is its
+                                     executable (mm->exe_file), dirfd its pid, flags the
+                                     request */
 
 /* RECORD_CONNECT and RECORD_SEND. */
 struct connect_event {

@@ -11,7 +11,8 @@
  *   the program receives, NUL-separated (for a script the kernel has put interp in front).
  * Nothing of it is in memory the old image could still change: argv read at sys_enter (as
  * the first versions did) could be rewritten by another thread, and failed for pages not yet
- * touched.
+ * touched. Where the binary's path may not say where it is (the caller's mounts in a user
+ * namespace, or a chroot: path.h's needs_fs_walk), its path from its filesystem's root too.
  *
  * struct exec_event is in enhrec.h. Offsets: those of path.h, and OFF_TASK_MM,
  * OFF_MM_ARG_START/END, OFF_BPRM_FILENAME/INTERP/FILE/ARGC, OFF_INODE_I_SIZE, OFF_FS_PWD.
@@ -76,20 +77,27 @@ static __always_inline u32 capture_exec(u64 bprm, struct exec_event *e)
 
     u64 file = kptr(bprm, OFF_BPRM_FILE);
     e->size = kptr(kptr(file, OFF_FILE_F_INODE), OFF_INODE_I_SIZE);
-    u64 dentry = 0, vfsmnt = 0;
-    describe_file(file, &e->binary, &dentry, &vfsmnt);
+    __builtin_memset(&e->binary_fs, 0, sizeof(e->binary_fs));
+    u64 binary_dentry = 0, binary_vfsmnt = 0;
+    describe_file(file, &e->binary, &binary_dentry, &binary_vfsmnt);
+    int user_ns_mounts = in_user_ns_mounts();
 
-    /* The binary's path, then the cwd's for a relative filename: one copy of walk_path (a
-     * loop of two turns that is not unrolled) instead of two inlined ones, which made this
-     * program 19,800 instructions and its compile 29 MB of LLVM memory (docs/PERFORMANCE.md). */
+    /* The binary's path, the cwd's for a relative filename, then the binary's from its
+     * filesystem's root where its path may not say where it is (needs_fs_walk): one copy of
+     * walk_path (a loop of three turns that is not unrolled) instead of inlined ones, which
+     * made this program 19,800 instructions for two and its compile 29 MB of LLVM memory
+     * (docs/PERFORMANCE.md). */
     struct resolved_file *out = &e->binary;
     int turn;
 #pragma clang loop unroll(disable)
-    for (turn = 0; turn < 2; turn++) {
+    for (turn = 0; turn < 3; turn++) {
         off = forget(e, off);
+        u64 dentry = binary_dentry, vfsmnt = binary_vfsmnt;
+        if (!binary_dentry && turn != 1)
+            continue;   /* no file: PATH_NO_FILE, no components */
         if (turn == 1) {
             if (first == '/')
-                break;
+                continue;
             e->flags |= EXEC_CWD;
             u64 pwd[2] = {};
             read_kernel(pwd, sizeof(pwd),
@@ -97,10 +105,13 @@ static __always_inline u32 capture_exec(u64 bprm, struct exec_event *e)
             dentry = pwd[OFF_PATH_DENTRY / 8];
             vfsmnt = pwd[OFF_PATH_MNT / 8];
             out = &e->cwd;
-        } else if (!dentry) {
-            continue;   /* no file: PATH_NO_FILE, no components */
+        } else if (turn == 2) {
+            if (!needs_fs_walk(&e->binary, user_ns_mounts))
+                continue;
+            e->flags |= EXEC_BINARY_FS;
+            out = &e->binary_fs;
         }
-        walk_path(dentry, vfsmnt, &data[off & EXEC_OFF_MASK], out);
+        walk_path(dentry, vfsmnt, &data[off & EXEC_OFF_MASK], out, turn == 2);
         off = (off + out->path_len) & EXEC_OFF_MASK;
     }
     return forget(e, off);

@@ -12,10 +12,12 @@
  *
  * struct resolved_file and the PATH_* flags are in enhrec.h. Offsets: kernel/offsets.py
  * (OFF_TASK_FS, OFF_FS_ROOT, OFF_PATH_*, OFF_DENTRY_*, OFF_MOUNT_*, OFF_VFSMOUNT_MNT_ROOT,
- * OFF_TASK_FILES, OFF_FILES_FDT, OFF_FDT_*, OFF_FILE_*, OFF_INODE_*, OFF_SB_*). Why the loop is
- * written the way it is (unrolled, its state through memory): docs/architecture.md, from the
- * verifier counts measured when it was built (16,739 instructions processed, 25 ms, at 64
- * steps; 506,187 without).
+ * OFF_TASK_FILES, OFF_FILES_FDT, OFF_FDT_*, OFF_FILE_*, OFF_INODE_*, OFF_SB_*; for
+ * PATH_USER_NS OFF_TASK_NSPROXY, OFF_NSPROXY_MNT_NS, OFF_MNT_NS_USER_NS, OFF_USER_NS_LEVEL; for
+ * unix sockets OFF_FILE_PRIVATE_DATA, OFF_SOCKET_SK, OFF_SK_FAMILY, OFF_UNIX_SOCK_*,
+ * OFF_UNIX_ADDRESS_*, OFF_DENTRY_D_INODE). Why the loop is written the way it is (unrolled,
+ * its state through memory): docs/architecture.md, from the verifier counts measured when it
+ * was built (16,739 instructions processed, 25 ms, at 64 steps; 506,187 without).
  */
 #ifndef ENHREC_PATH_H
 #define ENHREC_PATH_H
@@ -51,10 +53,29 @@ static __always_inline u64 current_file(s64 fd)
     return fd_array ? kptr(fd_array, fd * sizeof(u64)) : 0;
 }
 
-/* Walks from (dentry, vfsmnt) to the current task's root. buf must hold
- * 2 * PATH_BUF_SIZE bytes (the mask of each write offset gives the verifier its bound). */
+/* Whether the current task's mount namespace belongs to a user namespace other than the
+ * host's (user_namespace.level > 0): one an ordinary user can make (unshare -Urm), in which
+ * its mounts are theirs to arrange (PATH_USER_NS). */
+static __always_inline int in_user_ns_mounts(void)
+{
+    u64 mnt_ns = kptr(kptr(current_task(), OFF_TASK_NSPROXY), OFF_NSPROXY_MNT_NS);
+    return ku32(kptr(mnt_ns, OFF_MNT_NS_USER_NS), OFF_USER_NS_LEVEL) != 0;
+}
+
+/* off through memory, so that the verifier knows only its mask: the walks after it are then
+ * verified once instead of once per path before them (see forget() in exec.h). */
+static __always_inline u32 forget_offset(u32 *slot, u32 off, u32 mask)
+{
+    *slot = off;
+    return *(volatile u32 *)slot & mask;
+}
+
+/* Walks from (dentry, vfsmnt) to the current task's root; with fs_only (1), to the root of
+ * the file's own filesystem instead, crossing no mount: the file's place in its filesystem,
+ * which no mount arrangement changes (PATH_USER_NS). buf must hold 2 * PATH_BUF_SIZE bytes
+ * (the mask of each write offset gives the verifier its bound). */
 static __always_inline void walk_path(u64 dentry, u64 vfsmnt, char *buf,
-                                      struct resolved_file *out)
+                                      struct resolved_file *out, u32 fs_only)
 {
     u64 root[2] = {};   /* struct path: {mnt, dentry} in either order (OFF_PATH_*) */
     read_kernel(root, sizeof(root), (const void *)(kptr(current_task(), OFF_TASK_FS) + OFF_FS_ROOT));
@@ -66,7 +87,12 @@ static __always_inline void walk_path(u64 dentry, u64 vfsmnt, char *buf,
     out->root_mnt_id = ku32(root_mnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_ID);
     if (root_dentry != kptr(root_mnt, OFF_VFSMOUNT_MNT_ROOT))
         flags |= PATH_CHROOT;
-    u32 beyond_mounts = 0;   /* past a parentless mount: the fs's own tree from here on */
+    fs_only &= 1;
+    /* fs_only: no root to stop at (a dentry is never 0), without a branch (which would carry
+     * two states through every step) */
+    root_dentry &= (u64)fs_only - 1;
+    root_mnt &= (u64)fs_only - 1;
+    u32 beyond_mounts = fs_only;   /* past a parentless mount: the fs's own tree from here on */
 
     int i;
     /* Unrolled: with the loop kept, the exact counter made every iteration's states
@@ -137,6 +163,21 @@ done:
     out->path_len = off;
 }
 
+/* Fills out with what the file at (dentry, vfsmnt) of inode is (all but its path). */
+static __always_inline void describe_path(u64 dentry, u64 vfsmnt, u64 inode,
+                                          struct resolved_file *out)
+{
+    u64 sb = kptr(dentry, OFF_DENTRY_D_SB);
+    out->ino = kptr(inode, OFF_INODE_I_INO);
+    out->mode = ku16(inode, OFF_INODE_I_MODE);
+    out->fs_magic = kptr(sb, OFF_SB_S_MAGIC);
+    out->dev = ku32(sb, OFF_SB_S_DEV);
+    out->mnt_id = ku32(vfsmnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_ID);
+    u64 parent = kptr(dentry, OFF_DENTRY_D_PARENT);
+    if (!kptr(dentry, OFF_DENTRY_D_HASH_PPREV) && parent != dentry)
+        out->path_flags |= PATH_DELETED;       /* d_unlinked(): unhashed and not a root */
+}
+
 /* Fills out with what a struct file is (all but its path) and gives the (dentry, vfsmnt) its
  * path is walked from; 0 when there is no file (PATH_NO_FILE). */
 static __always_inline int describe_file(u64 file, struct resolved_file *out, u64 *dentry_out,
@@ -148,41 +189,99 @@ static __always_inline int describe_file(u64 file, struct resolved_file *out, u6
     }
     u64 f_path[2] = {};
     read_kernel(f_path, sizeof(f_path), (const void *)(file + OFF_FILE_F_PATH));
-    u64 vfsmnt = f_path[OFF_PATH_MNT / 8], dentry = f_path[OFF_PATH_DENTRY / 8];
-    u64 inode = kptr(file, OFF_FILE_F_INODE);
-    u64 sb = kptr(dentry, OFF_DENTRY_D_SB);
-    out->ino = kptr(inode, OFF_INODE_I_INO);
-    out->mode = ku16(inode, OFF_INODE_I_MODE);
-    out->fs_magic = kptr(sb, OFF_SB_S_MAGIC);
-    out->dev = ku32(sb, OFF_SB_S_DEV);
-    out->mnt_id = ku32(vfsmnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_ID);
-    u64 parent = kptr(dentry, OFF_DENTRY_D_PARENT);
-    if (!kptr(dentry, OFF_DENTRY_D_HASH_PPREV) && parent != dentry)
-        out->path_flags |= PATH_DELETED;       /* d_unlinked(): unhashed and not a root */
-    *dentry_out = dentry;
-    *vfsmnt_out = vfsmnt;
+    *vfsmnt_out = f_path[OFF_PATH_MNT / 8];
+    *dentry_out = f_path[OFF_PATH_DENTRY / 8];
+    describe_path(*dentry_out, *vfsmnt_out, kptr(file, OFF_FILE_F_INODE), out);
     return 1;
 }
 
-/* Fills out and buf for a struct file. */
-static __always_inline void resolve_file(u64 file, char *buf, struct resolved_file *out)
-{
-    u64 dentry = 0, vfsmnt = 0;
-    if (describe_file(file, out, &dentry, &vfsmnt))
-        walk_path(dentry, vfsmnt, buf, out);
-}
-
-/* Fills out and buf for the file at fd of the current task: at the exit of an open, the
+/* The file at fd of the current task, described (describe_file): at the exit of an open, the
  * file that open installed (but see PATH_FILE_SHARED). */
-static __always_inline void resolve_fd(s64 fd, char *buf, struct resolved_file *out)
+static __always_inline int locate_fd(s64 fd, struct resolved_file *out, u64 *dentry, u64 *vfsmnt)
 {
-    __builtin_memset(out, 0, sizeof(*out));
     u64 file = current_file(fd);
     if (file && kptr(file, OFF_FILE_REF) != FILE_ONE_REF)
         /* FILE_ONE_REF: the count's value for one reference (0 for 6.13's file_ref_t, 1 for
          * the atomic_long_t f_count before it), given with the offset. */
         out->path_flags |= PATH_FILE_SHARED;
-    resolve_file(file, buf, out);
+    return describe_file(file, out, dentry, vfsmnt);
+}
+
+#define S_IFMT_VALUE 0170000
+#define S_IFSOCK_VALUE 0140000
+#define AF_UNIX_VALUE 1
+#define UNIX_NAME_OFFSET 2     /* sockaddr_un.sun_path */
+#define UNIX_PATH_MAX_VALUE 108
+
+/* The unix socket at fd of the current task, when it is one; 0 otherwise (an inet socket, or
+ * no socket). */
+static __always_inline u64 unix_sock_at(s64 fd)
+{
+    u64 file = current_file(fd);
+    if ((ku16(kptr(file, OFF_FILE_F_INODE), OFF_INODE_I_MODE) & S_IFMT_VALUE) != S_IFSOCK_VALUE)
+        return 0;
+    u64 sk = kptr(kptr(file, OFF_FILE_PRIVATE_DATA), OFF_SOCKET_SK);
+    return ku16(sk, OFF_SK_FAMILY) == AF_UNIX_VALUE ? sk : 0;
+}
+
+/* The peer of the connected unix socket sk, as the kernel has it: the socket file it is bound
+ * to (described, its (dentry, vfsmnt) given: 1), or its abstract name copied to buf (the
+ * name's bytes after sun_path's leading NUL: PATH_UNIX_ABSTRACT, its length in path_len: 0).
+ * A connect() of a socket that was already connected leaves the peer it had. */
+static __always_inline int locate_unix_peer(u64 sk, char *buf, struct resolved_file *out,
+                                            u64 *dentry, u64 *vfsmnt)
+{
+    u64 peer = kptr(sk, OFF_UNIX_SOCK_PEER);
+    u64 path[2] = {};
+    read_kernel(path, sizeof(path), (const void *)(peer + OFF_UNIX_SOCK_PATH));
+    *vfsmnt = path[OFF_PATH_MNT / 8];
+    *dentry = path[OFF_PATH_DENTRY / 8];
+    if (*dentry) {
+        describe_path(*dentry, *vfsmnt, kptr(*dentry, OFF_DENTRY_D_INODE), out);
+        return 1;
+    }
+    u64 addr = kptr(peer, OFF_UNIX_SOCK_ADDR);
+    s32 len = (s32)ku32(addr, OFF_UNIX_ADDRESS_LEN) - UNIX_NAME_OFFSET - 1;
+    out->path_flags |= PATH_UNIX_ABSTRACT;
+    if (!addr || len <= 0 || len > UNIX_PATH_MAX_VALUE - 1)
+        return 0;   /* no name: an unbound peer (socketpair-like) */
+    read_kernel(buf, len & 127,
+                (const void *)(addr + OFF_UNIX_ADDRESS_NAME + UNIX_NAME_OFFSET + 1));
+    out->path_len = len;
+    return 0;
+}
+
+/* Whether a walk's path may not be where its file is: the caller's mounts were the user's
+ * to arrange, or it was chrooted. Then the file is walked a second time, fs_only. */
+static __always_inline int needs_fs_walk(struct resolved_file *walked, int user_ns_mounts)
+{
+    if (user_ns_mounts)
+        walked->path_flags |= PATH_USER_NS;
+    return walked->path_flags & (PATH_USER_NS | PATH_CHROOT);
+}
+
+/* The path of (dentry, vfsmnt) into buf (3 * PATH_BUF_SIZE bytes) and out, then (needs_fs_walk)
+ * its path from its filesystem's root into fs. Returns the components' length. One copy of
+ * walk_path in a loop of two turns, as in exec.h. */
+static __always_inline u32 walk_paths(u64 dentry, u64 vfsmnt, char *buf, struct resolved_file *out,
+                                      struct resolved_file *fs, u32 *scratch)
+{
+    int user_ns_mounts = in_user_ns_mounts();
+    struct resolved_file *walked = out;
+    u32 off = 0;
+    int turn;
+#pragma clang loop unroll(disable)
+    for (turn = 0; turn < 2; turn++) {
+        off = forget_offset(scratch, off, 2 * PATH_BUF_SIZE - 1);
+        if (turn == 1) {
+            if (!needs_fs_walk(out, user_ns_mounts))
+                break;
+            walked = fs;
+        }
+        walk_path(dentry, vfsmnt, &buf[off & (2 * PATH_BUF_SIZE - 1)], walked, turn);
+        off = (off + walked->path_len) & (2 * PATH_BUF_SIZE - 1);
+    }
+    return forget_offset(scratch, off, 2 * PATH_BUF_SIZE - 1);
 }
 
 #endif

@@ -59,6 +59,9 @@ struct syscall_exit_args {
 #define NR_OPEN_BY_HANDLE_AT 304
 #define NR_OPENAT2 437
 #define NR_EXECVEAT 322
+#define NR_CONNECT 42
+#define NR_PIDFD_GETFD 438
+#define NR_PTRACE 101
 
 /* Each session's ring buffers, by its cgroup id and stream. The sessions create the rings
  * themselves (of the sizes their config asks: the kernel does not compare a ring's size with the
@@ -268,6 +271,11 @@ int tracepoints__syscalls__sys_exit__execve__execveat(struct syscall_exit_args *
 #define OPEN_OPENAT2 2        /* openat2(dfd, filename, how, size) */
 #define OPEN_CREAT 3          /* creat(pathname, mode) */
 #define OPEN_BY_HANDLE 4      /* open_by_handle_at(mount_fd, handle, flags) */
+#define OPEN_UNIX_CONNECT 5   /* connect(fd, sockaddr_un, addrlen) of a unix socket */
+#define OPEN_GETFD 6          /* pidfd_getfd(pidfd, targetfd, flags): another process's file */
+#define OPEN_PTRACE 7         /* ptrace(request, pid, ...): an attach to another task */
+#define PTRACE_ATTACH_VALUE 16
+#define PTRACE_SEIZE_VALUE 0x4206
 
 /* The open-like call an exit is of; -1 for none (never: the program's name lists the calls). */
 static __always_inline int open_kind(s32 syscall_nr)
@@ -278,32 +286,76 @@ static __always_inline int open_kind(s32 syscall_nr)
     case NR_OPENAT2: return OPEN_OPENAT2;
     case NR_CREAT: return OPEN_CREAT;
     case NR_OPEN_BY_HANDLE_AT: return OPEN_BY_HANDLE;
+    case NR_CONNECT: return OPEN_UNIX_CONNECT;
+    case NR_PIDFD_GETFD: return OPEN_GETFD;
+    case NR_PTRACE: return OPEN_PTRACE;
     }
     return -1;
 }
 
-/* Fills e's file and its path components from the file at fd; returns their length. */
+/* Fills e's file and its path components (both walks') from the file at fd; returns their
+ * length. */
 static __always_inline u32 resolve_opened(s64 fd, struct open_event *e)
 {
+    __builtin_memset(&e->file, 0, sizeof(e->file));
+    __builtin_memset(&e->fs, 0, sizeof(e->fs));
+    u64 dentry = 0, vfsmnt = 0;
     if (fd < 0) {
-        __builtin_memset(&e->file, 0, sizeof(e->file));
         e->file.path_flags = PATH_NO_FILE;
         return 0;
     }
-    resolve_fd(fd, e->data, &e->file);
-    return e->file.path_len & (2 * PATH_BUF_SIZE - 1);
+    if (!locate_fd(fd, &e->file, &dentry, &vfsmnt))
+        return 0;
+    return walk_paths(dentry, vfsmnt, e->data, &e->file, &e->fs, &e->scratch);
 }
 
 static __always_inline void send_open(void *ring, struct open_event *e, u32 len, u64 cgroup_id)
 {
-    u32 size = (len + (e->request_len & (REQUEST_MAX - 1))) & (2 * PATH_BUF_SIZE + REQUEST_MAX - 1);
+    u32 size = (len + (e->request_len & (REQUEST_MAX - 1))) & (4 * PATH_BUF_SIZE - 1);
     if (size > sizeof(e->data))
         return;
     e->hdr.tail_len = size;
     send(ring, e, offsetof(struct open_event, data) + size, cgroup_id, STREAM_DISK);
 }
 
-/* At the syscall's exit: the file is installed, and the request's page faulted in. */
+/* The task that ptrace(ATTACH or SEIZE, tid) just attached, when it is outside the calling
+ * task's session (cgroup_id); 0 when it is inside, or is not the one at the head of our
+ * ptraced list (ptrace_link() adds there). */
+static __always_inline u64 tracee_outside(u64 cgroup_id, u32 tid)
+{
+    u64 tracee = kptr(current_task(), OFF_TASK_PTRACED) - OFF_TASK_PTRACE_ENTRY;
+    if (ku32(tracee, OFF_TASK_PID) != tid)
+        return 0;
+    u64 cgroup = kptr(kptr(tracee, OFF_TASK_CGROUPS), OFF_CSS_SET_DFL_CGRP);
+    return kptr(kptr(cgroup, OFF_CGROUP_KN), OFF_KERNFS_NODE_ID) == cgroup_id ? 0 : tracee;
+}
+
+/* Where the file of an open-like call is: (dentry, vfsmnt) to walk (1), or none (0: a failed
+ * call, PATH_NO_FILE; a unix peer with an abstract name, PATH_UNIX_ABSTRACT, its name in data). */
+static __always_inline int locate_opened(int kind, long ret, u64 target, struct open_event *e,
+                                         u64 *dentry, u64 *vfsmnt)
+{
+    if (ret < 0 || (kind == OPEN_UNIX_CONNECT && !target)) {   /* (a tracee is never 0) */
+        e->file.path_flags = PATH_NO_FILE;
+        return 0;
+    }
+    if (kind == OPEN_UNIX_CONNECT) {
+        /* another reference to the socket: a thread may have dup2()ed another socket onto
+         * the fd since connect() returned (as for an open's file, PATH_FILE_SHARED) */
+        if (kptr(current_file(e->dirfd), OFF_FILE_REF) != FILE_ONE_REF)
+            e->file.path_flags |= PATH_FILE_SHARED;
+        return locate_unix_peer(target, e->data, &e->file, dentry, vfsmnt);
+    }
+    if (kind == OPEN_PTRACE)   /* the tracee's executable */
+        return describe_file(kptr(kptr(target, OFF_TASK_MM), OFF_MM_EXE_FILE), &e->file, dentry,
+                             vfsmnt);
+    return locate_fd(ret, &e->file, dentry, vfsmnt);
+}
+
+/* At the syscall's exit: the file is installed, and the request's page faulted in. A unix
+ * socket's connect() is recorded here too, like an open of the peer's socket file (its
+ * sun_path the request): one call site of walk_paths for all of them (the walk is 10,000
+ * instructions). */
 static __always_inline int record_open(long ret, s32 syscall_nr)
 {
     u64 cgroup_id;
@@ -313,12 +365,35 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
     int kind = open_kind(syscall_nr);
     if (kind < 0)
         return 0;
+    u64 target = 0;
+    if (kind == OPEN_UNIX_CONNECT) {
+        /* a unix socket's connect only (an inet one is recorded by the socket hooks): by the
+         * socket when it connected, by the caller's sockaddr when it did not */
+        target = unix_sock_at(syscall_arg(PT_REGS_DI));
+        u16 family = 0;
+        if (ret < 0 && !target)
+            read_user(&family, sizeof(family), (const void *)syscall_arg(PT_REGS_SI));
+        if (!target && family != AF_UNIX_VALUE)
+            return 0;
+    } else if (kind == OPEN_PTRACE) {
+        /* an attach that worked, to a task outside the session (one inside is recorded
+         * itself): the tracee, which ptrace_link() put first on our ptraced list */
+        u64 request = syscall_arg(PT_REGS_DI);
+        if (ret < 0 || (request != PTRACE_ATTACH_VALUE && request != PTRACE_SEIZE_VALUE))
+            return 0;
+        target = tracee_outside(cgroup_id, (u32)syscall_arg(PT_REGS_SI));
+        if (!target)
+            return 0;
+    }
     int zero = 0;
     struct open_event *e = open_scratch.lookup(&zero);
     if (!begin_record(e ? &e->hdr : NULL, RECORD_OPEN, cgroup_id, STREAM_DISK))
         return 0;
     e->ret = ret;
     e->via_uring = 0;
+    e->source = kind == OPEN_UNIX_CONNECT ? OPEN_FROM_UNIX_CONNECT
+                : kind == OPEN_GETFD ? OPEN_FROM_PIDFD_GETFD
+                : kind == OPEN_PTRACE ? OPEN_FROM_PTRACE : OPEN_FROM_CALL;
     u64 di = syscall_arg(PT_REGS_DI), si = syscall_arg(PT_REGS_SI), dx = syscall_arg(PT_REGS_DX);
     const char *request = NULL;
     if (kind == OPEN_OPEN) {
@@ -331,9 +406,13 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
         e->dirfd = AT_FDCWD_VALUE;
         e->flags = CREAT_FLAGS;
         e->mode = (u16)si;
-    } else if (kind == OPEN_BY_HANDLE) {
-        e->dirfd = (s32)di;   /* the mount fd; the handle is no path */
-        e->flags = (s32)dx;
+    } else if (kind == OPEN_BY_HANDLE || kind == OPEN_GETFD || kind == OPEN_UNIX_CONNECT) {
+        e->dirfd = (s32)di;   /* the mount fd, the pidfd, the socket: no path */
+        e->flags = kind == OPEN_BY_HANDLE ? (s32)dx : 0;
+        e->mode = 0;
+    } else if (kind == OPEN_PTRACE) {
+        e->dirfd = (s32)si;   /* the tracee */
+        e->flags = (s32)di;   /* the request */
         e->mode = 0;
     } else {
         request = (const char *)si;
@@ -347,23 +426,30 @@ static __always_inline int record_open(long ret, s32 syscall_nr)
             e->mode = 0;
         }
     }
-    u32 len = resolve_opened(ret, e);
+    __builtin_memset(&e->file, 0, sizeof(e->file));
+    __builtin_memset(&e->fs, 0, sizeof(e->fs));
+    u64 dentry = 0, vfsmnt = 0;
+    u32 len = 0;
+    if (locate_opened(kind, ret, target, e, &dentry, &vfsmnt))
+        len = walk_paths(dentry, vfsmnt, e->data, &e->file, &e->fs, &e->scratch);
+    else
+        len = e->file.path_len & 127;   /* an abstract name, or nothing */
+    len &= 2 * PATH_BUF_SIZE - 1;
     e->request_len = 0;
     if (request) {
         long n = read_user_str(&e->data[len], REQUEST_MAX, request);
         e->request_len = n > 0 ? n : 0;
+    } else if (kind == OPEN_UNIX_CONNECT) {
+        /* sun_path as the caller passed it: bytes, not a string (an abstract name starts
+         * with NUL) */
+        s64 n = (s64)dx - UNIX_NAME_OFFSET;
+        n = n < 0 ? 0 : n > UNIX_PATH_MAX_VALUE ? UNIX_PATH_MAX_VALUE : n;
+        if (n && !read_user(&e->data[len], n & 127, (const void *)(si + UNIX_NAME_OFFSET)))
+            e->request_len = n;
     }
     send_open(ring, e, len, cgroup_id);
     return 0;
 }
-
-#if IN_UNIT(0)
-int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at(
-    struct syscall_exit_args *args)
-{
-    return record_open(args->ret, args->syscall_nr);
-}
-#endif
 
 /* -- connects and sends --------------------------------------------------------------------- */
 
@@ -479,12 +565,14 @@ int sendmsg6(struct bpf_sock_addr *ctx)
     return on_send(ctx, 0);
 }
 
-TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+/* connect()'s exit (in the open exits' program): 1 when it was an inet socket's whose
+ * destination the hook kept (sent now with the result), or a task in no session. */
+static __always_inline int inet_connect_exit(long ret)
 {
     u64 cgroup_id;
     void *ring = session_ring(&cgroup_id, STREAM_NETWORK);
     if (!ring)
-        return 0;
+        return 1;
     u64 id = bpf_get_current_pid_tgid();
     struct connect_event *pending = pending_connects.lookup(&id);
     if (!pending)
@@ -494,14 +582,26 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     if (!e) {
         pending_connects.delete(&id);
         count_lost(cgroup_id, STREAM_NETWORK);
-        return 0;
+        return 1;
     }
     __builtin_memcpy(e, pending, sizeof(*e));
     pending_connects.delete(&id);
-    e->ret = args->ret;
+    e->ret = ret;
     send(ring, e, sizeof(*e), cgroup_id, STREAM_NETWORK);
-    return 0;
+    return 1;
 }
+
+#if IN_UNIT(0)
+/* connect() too: an inet socket's is the network record the socket hooks began, a unix
+ * socket's is recorded like an open of its peer's socket file. */
+int tracepoints__syscalls__sys_exit__open__openat__openat2__creat__open_by_handle_at__pidfd_getfd__ptrace__connect(
+    struct syscall_exit_args *args)
+{
+    if (args->syscall_nr == NR_CONNECT && inet_connect_exit(args->ret))
+        return 0;
+    return record_open(args->ret, args->syscall_nr);
+}
+#endif
 
 /* The socket left SYN_SENT (established or failed): its source port is known now. May run in
  * softirq context, in any task, so it goes by the socket and not by the cgroup: only sockets a
@@ -648,6 +748,7 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete)
     e->dirfd = AT_FDCWD_VALUE;
     e->mode = 0;
     e->via_uring = 1;
+    e->source = OPEN_FROM_CALL;
     e->request_len = 0;
     u32 len = resolve_opened(args->res, e);
     send_open(ring, e, len, cgroup_id);

@@ -20,6 +20,7 @@ from enhrec_wrap.events.teleport import AT_FDCWD, ACTION_OBSERVED, text
 from enhrec_wrap.kernel import abi, paths
 
 AF_INET6 = 10
+V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"   # ::ffff:0:0/96
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 AUDIT_ARCH_I386 = 0x40000003
 ARCH_NAMES = {0xC000003E: "x86_64", AUDIT_ARCH_I386: "i386"}
@@ -35,6 +36,9 @@ SYSCALL_NAMES = {
     ("i386", 362): "connect", ("i386", 369): "sendto", ("i386", 370): "sendmsg",
     ("i386", 384): "arch_prctl",
 }
+# session.disk's `via` of the records that are no open-like call (docs/events.md)
+OPEN_SOURCES = {abi.OPEN_FROM_UNIX_CONNECT: "unix_connect",
+                abi.OPEN_FROM_PIDFD_GETFD: "pidfd_getfd", abi.OPEN_FROM_PTRACE: "ptrace_attach"}
 REFUSED_ACTIONS = {abi.REFUSED_ERRNO: "errno", abi.REFUSED_KILLED: "killed"}
 # include/uapi/linux/io_uring.h enum io_uring_op
 URING_OPERATIONS = (
@@ -221,7 +225,8 @@ def _exec(record, fields, escaped):
     filename, at = tail[at:at + record["filename_len"]].rstrip(b"\0"), at + record["filename_len"]
     interp, at = tail[at:at + record["interp_len"]].rstrip(b"\0"), at + record["interp_len"]
     binary, at = tail[at:at + record["binary.path_len"]], at + record["binary.path_len"]
-    cwd = tail[at:at + record["cwd.path_len"]]
+    cwd, at = tail[at:at + record["cwd.path_len"]], at + record["cwd.path_len"]
+    binary_fs = tail[at:at + record["binary_fs.path_len"]]
     argv = argv_raw.split(b"\0")
     if argv and argv[-1] == b"":
         argv.pop()   # the NUL that ends the last string
@@ -241,10 +246,26 @@ def _exec(record, fields, escaped):
     executable = paths.resolved_path(binary, record["binary.path_flags"],
                                      record["binary.fs_magic"], record["binary.ino"])
     fields["executable"] = _text_field(executable, "executable", escaped)
+    if flags & abi.EXEC_BINARY_FS:
+        _fs_path(fields, "executable_fs_path", binary_fs, record["binary_fs.path_flags"],
+                 record, "binary", executable, escaped)
+        fields["executable_device"] = paths.device(record["binary.dev"])
     fields["executable_inode"] = record["binary.ino"]
     fields["executable_size"] = record["size"]
     if flags & abi.EXEC_SCRIPT:
         fields["interpreter"] = _text_field(interp, "interpreter", escaped)
+
+
+def _fs_path(fields, name, components, flags, record, walked, path, escaped):
+    """The file's path from its filesystem's own root (the second walk, path.h fs_only), when
+    it says something `path` does not: where the file is, whatever mounts the caller's
+    namespace shows (PATH_USER_NS) or its chroot hides. With `device`, the caller cannot fake
+    it."""
+    fs_path = paths.resolved_path(components, flags | record[f"{walked}.path_flags"]
+                                  & abi.PATH_DELETED, record[f"{walked}.fs_magic"],
+                                  record[f"{walked}.ino"])
+    if fs_path != path:
+        fields[name] = _text_field(fs_path, name, escaped)
 
 
 def _absolute(directory: bytes, name: bytes) -> bytes:
@@ -276,16 +297,25 @@ def _failed_exec(record, fields, escaped):
 def _open(record, fields, escaped):
     """An open: the file the kernel opened (its struct file's path), and the caller's request."""
     tail, file_flags = record["tail"], record["file.path_flags"]
-    components, request = tail[:record["file.path_len"]], tail[record["file.path_len"]:]
-    request = request[:record["request_len"]].rstrip(b"\0")
+    length, fs_length = record["file.path_len"], record["fs.path_len"]
+    components, fs_components = tail[:length], tail[length:length + fs_length]
+    request = tail[length + fs_length:][:record["request_len"]]
+    unix_connect = record["source"] == abi.OPEN_FROM_UNIX_CONNECT
+    request = _unix_name(request) if unix_connect else request.rstrip(b"\0")
     opened = record["ret"] >= 0 and not file_flags & abi.PATH_NO_FILE
     if opened:
-        path = paths.resolved_path(components, file_flags, record["file.fs_magic"],
-                                   record["file.ino"])
+        if file_flags & abi.PATH_UNIX_ABSTRACT:
+            path = b"@" + components   # the kernel's copy of the peer's abstract name
+        else:
+            path = paths.resolved_path(components, file_flags, record["file.fs_magic"],
+                                       record["file.ino"])
         fields["path"] = _text_field(path, "path", escaped)
         fields["path_source"] = "kernel"
         if record["request_len"] and request != path:
             fields["requested_path"] = _text_field(request, "requested_path", escaped)
+        if fs_length:
+            _fs_path(fields, "fs_path", fs_components, record["fs.path_flags"], record, "file",
+                     path, escaped)
     else:
         fields["path"] = _text_field(request, "path", escaped)
         fields["path_source"] = "caller"
@@ -295,22 +325,41 @@ def _open(record, fields, escaped):
     flag_names = paths.flag_names(file_flags & ~abi.PATH_COMPLETE)
     if flag_names:
         fields["path_flags"] = flag_names
-    if opened:
+    if opened and not file_flags & abi.PATH_UNIX_ABSTRACT:   # an abstract name has no file
         fields["inode"] = record["file.ino"]
         fields["device"] = paths.device(record["file.dev"])
         fields["mount_id"] = record["file.mnt_id"]
     if record["via_uring"]:
         fields["via"] = "io_uring"
+    elif record["source"] in OPEN_SOURCES:
+        fields["via"] = OPEN_SOURCES[record["source"]]
+        if record["source"] == abi.OPEN_FROM_PTRACE:
+            fields["target_pid"] = record["dirfd"]
+
+
+def _unix_name(sun_path: bytes) -> bytes:
+    """A sockaddr_un's sun_path as ss(8) and /proc/net/unix write it: a file name ends at its
+    NUL; an abstract name (a NUL first) is "@" and its bytes."""
+    if sun_path[:1] == b"\0":
+        return b"@" + sun_path[1:]
+    return sun_path.split(b"\0", 1)[0]
 
 
 def _connect(record, fields, escaped):
     """A connect or an unconnected UDP send: the kernel's copy of the destination."""
     import ipaddress   # here: 5 ms of every session's start, for the sessions that connect
+    daddr, saddr = record["daddr"], record["saddr"]
     v4 = record["flags"] & abi.CONNECT_IPV4_HOOK or record["family"] != AF_INET6
+    if not v4 and daddr[:12] == V4_MAPPED_PREFIX:
+        # An IPv6 socket's IPv4-mapped destination (::ffff:a.b.c.d): the packets are IPv4,
+        # and a search for a.b.c.d must find it, so it is written as that address.
+        v4 = True
+        daddr = daddr[12:16]
+        saddr = saddr[12:16] if saddr[:12] == V4_MAPPED_PREFIX else bytes(4)
     size = 4 if v4 else 16
     is_tcp = bool(record["flags"] & abi.CONNECT_TCP)
-    fields["src_addr"] = str(ipaddress.ip_address(record["saddr"][:size]))
-    fields["dst_addr"] = str(ipaddress.ip_address(record["daddr"][:size]))
+    fields["src_addr"] = str(ipaddress.ip_address(saddr[:size]))
+    fields["dst_addr"] = str(ipaddress.ip_address(daddr[:size]))
     fields["dst_port"] = record["dport"]
     fields["version"] = 4 if v4 else 6
     send = record["type"] == abi.RECORD_SEND

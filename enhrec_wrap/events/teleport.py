@@ -14,7 +14,7 @@ from enhrec_wrap.events.kinds import (NAMESPACE, SESSION_COMMAND, SESSION_DISK, 
 from enhrec_wrap.events.timestamps import rfc3339, rfc3339_ascii
 
 # 3: the chain fields of the daily files (docs/events.md, "The chain fields").
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 AT_FDCWD = -100
 

@@ -22,7 +22,8 @@ FLAG_NAMES = (
     (abi.PATH_TRUNCATED, "truncated"), (abi.PATH_OUTSIDE_ROOT, "outside_root"),
     (abi.PATH_NO_PARENT, "pseudo"), (abi.PATH_DELETED, "deleted"), (abi.PATH_RACED, "raced"),
     (abi.PATH_NO_FILE, "no_file"), (abi.PATH_FILE_SHARED, "uncertain"),
-    (abi.PATH_CHROOT, "chroot"),
+    (abi.PATH_CHROOT, "chroot"), (abi.PATH_USER_NS, "user_namespace"),
+    (abi.PATH_UNIX_ABSTRACT, "abstract"),
 )
 
 

@@ -38,13 +38,14 @@ def exec_record(pid, filename, argv, executable=None, interp=None, cwd=None, ppi
     argv_raw = b"".join(a + b"\0" for a in argv)
     binary, binary_fields = _file("binary.", executable or filename)
     cwd_walk, cwd_fields = _file("cwd.", cwd)
+    _, binary_fs_fields = _file("binary_fs.", None)   # no second walk (no user namespace)
     if interp is not None:
         flags |= abi.EXEC_SCRIPT
     if cwd is not None:
         flags |= abi.EXEC_CWD
     tail = argv_raw + filename + b"\0" + (interp + b"\0" if interp else b"") + binary + cwd_walk
     record = _header(abi.RECORD_EXEC, pid, ppid, comm, tail, ts)
-    record.update(binary_fields, **cwd_fields, old_pid=pid, argc=len(argv), size=size,
+    record.update(binary_fields, **cwd_fields, **binary_fs_fields, old_pid=pid, argc=len(argv), size=size,
                   argv_len=len(argv_raw), filename_len=len(filename) + 1,
                   interp_len=len(interp) + 1 if interp else 0, flags=flags, pad=0, scratch=0,
                   pad2=0)
@@ -67,11 +68,12 @@ def open_record(request, ret, resolved=None, flags=0, pid=2700, comm=b"cat", pat
     walked, file_fields = _file("file.", resolved if ret >= 0 else None, flags=file_flags)
     if ret < 0:
         file_fields["file.path_flags"] = abi.PATH_NO_FILE
+    _, fs_fields = _file("fs.", None)   # no second walk (no user namespace)
     tail = walked + (request + b"\0" if request is not None else b"")
     record = _header(abi.RECORD_OPEN, pid, 2660, comm, tail, ts)
-    record.update(file_fields, ret=ret, flags=flags, dirfd=-100, mode=0,
+    record.update(file_fields, **fs_fields, ret=ret, flags=flags, dirfd=-100, mode=0,
                   request_len=len(request) + 1 if request is not None else 0,
-                  via_uring=via_uring, pad=0)
+                  via_uring=via_uring, source=abi.OPEN_FROM_CALL, scratch=0, pad2=0)
     return record
 
 

@@ -33,12 +33,15 @@ def test_other_functions_are_no_programs():
 
 
 def test_every_open_like_exit_is_attached_once():
-    """The one open program's name lists each open-like call whose number open_kind() knows."""
+    """The one open program's name lists each open-like call whose number open_kind() knows
+    (connect: a unix socket's is recorded like an open of its peer's socket file)."""
     source = RECORDER.read_text()
     name = re.search(r"^int (tracepoints__syscalls__sys_exit__open\w*)\(", source, re.M).group(1)
     events = [t.split(":")[1] for t in compiler.attachments(name)[1]]
     assert sorted(events) == sorted(["sys_exit_open", "sys_exit_openat", "sys_exit_openat2",
-                                     "sys_exit_creat", "sys_exit_open_by_handle_at"])
+                                     "sys_exit_creat", "sys_exit_open_by_handle_at",
+                                     "sys_exit_pidfd_getfd", "sys_exit_ptrace",
+                                     "sys_exit_connect"])
     kinds = re.search(r"open_kind\(s32 syscall_nr\)\n\{(.*?)\n\}", source, re.S).group(1)
     assert len(re.findall(r"case NR_\w+: return OPEN_\w+;", kinds)) == len(events)
 
