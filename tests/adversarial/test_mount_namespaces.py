@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture
 def public_dir():
     """A scratch directory that nobody can reach (pytest's own are root-only)."""
-    directory = os.path.realpath(tempfile.mkdtemp(prefix="enhrec-redteam-", dir="/tmp"))
+    directory = os.path.realpath(tempfile.mkdtemp(prefix="enhrec-adv-", dir="/tmp"))
     os.chmod(directory, 0o755)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)

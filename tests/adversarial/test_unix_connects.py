@@ -46,7 +46,7 @@ def test_connect_through_a_symlink_names_the_daemons_socket(run_in_session, daem
 
 
 def test_connect_to_an_abstract_socket_names_it(run_in_session):
-    name = f"enhrec-redteam-{os.getpid()}"
+    name = f"enhrec-adv-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind("\0" + name)
         listener.listen(8)

@@ -13,7 +13,7 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 @pytest.fixture
 def public_dir():
     """A scratch directory nobody can reach (pytest's own are root-only)."""
-    directory = Path(os.path.realpath(tempfile.mkdtemp(prefix="enhrec-redteam-", dir="/tmp")))
+    directory = Path(os.path.realpath(tempfile.mkdtemp(prefix="enhrec-adv-", dir="/tmp")))
     directory.chmod(0o755)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
