@@ -15,8 +15,8 @@ import click
 from enhrec_wrap.events.kinds import (COMMAND, DISK, END, IO_URING, NETWORK, OPERATION_SEND,
                                       REFUSED, START, result_of)
 from enhrec_wrap.events.timestamps import epoch_of, seconds_between
-from enhrec_wrap.inspect.text import (KIND_WORDS, O_ACCMODE, command_line, counted, duration_text,
-                                      endpoint, host_of, human_time, open_mode, opened_path,
+from enhrec_wrap.inspect.text import (KIND_WORDS, O_ACCMODE, command_line, counted, disk_action,
+                                      duration_text, endpoint, host_of, human_time,
                                       opened_path_field, result_text, safe, shown)
 from enhrec_wrap.inspect.tree import Process
 from enhrec_wrap.log import chain
@@ -41,7 +41,9 @@ def describe(e: dict) -> tuple[str, str, bool]:
     if kind == COMMAND:
         detail = f"{proc} {command_line(e)}"
     elif kind == DISK:
-        detail = f"{proc} {shown(e, 'program')} {open_mode(e.get('flags'))} {opened_path(e)}"
+        verb, mode, path = disk_action(e)
+        detail = " ".join(x for x in (proc, shown(e, "program"), "" if verb == "open" else verb,
+                                      mode, path) if x)
     elif kind == NETWORK:
         detail = (f"{proc} {shown(e, 'program')} -> "
                   f"{endpoint(e.get('dst_addr', '?'), e.get('dst_port', '?'))} {network_kind(e)}")
@@ -222,6 +224,8 @@ def is_routine(e: dict) -> bool:
     /tmp/x and shows; a path that is the caller's word (a failed open, schema 1) is routine only
     when it is already normal (absolute, no `.`, `..` or empty component)."""
     flags, path = e.get("flags"), e.get(opened_path_field(e))
+    if e.get("via") in ("unix_connect", "ptrace_attach", "pidfd_getfd"):
+        return False   # not a program's reading of its own files
     if not isinstance(flags, int) or flags & O_ACCMODE or not isinstance(path, str):
         return False
     if e.get("path_source") != "kernel" and not _normal(path):
@@ -285,15 +289,17 @@ def render_tree(roots: list[Process], t0: float | None, all_files: bool = False)
                 hidden += 1
                 continue
             rc = result_of(e)
-            key = (opened_path(e), open_mode(e.get("flags")), isinstance(rc, int) and rc < 0)
+            key = (*disk_action(e), isinstance(rc, int) and rc < 0)
             if key in seen:
                 seen[key][1] += 1
                 continue
             seen[key] = [e, 1]
-        for (path, mode, failed), (e, count) in seen.items():
+        for (verb, mode, path, failed), (e, count) in seen.items():
             times = f" (x{count})" if count > 1 else ""
             err = f"  {click.style(result_text(result_of(e)), fg='red')}" if failed else ""
-            lines.append(f"{pad}    {click.style('open', fg='blue')} {mode:<5} {path}{times}{err}")
+            colour = "blue" if verb == "open" else "magenta"
+            what = f"{mode:<5} {path}" if mode else path
+            lines.append(f"{pad}    {click.style(verb, fg=colour)} {what}{times}{err}")
         if hidden:
             note_text = f"({hidden} library and locale reads; --all-files shows them)"
             lines.append(f"{pad}    {click.style(note_text, dim=True)}")

@@ -103,6 +103,23 @@ def open_mode(flags) -> str:
     return "+".join([mode] + extra)
 
 
+# session.disk events that are not an open (docs/events.md, `via`), shown by what they did.
+_DISK_VERBS = {"unix_connect": "connect unix", "pidfd_getfd": "take fd", "ptrace_attach": "ptrace"}
+
+
+def disk_action(e: dict) -> tuple[str, str, str]:
+    """(verb, mode, path text) of a session.disk event: ("open", "r+creat", the file) for an
+    open; a unix connect has no open mode, and a ptrace attach names its task's executable
+    and pid (the task, not a file, is what it reached)."""
+    via = e.get("via")
+    verb = _DISK_VERBS.get(via, "open")
+    if via == "unix_connect":
+        return verb, "", opened_path(e)
+    if via == "ptrace_attach":
+        return verb, "", f"{opened_path(e)} (pid {shown(e, 'target_pid')})"
+    return verb, open_mode(e.get("flags")), opened_path(e)
+
+
 def endpoint(addr, port) -> str:
     addr = safe(addr)
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

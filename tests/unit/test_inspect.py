@@ -450,6 +450,32 @@ def test_show_decides_routine_reads_on_the_file_the_kernel_opened(config, capsys
     assert "libgone.so (deleted)" in out
 
 
+def test_show_and_search_say_what_a_disk_event_that_is_no_open_did(config, capsys):
+    """A unix connect, a ptrace attach and a pidfd_getfd are session.disk events (docs/events.md,
+    `via`): shown by what they did, not as an open for reading, and never hidden as routine."""
+    cfg, _ = config
+    w = Writer(cfg, DAVE, "dave", NOW - 600, command=("sh",))
+    w.exec(400, 399, "/bin/sh", [])
+    w.open(400, 399, "sh", "/run/docker.sock", via="unix_connect", path_source="kernel",
+           requested_path="/var/run/docker.sock")
+    w.open(400, 399, "sh", "/var/run/nscd/socket", via="unix_connect", rc=-2,
+           path_source="caller")
+    w.open(400, 399, "sh", "/usr/lib/x86_64-linux-gnu/libc.so.6", via="ptrace_attach", flags=16,
+           target_pid=4242, path_source="kernel")
+    w.open(400, 399, "sh", "/etc/shadow", via="pidfd_getfd", path_source="kernel")
+    w.end()
+    code, out, err = run(capsys, "show", DAVE)
+    assert code == 0, err
+    assert "connect unix /run/docker.sock (asked for /var/run/docker.sock)" in out
+    assert "connect unix /var/run/nscd/socket  ENOENT" in out
+    assert "ptrace /usr/lib/x86_64-linux-gnu/libc.so.6 (pid 4242)" in out
+    assert "take fd r     /etc/shadow" in out
+    assert "open r" not in out and "library and locale" not in out
+    code, out, err = run(capsys, "search", "--path", "/run/docker.sock")
+    assert code == 0, err
+    assert "sh connect unix /run/docker.sock" in out
+
+
 def test_search_path_matches_the_resolved_and_the_requested_path(config, capsys):
     cfg, _ = config
     w = Writer(cfg, DAVE, "dave", NOW - 600, command=("sh",))
