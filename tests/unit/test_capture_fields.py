@@ -1,4 +1,4 @@
-"""The fields the red-team work added (docs/events.md, schema 4), from records as the kernel side
+"""The fields schema 4 added (docs/events.md, schema 4), from records as the kernel side
 writes them: a second walk to the filesystem's root, unix connects, ptrace attaches, and
 IPv4-mapped destinations. The kernel side itself is tested in tests/adversarial."""
 
