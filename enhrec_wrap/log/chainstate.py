@@ -26,12 +26,11 @@ import fcntl
 import hashlib
 import json
 import os
-import stat
 import time
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import chain, layout
-from enhrec_wrap.log.files import fsync_dir, unique_name
+from enhrec_wrap.log.files import NotRegularFile, fsync_dir, open_regular, unique_name
 
 STATE_FILE = layout.CHAIN_STATE
 FORMAT = 1
@@ -230,11 +229,14 @@ class ChainState:
 
 def _open_existing(path: str) -> int:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDWR)
     except FileNotFoundError:
         return -1
+    except NotRegularFile as err:
+        raise EnhrecError(f"{path}: {err.strerror}: it holds the chain key: check who made it, "
+                          "move it away and run `enhrec keygen`") from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(fd)
         raise EnhrecError(f"{path}: not a regular file of ours with mode 0600: it holds the chain "
                          "key, so nobody else may read or replace it: check who made it, move it "
@@ -341,7 +343,7 @@ def last_chained(path: str, after: int = 0) -> tuple[int, bytes] | None:
     """(seq, hash) of the last whole chained line of the file after byte `after` (a line
     start), or None. Reads back from the end in growing windows: usually one 64 KiB read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY)
     except OSError:
         return None
     try:

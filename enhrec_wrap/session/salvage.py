@@ -25,6 +25,7 @@ from enhrec_wrap.kernel.host import HostLock, HostPrograms
 from enhrec_wrap.kernel.rings import RingReader, SessionRings
 from enhrec_wrap.log import layout, session_lock, store
 from enhrec_wrap.log.auditlog import AuditLog
+from enhrec_wrap.log.files import open_regular
 from enhrec_wrap.session import ledger
 
 RECORDER_DIED = "recorder_died"
@@ -88,7 +89,7 @@ def _settle_pending_batch(session: dict, state: ledger.State):
                            layout.day_start(f"{day[:4]}-{day[4:6]}-{day[6:]}"))
     written = reuse_ei = False
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDWR)
     except OSError:
         fd = -1   # gone: what went to it went with it
         reuse_ei = True
