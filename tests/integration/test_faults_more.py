@@ -100,3 +100,89 @@ def test_an_open_file_limit_too_low_to_record_is_one_clear_line(recorder):
     assert result.returncode == 125 and result.stdout == ""
     line = recorder.one_line(result.stderr)
     assert "internal error" not in line and "open-file limit" in line, line
+
+
+# --- a session.start that reaches the daily file only ------------------------------------------
+
+def ends_by_sid(recorder):
+    log = reader.LogDir(os.path.join(recorder.data_dir, "log"))
+    ends = {}
+    for event, _ in reader.day_events(log):
+        ends.setdefault(event["sid"], []).append(event)
+    return ends
+
+
+def assert_refused_sessions_say_so(recorder, refused_runs):
+    """Every session whose start failed has one session.end, which says it never ran."""
+    sessions = ends_by_sid(recorder)
+    refused = {sid: events for sid, events in sessions.items()
+               if not any(e["event"] == "session.command" for e in events)}
+    assert len(refused) <= refused_runs
+    for sid, events in refused.items():
+        (end,) = [e for e in events if e["event"] == "session.end"]
+        assert end["end_reason"] == "not_started", end
+        assert "nothing was run" in end["incomplete_reason"], end
+        assert not os.listdir(os.path.join(server_dir(recorder), layout.OPEN_SESSIONS))
+
+
+def test_session_files_refusing_session_start_is_not_called_a_crash(recorder):
+    """The daily file took session.start, the session files could not: nothing ran (exit 125),
+    and the next start's repair said "the recorder stopped without ending the session"."""
+    recorder.record(["/bin/true"])
+    sessions = os.path.join(server_dir(recorder), layout.SESSION_FILES)
+    os.rename(sessions, sessions + ".moved")
+    with open(sessions, "w"):
+        pass   # a file where the directory belongs
+    result = recorder.run(["/bin/echo", "ran"])
+    assert result.returncode == 125 and result.stdout == ""
+    assert f"{sessions} is a regular file, not a directory" in recorder.one_line(result.stderr)
+    os.unlink(sessions)
+    os.rename(sessions + ".moved", sessions)
+    assert recorder.run(["/bin/true"]).returncode == 0   # its repair
+    assert_refused_sessions_say_so(recorder, 1)
+    shown = enhrec(recorder, "sessions", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == 3
+
+
+@pytest.fixture
+def few_inodes(recorder):
+    """The test's data_dir on a tmpfs of 64 inodes."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=64,mode=0700", "tmpfs",
+                    recorder.data_dir], check=True)
+    try:
+        yield recorder.data_dir
+    finally:
+        subprocess.run(["umount", "-l", recorder.data_dir], check=False)
+
+
+def test_no_inode_left_at_each_step_of_the_start_fails_closed_and_truthfully(recorder, few_inodes):
+    """With 1 to 6 inodes free, the start fails at the lock, the day file or one of the four
+    session files: each time one line and exit 125 (or a recorded session), never a traceback,
+    and afterwards no session that never ran looks like one that crashed."""
+    recorder.record(["/bin/true"])
+    filler = os.path.join(few_inodes, "fill")
+    os.mkdir(filler)
+    refused = 0
+    for free in range(1, 7):
+        n = 0
+        while True:
+            try:
+                open(os.path.join(filler, str(n)), "w").close()
+            except OSError:
+                break
+            n += 1
+        for i in range(free):
+            os.unlink(os.path.join(filler, str(n - 1 - i)))
+        result = recorder.run(["/bin/echo", "ran"])
+        assert "Traceback" not in result.stderr
+        if result.returncode == 125:
+            refused += 1
+            assert result.stdout == "" and "No space left" in recorder.one_line(result.stderr)
+        else:
+            assert result.returncode == 0 and result.stdout == "ran\n", result.stderr
+        for name in os.listdir(filler):
+            os.unlink(os.path.join(filler, name))
+    assert refused
+    assert recorder.run(["/bin/true"]).returncode == 0   # the repairs
+    assert_refused_sessions_say_so(recorder, refused)
