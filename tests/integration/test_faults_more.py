@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import subprocess
 
 import pytest
@@ -186,3 +187,32 @@ def test_no_inode_left_at_each_step_of_the_start_fails_closed_and_truthfully(rec
     assert refused
     assert recorder.run(["/bin/true"]).returncode == 0   # the repairs
     assert_refused_sessions_say_so(recorder, refused)
+
+
+# --- a writer stopped while it holds the chain's lock --------------------------------------------
+
+def test_a_start_waits_for_a_stopped_lock_holder_a_bounded_time_and_says_who(recorder):
+    """A recorder stopped (SIGSTOP) in the middle of its batch holds the chain state's lock; every
+    start on the host waited for it, forever and without a word. Here flock(1) holds it, for
+    longer than the test waits."""
+    import time
+    recorder.record(["/bin/true"])
+    state = os.path.join(recorder.data_dir, layout.CHAIN_STATE)
+    holder = subprocess.Popen(["flock", "-x", state, "sleep", "40"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(f" {holder.pid} " in x for x in open("/proc/locks")):
+            assert time.monotonic() < deadline, "flock did not take the lock"
+            time.sleep(0.02)
+        began = time.monotonic()
+        result = recorder.run(["/bin/echo", "ran"], timeout=30)
+        waited = time.monotonic() - began
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)   # flock and its sleep, which shares the lock
+        holder.wait()
+    assert result.returncode == 125 and result.stdout == ""
+    line = recorder.one_line(result.stderr)
+    assert f"pid {holder.pid} has held the lock of {state} for 10 s" in line, line
+    assert 9 < waited < 30
+    assert not os.listdir(os.path.join(server_dir(recorder), layout.OPEN_SESSIONS))
+    assert recorder.run(["/bin/true"]).returncode == 0   # and the next one goes on
