@@ -95,3 +95,37 @@ def test_a_chain_state_that_is_a_fifo_is_refused_with_the_fix(tmp_path):
     with pytest.raises(EnhrecError) as caught:
         chainstate.read_key(str(data_dir), SID)
     assert "a FIFO, not a regular file: it holds the chain key" in str(caught.value)
+
+
+# --- the session files behind the daily log when the recorder died ------------------------------
+
+def test_salvage_gives_the_session_files_what_the_daily_log_has_after_their_last_event(tmp_path):
+    """The store's writer thread is milliseconds behind the daily log: a recorder killed then
+    left 512 events of an open loop in the daily log only (1 kill in 4 here), and the session
+    files lacked them with no count. The watchdog's salvage writes them there first. (On the
+    real clock: it looks for them at the daily log's end, today's file.)"""
+    import orjson
+    from enhrec_wrap.events import teleport as events
+    from enhrec_wrap.log import layout, reader, store
+    from enhrec_wrap.session import salvage
+    server = "5a1f0e2d-1111-4222-8333-444455556666"
+    (tmp_path / "data").mkdir()
+    log_dir = str(tmp_path / "data" / "log")
+    factory = events.EventFactory(SID, server, "host", "alice", "alice", "host")
+    made = [factory.make(events.SESSION_START, initial_command=[])]
+    made += [factory.make(events.SESSION_COMMAND, argv=[str(i)]) for i in range(14)]
+    log = AuditLog(log_dir, server)
+    sealed = log.write([events.encode(e) for e in made])
+    log.close()
+    writer = store.SessionStore.create(log_dir, server, SID)
+    writer.write(made[:10], sealed[:10])   # the writer thread got this far
+    writer.close(ended=False)
+    session = {"sid": SID, "server_id": server, "log_dir": log_dir,
+               "end_fields": {"session_start": made[0]["time"]}}
+    end = factory.make(events.SESSION_END, incomplete=True)
+    salvage._write(session, [end], catch_up=True)
+    stored = reader.session_lines(reader.LogDir(log_dir), SID)
+    assert [e["ei"] for e, _ in stored] == list(range(16))
+    daily = {e["ei"]: line for e, line in reader.day_events(reader.LogDir(log_dir))}
+    assert all(line == daily[e["ei"]] for e, line in stored)   # the same sealed bytes
+    assert orjson.loads(stored[-1][1])["event"] == "session.end"
