@@ -111,6 +111,17 @@ def main(argv=None):
     os._exit(status)
 
 
+def _unexpected(e: Exception) -> str:
+    """The line for a failure no part turned into an EnhrecError."""
+    import errno
+    if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (f"cannot start the session: {e.strerror} (the open-file limit is {soft}): raise "
+                "the limit (ulimit -n, limits.conf) to at least 1024")
+    return f"internal error: {type(e).__name__}: {e}: please report this"
+
+
 def _run(argv, watchdog) -> int:
     from enhrec_wrap.cli import wrap_command
     try:
@@ -120,5 +131,5 @@ def _run(argv, watchdog) -> int:
     except KeyboardInterrupt:
         fail("interrupted before the session started", EXIT_SETUP_FAILED)
     except Exception as e:  # noqa: BLE001 - one line, never a traceback
-        fail(f"internal error: {type(e).__name__}: {e}: please report this", EXIT_SETUP_FAILED)
+        fail(_unexpected(e), EXIT_SETUP_FAILED)
     return status if isinstance(status, int) else 0

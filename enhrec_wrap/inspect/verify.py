@@ -28,6 +28,8 @@ import orjson
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import chain, chainstate, layout, reader
+from enhrec_wrap.log.file_lines import MAX_LINE_BYTES
+from enhrec_wrap.log.files import open_regular
 
 # Problems kept per host (the first one decides the message; the rest are counted).
 MAX_PROBLEMS = 20
@@ -189,21 +191,27 @@ def _index(directory: str, names: list[str], host: Host):
     """Pass 1: the runs of each file, and where the unchained lines are."""
     runs, unchained = [], []
     seen_chain = False
+    last_seq_of_all = None
     for index, name in enumerate(names):
         path = os.path.join(directory, name)
         run = None
         last_seq = None
         offset = 0
         try:
-            f = open(path, "rb")
+            f = _open_day_file(path)
         except FileNotFoundError:
             continue
+        except OSError as err:
+            # Its lines cannot be read: after the last seq seen is as near as it can be named.
+            host.add(Problem((last_seq_of_all or 0) + 1, "unreadable",
+                             f"{name}: {err}: its lines cannot be checked"))
+            continue
         with f:
-            for line_no, line in enumerate(f, 1):
-                if not line.endswith(b"\n"):
+            for line_no, (line, length) in enumerate(_lines(f), 1):
+                if length is None:
                     host.incomplete.append(name)
                     break
-                t = chain.trailer(line)
+                t = chain.trailer(line) if line is not None else None
                 if t is None:
                     unchained.append((name, line_no, last_seq if seen_chain else None))
                 else:
@@ -213,8 +221,8 @@ def _index(directory: str, names: list[str], host: Host):
                             run.end = offset
                         run = _Run(path, name, index, offset, line_no, t.seq)
                         runs.append(run)
-                    last_seq = t.seq
-                offset += len(line)
+                    last_seq = last_seq_of_all = t.seq
+                offset += length
         if run is not None:
             run.end = offset
     # Lines before the first chained line of all are older than the chain, not damage: they
@@ -223,18 +231,50 @@ def _index(directory: str, names: list[str], host: Host):
 
 
 def _run_entries(run: _Run):
-    with open(run.path, "rb") as f:
+    with _open_day_file(run.path) as f:
         f.seek(run.offset)
         offset, line_no = run.offset, run.line_no
-        while offset < run.end:
-            line = f.readline()
-            if not line:
+        for line, length in _lines(f):
+            if offset >= run.end or length is None:
                 return
-            t = chain.trailer(line)
+            t = chain.trailer(line) if line is not None else None
             if t is not None:
                 yield _Entry(t.seq, run.file_index, offset, line_no, run.name, line, t)
-            offset += len(line)
+            offset += length
             line_no += 1
+
+
+def _open_day_file(path: str):
+    """A day file to read, which must be a regular file: a FIFO planted in its place would
+    make verify wait for a writer, forever."""
+    return open(open_regular(path, os.O_RDONLY), "rb")
+
+
+def _lines(f):
+    """(line, its length) for each whole line of f from where it is; a line longer than
+    MAX_LINE_BYTES (no line the recorder writes is) is read past in pieces and given as
+    (None, length), so memory stays bounded; a last line without its newline ends it as
+    (piece, None)."""
+    while True:
+        line = f.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if line.endswith(b"\n"):
+            yield line, len(line)
+            continue
+        if len(line) <= MAX_LINE_BYTES:
+            yield line, None
+            return
+        length = len(line)
+        while True:
+            piece = f.readline(MAX_LINE_BYTES)
+            length += len(piece)
+            if not piece:
+                yield line[:0], None   # the long line is the last, unfinished one
+                return
+            if piece.endswith(b"\n"):
+                yield None, length
+                break
 
 
 def _merge(runs: list[_Run], host: Host, checker) -> None:
@@ -394,7 +434,7 @@ def _own_state(data_dir: str, server_id: str):
     """(path, key block, checkpoint) of this machine's chain state when it is server_id's."""
     path = layout.chain_state_path(data_dir)
     try:
-        with open(path, "rb") as f:
+        with open(open_regular(path, os.O_RDONLY), "rb") as f:
             data = f.read(2 * chainstate.BLOCK)
     except OSError:
         return None

@@ -26,12 +26,13 @@ import fcntl
 import hashlib
 import json
 import os
-import stat
+import signal
+import threading
 import time
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import chain, layout
-from enhrec_wrap.log.files import fsync_dir, unique_name
+from enhrec_wrap.log.files import NotRegularFile, fsync_dir, open_regular, unique_name
 
 STATE_FILE = layout.CHAIN_STATE
 FORMAT = 1
@@ -45,6 +46,9 @@ RESERVE = 65536
 # How far back from a file's end to look for its last chained line.
 _TAIL_SCAN = 4 << 20
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# A batch holds the lock for milliseconds (a fsync of block 0 at most); a holder that keeps it
+# this long is stopped or stuck, and waiting on would hang every session start on the host.
+LOCK_WAIT_SECONDS = 10.0
 
 
 class KeyBlock:
@@ -180,8 +184,19 @@ class ChainState:
             os.close(self.fd)
             self.fd = -1
 
-    def lock(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+    def lock(self, timeout: float = LOCK_WAIT_SECONDS) -> None:
+        """The batch's exclusive lock. A writer that holds it for `timeout` is stopped (SIGSTOP)
+        or stuck, and every start on the host would wait for it with it, the login hanging
+        without a word: that is a failure to write the log, with one line that names it."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if threading.current_thread() is not threading.main_thread():
+            fcntl.flock(self.fd, fcntl.LOCK_EX)   # only the main thread can be woken by a timer
+            return
+        _wait_for_lock(self.fd, timeout, self.path)
 
     def unlock(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -230,11 +245,14 @@ class ChainState:
 
 def _open_existing(path: str) -> int:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDWR)
     except FileNotFoundError:
         return -1
+    except NotRegularFile as err:
+        raise EnhrecError(f"{path}: {err.strerror}: it holds the chain key: check who made it, "
+                          "move it away and run `enhrec keygen`") from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(fd)
         raise EnhrecError(f"{path}: not a regular file of ours with mode 0600: it holds the chain "
                          "key, so nobody else may read or replace it: check who made it, move it "
@@ -341,7 +359,7 @@ def last_chained(path: str, after: int = 0) -> tuple[int, bytes] | None:
     """(seq, hash) of the last whole chained line of the file after byte `after` (a line
     start), or None. Reads back from the end in growing windows: usually one 64 KiB read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY)
     except OSError:
         return None
     try:
@@ -408,3 +426,48 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+# --- a lock held too long ------------------------------------------------------------------------
+
+class _Timeout(Exception):
+    pass
+
+
+def _wait_for_lock(fd: int, timeout: float, path: str) -> None:
+    """flock, interrupted by SIGALRM after `timeout` (a blocking wait costs nothing while it
+    waits, where polling would cost every waiting session a syscall each millisecond)."""
+    def expired(signum, frame):
+        raise _Timeout
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Timeout:
+        holder = _lock_holder(fd)
+        who = f"pid {holder}" if holder else "another writer"
+        raise EnhrecError(f"cannot write the audit log: {who} has held the lock of {path} for "
+                          f"{timeout:g} s, so it is stopped or stuck: resume it (kill -CONT) or "
+                          "end it") from None
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid /proc/locks gives for the flock on fd's file (the process that took it)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if "->" not in fields and len(fields) >= 6 and fields[1] == "FLOCK" \
+                        and fields[5] == inode:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        pass
+    return None

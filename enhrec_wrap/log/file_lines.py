@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from enhrec_wrap.log.files import kind_of
+
 _CHUNK = 1 << 20
 # The longest event line the recorder writes is an exec with 32 KiB of arguments, each byte
 # escaped (\\xNN in JSON, 5 bytes): about 170 KB; session.start's command is cut at 64 KiB
@@ -46,18 +48,9 @@ def open_regular(path: str, stats: Stats):
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        stats.skipped_files.append((path, f"{_kind_of(mode)}, not a regular file: skipped"))
+        stats.skipped_files.append((path, f"{kind_of(mode)}, not a regular file: skipped"))
         return None
     return open(fd, "rb")
-
-
-def _kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "a special file"
 
 
 class LineSplitter:

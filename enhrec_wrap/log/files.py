@@ -6,6 +6,7 @@ every user ran. Nothing here follows a symlink planted where a log file belongs.
 """
 
 import errno
+import fcntl
 import os
 import stat
 
@@ -29,6 +30,14 @@ _FIXES = {
 _DEFAULT_FIX = "check that {dir} is a writable local directory"
 
 
+class NotRegularFile(OSError):
+    """A FIFO, directory, device or socket where a file of the log belongs (planted, or a
+    leftover): refused, never opened for good, never waited for."""
+
+    def __str__(self):
+        return f"{self.filename} is {self.strerror}"
+
+
 def error(what: str, err: OSError, directory: str) -> EnhrecError:
     """`<what>: <why>: <how to fix it>` for a failed operation on a file in `directory`."""
     return EnhrecError(f"{what}: {reason_and_fix(err, directory)}")
@@ -37,6 +46,8 @@ def error(what: str, err: OSError, directory: str) -> EnhrecError:
 def reason_and_fix(err: OSError, directory: str) -> str:
     """`<why>: <how to fix it>`: what is really wrong with `directory` when errno does not say
     it (a kernel file system answers ENOENT, a file where a directory belongs EEXIST)."""
+    if isinstance(err, NotRegularFile):
+        return f"{err.filename} is {err.strerror}: move it away; the audit log is regular files only"
     pseudo = paths.pseudo_file_system(directory)
     if pseudo:
         return (f"{paths.nearest_existing(directory)} is on a {pseudo} file system, which cannot "
@@ -63,12 +74,44 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def open_regular(path: str, flags: int, mode: int = FILE_MODE) -> int:
+    """An fd of `path` opened with `flags`, which must be a regular file: anything else raises
+    NotRegularFile. O_NONBLOCK for the open only: opening a FIFO for reading waits for a writer,
+    and for writing waits for a reader, forever (a session's start hung on a FIFO planted as
+    the day file or host_uuid). O_NOFOLLOW: a planted symlink never redirects root's writes or
+    reads. O_NOCTTY: a terminal device never becomes the recorder's."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as err:
+        if err.errno == errno.ENXIO:   # a FIFO opened for writing with no reader
+            raise _not_regular(path, os.lstat(path).st_mode) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _not_regular(path, st.st_mode)
+    if not flags & os.O_NONBLOCK:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
+def _not_regular(path: str, mode: int) -> NotRegularFile:
+    return NotRegularFile(errno.EINVAL, f"{kind_of(mode)}, not a regular file", path)
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
 def open_private_file(path: str) -> int:
-    """An fd appending to `path`, created 0600 when missing."""
-    # O_NOFOLLOW: a symlink planted as today's file must not redirect root's appends elsewhere.
-    fd = os.open(
-        path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE
-    )
+    """An fd appending to `path`, a regular file, created 0600 when missing."""
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         make_private(fd, FILE_MODE)
     except BaseException:

@@ -44,7 +44,7 @@ def read_server_id(data_dir: str) -> str | None:
 
 def _read_id(path: str) -> str | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = files.open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:

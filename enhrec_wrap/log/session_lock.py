@@ -10,7 +10,7 @@ import os
 import time
 
 from enhrec_wrap.log import layout
-from enhrec_wrap.log.files import FILE_MODE, ensure_private_dirs, error
+from enhrec_wrap.log.files import FILE_MODE, NotRegularFile, ensure_private_dirs, error, open_regular
 
 # A lock file gets its name microseconds after it is made (OpenLock.create): a hidden one this
 # old belongs to a recorder that died in between, a younger one may be about to be named.
@@ -48,9 +48,9 @@ class OpenLock:
     def try_take(cls, path: str) -> "OpenLock | None":
         """The lock of a session nobody is writing, or None when it is held or already gone."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
+            fd = open_regular(path, os.O_RDWR)
+        except (FileNotFoundError, IsADirectoryError, NotRegularFile):
+            return None   # gone, or something else planted under a lock's name: no session
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Whoever held it before us may have ended the session and removed the file meanwhile.
@@ -109,8 +109,7 @@ def _drop_unnamed(path: str) -> None:
 def is_live(log_dir: str, server_id: str, sid: str) -> bool:
     """Whether a recorder is writing the session now: it holds the session's lock."""
     try:
-        fd = os.open(layout.lock_path(log_dir, server_id, sid),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(layout.lock_path(log_dir, server_id, sid), os.O_RDONLY)
     except OSError:
         return False
     try:

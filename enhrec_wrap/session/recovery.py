@@ -34,6 +34,12 @@ from enhrec_wrap.log.server_id import read_server_id
 # A cgroup is created a moment before its recorder locks it; younger ones are left alone.
 CGROUP_GRACE_SECONDS = 30.0
 INCOMPLETE_REASON = "the recorder stopped without ending the session (killed, crashed or power lost)"
+# session.start in the daily file and nothing at all in the session files: the session files
+# refused session.start (no inode left, a FIFO or file where their directory belongs), and a
+# start that cannot be written runs nothing. Called a crash, it read as a session that ran.
+NOT_STARTED = "not_started"
+NOT_STARTED_REASON = ("session.start reached the daily file but not the session files, so the "
+                      "session was refused at its start and nothing was run (exit 125)")
 # What session.end repeats of its session.start, as Teleport's does: the SSH connection.
 CONNECTION_FIELDS = ("addr.remote", "addr.local", "server_addr", "proto")
 
@@ -196,6 +202,7 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> str | None
         _write_end(config, server_id, sid, stored, daily, orjson.loads(own), own, clock)
         return COPIED
     start = first if first.get("event") == kinds.START else {}
+    refused = stored.first is None and start and daily.last_ei == start.get("ei") == 0
     factory = events.EventFactory(sid, server_id, first.get("server_hostname", config.nodename),
                                   first.get("login", ""), first.get("user", ""),
                                   first.get("cluster_name", config.cluster))
@@ -208,16 +215,21 @@ def end_session(config, server_id: str, sid: str, clock=time.time) -> str | None
         "session_start": start.get("time", first.get("time")),
         "session_stop": max(stored.last_time, daily.last_time),
         "incomplete": True,
-        "incomplete_reason": INCOMPLETE_REASON,
+        "incomplete_reason": NOT_STARTED_REASON if refused else INCOMPLETE_REASON,
         "schema_version": events.SCHEMA_VERSION,
         **{key: start[key] for key in CONNECTION_FIELDS if key in start},
     }
+    if refused:
+        fields["end_reason"] = NOT_STARTED
     end = factory.make(events.SESSION_END, int(clock() * 1e9), **fields)
-    _write_end(config, server_id, sid, stored, daily, end, events.encode(end), clock)
+    # A refused session never had session files: none are made for its end.
+    _write_end(config, server_id, sid, stored, daily, end, events.encode(end), clock,
+               to_session_files=not refused)
     return ENDED
 
 
-def _write_end(config, server_id, sid, stored: _Seen, daily: _Seen, end: dict, line: bytes, clock):
+def _write_end(config, server_id, sid, stored: _Seen, daily: _Seen, end: dict, line: bytes, clock,
+               to_session_files: bool = True):
     """session.end to each sink that lacks one."""
     if not daily.has_end:
         audit = AuditLog(config.log_dir, server_id, clock=clock,
@@ -226,7 +238,7 @@ def _write_end(config, server_id, sid, stored: _Seen, daily: _Seen, end: dict, l
             [line] = audit.write([line])
         finally:
             audit.close()
-    if not stored.has_end:
+    if to_session_files and not stored.has_end:
         # After the last part, which may end in an unfinished gzip stream.
         writer = store.SessionStore.continue_session(config.log_dir, server_id, sid,
                                                      {layout.ALL_EVENTS: stored.last_part})

@@ -25,6 +25,7 @@ from enhrec_wrap.kernel.host import HostLock, HostPrograms
 from enhrec_wrap.kernel.rings import RingReader, SessionRings
 from enhrec_wrap.log import layout, session_lock, store
 from enhrec_wrap.log.auditlog import AuditLog
+from enhrec_wrap.log.files import open_regular
 from enhrec_wrap.session import ledger
 
 RECORDER_DIED = "recorder_died"
@@ -61,7 +62,7 @@ def finish(session: dict, state: ledger.State, reason: str, killed: int, lock_fd
             if any(unwritten.values()):
                 fields["unwritten_events"] = {k: v for k, v in unwritten.items() if v}
             made.append(factory.make(events.SESSION_END, **fields))
-            _write(session, made)
+            _write(session, made, catch_up=not state.unwritten_files)
             ended = True
         if rings is not None:
             with HostLock():
@@ -88,7 +89,7 @@ def _settle_pending_batch(session: dict, state: ledger.State):
                            layout.day_start(f"{day[:4]}-{day[4:6]}-{day[6:]}"))
     written = reuse_ei = False
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDWR)
     except OSError:
         fd = -1   # gone: what went to it went with it
         reuse_ei = True
@@ -136,8 +137,10 @@ def _drain(state: ledger.State, host, rings, factory):
     return made, ledger.lost_fields(kernel_lost, undecodable, unsettled)
 
 
-def _write(session: dict, made: list):
-    """To the daily log, then to new parts of the session files."""
+def _write(session: dict, made: list, catch_up: bool):
+    """To the daily log, then to new parts of the session files, after what they lack of the
+    daily log's (`catch_up`: when no batch failed there, so that none is counted unwritten)."""
+    behind, behind_lines = _behind(session) if catch_up else ([], [])
     lines = [events.encode(e) for e in made]
     log = AuditLog(session["log_dir"], session["server_id"])
     try:
@@ -148,8 +151,35 @@ def _write(session: dict, made: list):
                                                  session["sid"], store.last_parts(
                                                      session["log_dir"], session["server_id"],
                                                      session["sid"]))
-    writer.write(made, lines)
+    writer.write(behind + made, behind_lines + lines)
     writer.close(ended=True)
+
+
+def _behind(session: dict) -> tuple[list, list]:
+    """(events, lines) the daily log has after the session files' last event: the store's
+    writer thread is milliseconds behind the daily log, and a recorder killed then left those
+    only there (512 events of an open loop in one of 4 kills here), missing from the session
+    files without a count. They are at the daily log's end: today's file, or yesterday's."""
+    from enhrec_wrap.log import reader   # only a dead recorder's session is read back
+    sid = session["sid"]
+    log = reader.LogDir(session["log_dir"])
+    directory = layout.session_files_dir(session["log_dir"], session["server_id"])
+    last = -1
+    for path in log.event_parts(sid, directory):
+        for event, _ in reader.events_of(reader.gz_lines(path)):
+            ei = event.get("ei")
+            if event.get("sid") == sid and isinstance(ei, int) and ei > last:
+                last = ei
+    now = time.time()
+    first_day = max(layout.day_of(now - 86400), session["end_fields"]["session_start"][:10])
+    found = {}
+    for event, line in reader.day_events(log, first_day, layout.day_of(now),
+                                         must_contain=(sid.encode(),)):
+        ei = event.get("ei")
+        if event.get("sid") == sid and isinstance(ei, int) and ei > last:
+            found[ei] = (event, line)
+    pairs = [found[ei] for ei in sorted(found)]
+    return [e for e, _ in pairs], [line for _, line in pairs]
 
 
 # --- run by the watchdog ------------------------------------------------------------------------

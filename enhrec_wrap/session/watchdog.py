@@ -27,6 +27,7 @@ The recorder watches the watchdog in turn, through a pidfd: if it dies, the reco
 session (lifecycle.py), which never runs without something that would kill it.
 """
 
+import fcntl
 import os
 import sys
 
@@ -38,7 +39,6 @@ NAME = "enhrec-watchdog"   # its comm, as ps and pgrep show it
 RECORDER_DIED = "the recorder stopped, so the session was ended (its processes were killed)"
 # The fds the shell is given (see the module's docstring).
 CHANNEL_FD, CGROUP_FD, LOCK_FD, LEDGER_FD, BRIEF_FD = 3, 4, 5, 6, 7
-SPARE_FDS = 200   # where _spawn puts them on the way
 QUIT = "quit"
 RELEASE = "release"
 
@@ -122,22 +122,26 @@ class Watchdog:
 
 def _spawn(fds: dict) -> int:
     """The shell, with `fds` at their numbers ({number: fd}), its own session (setsid), / as
-    its directory, and no environment but PATH. Each fd goes to a spare number first, so that
-    none is overwritten before it is placed."""
-    actions = []
-    for n, fd in enumerate(fds.values()):
-        actions.append((os.POSIX_SPAWN_DUP2, fd, SPARE_FDS + n))
-    for n, number in enumerate(fds):
-        actions += [(os.POSIX_SPAWN_DUP2, SPARE_FDS + n, number),
-                    (os.POSIX_SPAWN_CLOSE, SPARE_FDS + n)]
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    its directory, and no environment but PATH. Each fd is placed from a close-on-exec copy
+    above every number it is to take, so that none is overwritten before it is placed; the
+    copies take the lowest free numbers there, so a low open-file limit of the caller's is no
+    problem (fixed spare numbers at 200 failed every start under `ulimit -n 200`, EBADF)."""
+    above = max(fds) + 1
+    copies = []
     try:
-        actions += [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1)]
+        for fd in fds.values():
+            copies.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above))
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        copies.append(null)
+        # 0 and 1 first: null may have a number one of the fds is to take.
+        actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1)]
+        actions += [(os.POSIX_SPAWN_DUP2, copy, number) for copy, number in zip(copies, fds)]
         return os.posix_spawn("/bin/sh", ["/bin/sh", "-c", f"cd / && {WATCHDOG_SCRIPT}",
                                           NAME, sys.executable], {"PATH": "/usr/bin:/bin"},
                               file_actions=actions, setsid=True)
     finally:
-        os.close(null)
+        for copy in copies:
+            os.close(copy)
 
 
 def _send(channel: int, order: str):
