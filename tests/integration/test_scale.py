@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from host_state import our_set, registered, wait_until
 
 from enhrec_wrap.kernel import abi
 from enhrec_wrap.kernel import host as kernel
@@ -28,28 +29,7 @@ CONCURRENT = 40
 CGROUP_SESSIONS = "/cgroup2/enhrec"   # conftest.py's: the default cgroup_path's sessions
 
 
-def wait_until(predicate, timeout, what, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    pytest.fail(f"{what} within {timeout}s")
 
-
-def our_set() -> str:
-    return os.path.join(kernel.PIN_ROOT, kernel.program_version())
-
-
-def registered() -> set[int]:
-    with kernel.HostLock():
-        host = kernel.HostPrograms.open(kernel.program_version())
-        if host is None:
-            return set()
-        try:
-            return set(host.sessions())
-        finally:
-            host.close()
 
 
 def enhrec(recorder, *args):

@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from host_state import our_set, registered, wait_until
 
 from enhrec_wrap.kernel import host as kernel
 
@@ -21,28 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SESSION_TIMEOUT = 90
 
 
-def wait_until(predicate, timeout, what, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    pytest.fail(f"{what} within {timeout}s")
 
-
-def our_set() -> str:
-    return os.path.join(kernel.PIN_ROOT, kernel.program_version())
-
-
-def registered() -> set[int]:
-    with kernel.HostLock():
-        host = kernel.HostPrograms.open(kernel.program_version())
-        if host is None:
-            return set()
-        try:
-            return set(host.sessions())
-        finally:
-            host.close()
 
 
 def our_program_ids() -> set[int]:

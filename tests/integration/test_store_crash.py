@@ -13,6 +13,7 @@ import stat
 import time
 
 import pytest
+from host_state import registered_anywhere, wait_until
 
 from enhrec_wrap.log import reader
 from enhrec_wrap.log import layout
@@ -56,14 +57,6 @@ def dead(pid):
     except FileNotFoundError:
         return True
 
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"{what} within {timeout}s")
 
 
 # --- the layout -----------------------------------------------------------------------------
@@ -194,27 +187,15 @@ def test_sigkill_of_recorder_and_watchdog_is_repaired_at_the_next_start(recorder
     recorder.kill_recorder_and_watchdog(victim.pid)
     victim.wait(timeout=30)   # its sleep holds the pipes until the recovery kills it
     assert f"{sid}.lock" in open_locks(recorder)
-    assert cgroup_id in registered_sessions()
+    assert cgroup_id in registered_anywhere()
     after = recorder.run(["true"])
     assert after.returncode == 0, after.stderr
     end = recorder.sessions()[sid].end
     assert end["incomplete"] is True
     assert not os.path.exists(leaf)
-    wait_until(lambda: cgroup_id not in registered_sessions(), 5,
+    wait_until(lambda: cgroup_id not in registered_anywhere(), 5,
                "the dead session's rings are still registered")
 
-
-def registered_sessions():
-    """The cgroup ids registered with any pinned set of programs, from bpffs."""
-    from enhrec_wrap.kernel.host import HostLock, HostPrograms, pinned_versions
-    ids = set()
-    with HostLock():
-        for version in pinned_versions():
-            host = HostPrograms.open(version)
-            if host is not None:
-                ids.update(host.sessions())
-                host.close()
-    return ids
 
 
 def test_watchdog_is_outside_the_session_and_root(recorder, test_user):

@@ -1,0 +1,48 @@
+"""What the integration tests look at on the host: waiting for a condition, and the sessions
+registered with the installed code's pinned set of programs (kernel/host.py)."""
+
+import os
+import time
+
+import pytest
+
+from enhrec_wrap.kernel import host as kernel
+
+
+def wait_until(predicate, timeout, what, step=0.01):
+    """Fails the test with `what` unless predicate() comes true within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    pytest.fail(f"{what} within {timeout}s")
+
+
+def our_set() -> str:
+    """The pin directory of this code's set of programs."""
+    return os.path.join(kernel.PIN_ROOT, kernel.program_version())
+
+
+def registered() -> set[int]:
+    """The cgroup ids registered with this code's set (empty when it is not pinned)."""
+    with kernel.HostLock():
+        host = kernel.HostPrograms.open(kernel.program_version())
+        if host is None:
+            return set()
+        try:
+            return set(host.sessions())
+        finally:
+            host.close()
+
+
+def registered_anywhere() -> set[int]:
+    """The cgroup ids registered with any pinned set of programs, of any version."""
+    ids = set()
+    with kernel.HostLock():
+        for version in kernel.pinned_versions():
+            host = kernel.HostPrograms.open(version)
+            if host is not None:
+                ids.update(host.sessions())
+                host.close()
+    return ids
