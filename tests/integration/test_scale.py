@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from host_state import our_set, registered, wait_until
+from host_state import idle_timers, our_set, registered, wait_until
 
 from enhrec_wrap.kernel import abi
 from enhrec_wrap.kernel import host as kernel
@@ -27,9 +27,6 @@ from enhrec_wrap.kernel.syscalls import (BPF_MAP_TYPE_RINGBUF, map_create, map_d
 SESSION_TIMEOUT = 120
 CONCURRENT = 40
 CGROUP_SESSIONS = "/cgroup2/enhrec"   # conftest.py's: the default cgroup_path's sessions
-
-
-
 
 
 def enhrec(recorder, *args):
@@ -171,25 +168,6 @@ def test_the_set_is_unloaded_only_after_the_last_session(recorder, kernel_to_our
         assert recorder.sessions()[sid].end["exit_status"] == 0
 
 
-def _idle_timers_of_our_set() -> int:
-    try:
-        ours = os.stat(our_set())
-    except FileNotFoundError:
-        return 0
-    count = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            locked = os.stat(f"/proc/{pid}/fd/3")
-        except OSError:
-            continue
-        if argv[:2] == [b"/bin/sh", b"-c"] and b"kernel.idle timer" in argv[2] \
-                and (locked.st_dev, locked.st_ino) == (ours.st_dev, ours.st_ino):
-            count += 1
-    return count
-
-
 def test_a_run_of_short_sessions_leaves_nothing_behind(recorder):
     """`ssh host cmd` one after another: each ends with its cgroup removed, its rings taken out,
     no process of its own left, and one idle timer for the set however many came and went."""
@@ -206,7 +184,7 @@ def test_a_run_of_short_sessions_leaves_nothing_behind(recorder):
     # No wrapper, watchdog or releasing Python of this test's config is left.
     wait_until(lambda: not recorder.pids_with_argument(recorder.config_path), 10,
                "a process of the sessions is left")
-    assert _idle_timers_of_our_set() <= 1
+    assert len(idle_timers()) <= 1
     for session in sessions.values():
         assert [e for e in session.disks if e["path"] == "/etc/hostname"]
         assert session.end["lost_events"] == {"command": 0, "disk": 0, "network": 0}

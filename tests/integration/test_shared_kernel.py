@@ -14,15 +14,12 @@ import sys
 import time
 
 import pytest
-from host_state import our_set, registered, wait_until
+from host_state import idle_timers, our_set, registered, wait_until
 
 from enhrec_wrap.kernel import host as kernel
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SESSION_TIMEOUT = 90
-
-
-
 
 
 def our_program_ids() -> set[int]:
@@ -122,27 +119,6 @@ def test_an_idle_host_unloads_the_programs_and_the_next_session_loads_them(
     (after,) = [s for sid, s in recorder.sessions().items() if sid != first.sid]
     assert [e for e in after.disks if e["path"] == str(target)]
     assert os.path.isdir(our_set())
-
-
-def idle_timers() -> list[int]:
-    """The pids of the idle timers (kernel/idle.py) of the set pinned now: those whose flock fd
-    is on its pin directory (a timer of a set unloaded before sleeps on until it looks)."""
-    try:
-        ours = os.stat(our_set())
-    except FileNotFoundError:
-        return []
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            locked = os.stat(f"/proc/{pid}/fd/3")
-        except OSError:
-            continue
-        if argv[:2] == [b"/bin/sh", b"-c"] and b"kernel.idle timer" in argv[2] \
-                and (locked.st_dev, locked.st_ino) == (ours.st_dev, ours.st_ino):
-            pids.append(int(pid))
-    return pids
 
 
 def test_sessions_one_after_another_share_one_idle_timer(recorder, kernel_to_ourselves):

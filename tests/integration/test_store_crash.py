@@ -58,7 +58,6 @@ def dead(pid):
         return True
 
 
-
 # --- the layout -----------------------------------------------------------------------------
 
 def test_layout_after_a_real_session(recorder):
@@ -195,7 +194,6 @@ def test_sigkill_of_recorder_and_watchdog_is_repaired_at_the_next_start(recorder
     assert not os.path.exists(leaf)
     wait_until(lambda: cgroup_id not in registered_anywhere(), 5,
                "the dead session's rings are still registered")
-
 
 
 def test_watchdog_is_outside_the_session_and_root(recorder, test_user):

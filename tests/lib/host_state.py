@@ -46,3 +46,24 @@ def registered_anywhere() -> set[int]:
                 ids.update(host.sessions())
                 host.close()
     return ids
+
+
+def idle_timers() -> list[int]:
+    """The pids of the idle timers (kernel/idle.py) of the set pinned now: those whose flock fd
+    is on its pin directory (a timer of a set unloaded before sleeps on until it looks)."""
+    try:
+        ours = os.stat(our_set())
+    except FileNotFoundError:
+        return []
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            locked = os.stat(f"/proc/{pid}/fd/3")
+        except OSError:
+            continue
+        if argv[:2] == [b"/bin/sh", b"-c"] and b"kernel.idle timer" in argv[2] \
+                and (locked.st_dev, locked.st_ino) == (ours.st_dev, ours.st_ino):
+            pids.append(int(pid))
+    return pids
