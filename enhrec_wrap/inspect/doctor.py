@@ -10,6 +10,7 @@ sessions and removing their cgroups (recovery.py).
 import glob
 import os
 import re
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from enhrec_wrap.session import recovery
 from enhrec_wrap.config import Config, load_config
 from enhrec_wrap.errors import EnhrecError
-from enhrec_wrap.log import chain, chainstate, server_id
+from enhrec_wrap.log import chain, chainstate, layout, server_id
 
 # BPF ring buffers (BPF_MAP_TYPE_RINGBUF) came with 5.8.
 MIN_KERNEL = (5, 8)
@@ -275,6 +276,9 @@ def check_data_dir(config: Config) -> Result:
         from enhrec_wrap.log.files import reason_and_fix
         reason, _, fix = reason_and_fix(e, target).partition(": ")
         return fail(name, f"cannot write in {target}: {reason}", fix)
+    planted = _not_regular_log_file(config)
+    if planted:
+        return fail(name, planted, "move it away; the recorder makes the file again")
     free = st.f_bavail * st.f_frsize
     if free < 1 << 20:
         return fail(name, f"{target} is full", f"free disk space in {target}")
@@ -282,6 +286,28 @@ def check_data_dir(config: Config) -> Result:
         return warn(name, f"{target} writable, only {free >> 20} MiB free",
                     f"free disk space in {target}")
     return ok(name, f"{target} writable, {_size(free)} free")
+
+
+def _not_regular_log_file(config: Config) -> str:
+    """What is wrong with a file the next session's first write opens, when one exists and is
+    no regular file (a FIFO, a device: the recorder refuses it, files.open_regular); "" when
+    none is."""
+    from enhrec_wrap.log.files import kind_of
+    paths = [layout.host_uuid_path(config.data_dir), layout.chain_state_path(config.data_dir)]
+    try:
+        sid = server_id.read_server_id(config.data_dir)
+    except OSError:
+        sid = None   # host_uuid itself is the planted file: it is in the list
+    if sid:
+        paths.append(layout.day_file(config.log_dir, sid, time.time()))
+    for path in paths:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            return f"{path} is {kind_of(mode)}, not a regular file"
+    return ""
 
 
 def check_chain_key(config: Config) -> Result:

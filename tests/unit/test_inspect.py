@@ -14,7 +14,7 @@ from enhrec_wrap.events.timestamps import rfc3339_from_seconds
 from enhrec_wrap.inspect import doctor
 from enhrec_wrap.inspect.output import Progress
 from enhrec_wrap.inspect.times import parse_time
-from enhrec_wrap.log import file_lines, reader, store
+from enhrec_wrap.log import file_lines, layout, reader, store
 from enhrec_wrap.log.auditlog import AuditLog
 from enhrec_wrap.config import Config
 
@@ -400,6 +400,25 @@ def test_doctor_checks(tmp_path):
     result, _ = doctor.check_config(str(tmp_path / "missing.yaml"))
     assert result.status == "FAIL" and "config file not found" in result.detail
     assert ("syscalls", "sys_exit_execve") in abi.tracepoints()
+
+
+def test_doctor_fails_on_a_special_file_where_the_log_writes(tmp_path):
+    """A FIFO or device planted as the day file, host_uuid or chain state: the recorder refuses
+    to start (files.open_regular), so doctor must not say the data_dir is fine."""
+    cfg = Config(data_dir=str(tmp_path))
+    sid = "0d8e2a35-54a8-4f7b-9a52-5bb2e1d3c1a1"
+    (tmp_path / "host_uuid").write_text(sid)
+    day = layout.day_file(cfg.log_dir, sid, time.time())
+    os.makedirs(os.path.dirname(day))
+    assert doctor.check_data_dir(cfg).status == "ok"
+    os.mkfifo(day)
+    result = doctor.check_data_dir(cfg)
+    assert result.status == "FAIL" and f"{day} is a FIFO, not a regular file" in result.detail
+    os.unlink(day)
+    os.unlink(tmp_path / "host_uuid")
+    os.mkfifo(tmp_path / "host_uuid")
+    result = doctor.check_data_dir(cfg)
+    assert result.status == "FAIL" and "host_uuid is a FIFO" in result.detail
 
 
 def test_doctor_exit_status_follows_failures(monkeypatch, capsys):
