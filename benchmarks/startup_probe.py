@@ -63,6 +63,7 @@ STEPS = [
     # the host's set: opened, or loaded
     ("enhrec_wrap.session.recording", "Recording", "start"),
     ("enhrec_wrap.kernel.host", "HostLock", "__enter__"),
+    ("enhrec_wrap.kernel.host", "HostPrograms", "hold_for_session"),
     ("enhrec_wrap.kernel.host", "HostPrograms", "open_or_load"),
     ("enhrec_wrap.kernel.host", None, "program_version"),
     ("enhrec_wrap.kernel.host", "HostPrograms", "open"),
