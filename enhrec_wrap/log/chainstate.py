@@ -26,12 +26,11 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
-import threading
 import time
 
 from enhrec_wrap.errors import EnhrecError
 from enhrec_wrap.log import chain, layout
+from enhrec_wrap.log.bounded_lock import LockWaitTimeout, flock_within
 from enhrec_wrap.log.files import NotRegularFile, fsync_dir, open_regular, unique_name
 
 STATE_FILE = layout.CHAIN_STATE
@@ -189,14 +188,12 @@ class ChainState:
         or stuck, and every start on the host would wait for it with it, the login hanging
         without a word: that is a failure to write the log, with one line that names it."""
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        if threading.current_thread() is not threading.main_thread():
-            fcntl.flock(self.fd, fcntl.LOCK_EX)   # only the main thread can be woken by a timer
-            return
-        _wait_for_lock(self.fd, timeout, self.path)
+            flock_within(self.fd, timeout)
+        except LockWaitTimeout as held:
+            who = f"pid {held.holder}" if held.holder else "another writer"
+            raise EnhrecError(f"cannot write the audit log: {who} has held the lock of "
+                              f"{self.path} for {timeout:g} s, so it is stopped or stuck: resume "
+                              "it (kill -CONT) or end it") from None
 
     def unlock(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -426,48 +423,3 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
-
-
-# --- a lock held too long ------------------------------------------------------------------------
-
-class _Timeout(Exception):
-    pass
-
-
-def _wait_for_lock(fd: int, timeout: float, path: str) -> None:
-    """flock, interrupted by SIGALRM after `timeout` (a blocking wait costs nothing while it
-    waits, where polling would cost every waiting session a syscall each millisecond)."""
-    def expired(signum, frame):
-        raise _Timeout
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except _Timeout:
-        holder = _lock_holder(fd)
-        who = f"pid {holder}" if holder else "another writer"
-        raise EnhrecError(f"cannot write the audit log: {who} has held the lock of {path} for "
-                          f"{timeout:g} s, so it is stopped or stuck: resume it (kill -CONT) or "
-                          "end it") from None
-    finally:
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _lock_holder(fd: int) -> int | None:
-    """The pid /proc/locks gives for the flock on fd's file (the process that took it)."""
-    st = os.fstat(fd)
-    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if "->" not in fields and len(fields) >= 6 and fields[1] == "FLOCK" \
-                        and fields[5] == inode:
-                    return int(fields[4])
-    except (OSError, ValueError):
-        pass
-    return None
