@@ -32,7 +32,7 @@ help:
 	@echo "make unit       run tests/unit only (no root needed)"
 	@echo "make demo       record a session with three audit bypasses and print its events (root)"
 	@echo "make bench      run benchmarks/run.py with the installed package (root)"
-	@echo "make fresh-check  make demo && make test of the committed tree in a new minimal Debian 12 chroot (root)"
+	@echo "make fresh-check  make demo && make test of the committed tree in a new minimal Debian 12 root (root)"
 	@echo "make clean      remove the test venv and build leftovers"
 
 # root: stop early with a clear message when not root.
