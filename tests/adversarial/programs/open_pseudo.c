@@ -6,13 +6,12 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include "fd_path.h"
 
 static void report(int fd)
 {
-    char proc[64], real[4096];
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(proc, real, sizeof(real) - 1);
-    real[n > 0 ? n : 0] = 0;
+    char real[4096];
+    fd_path(fd, real, sizeof(real));
     printf("OPEN %d %s\n", fd, real);
 }
 

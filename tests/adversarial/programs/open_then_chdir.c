@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "fd_path.h"
 
 int main(int argc, char **argv)
 {
@@ -19,10 +20,8 @@ int main(int argc, char **argv)
     int fd = open("file", O_WRONLY | O_CREAT, 0600);
     if (fd < 0 || chdir(b))
         return 1;
-    char proc[64], real[4096];
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(proc, real, sizeof(real) - 1);
-    real[n > 0 ? n : 0] = 0;
+    char real[4096];
+    fd_path(fd, real, sizeof(real));
     printf("OPEN %d %s\n", fd, real);
     sleep(1);   /* stays in the other directory for a reader of /proc/PID/cwd */
     return 0;

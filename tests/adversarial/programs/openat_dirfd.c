@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "fd_path.h"
 
 int main(int argc, char **argv)
 {
@@ -17,10 +18,8 @@ int main(int argc, char **argv)
         perror("open");
         return 1;
     }
-    char proc[64], real[4096];
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(proc, real, sizeof(real) - 1);
-    real[n > 0 ? n : 0] = 0;
+    char real[4096];
+    fd_path(fd, real, sizeof(real));
     printf("OPEN %d %s\n", fd, real);
     return 0;
 }

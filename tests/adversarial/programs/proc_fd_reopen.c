@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <unistd.h>
+#include "fd_path.h"
 
 int main(int argc, char **argv)
 {
@@ -15,9 +16,7 @@ int main(int argc, char **argv)
         perror("open");
         return 1;
     }
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(proc, real, sizeof(real) - 1);
-    real[n > 0 ? n : 0] = 0;
+    fd_path(fd, real, sizeof(real));
     printf("OPEN %d %s\n", fd, real);
     return 0;
 }

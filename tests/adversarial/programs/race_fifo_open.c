@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "fd_path.h"
 
 static char path[4096], fifo[4096], decoy[4096];
 
@@ -36,10 +37,8 @@ int main(int argc, char **argv)
     pthread_join(t, NULL);
     if (fd < 0)
         return 1;
-    char proc[64], real[4096];
-    snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(proc, real, sizeof(real) - 1);
-    real[n > 0 ? n : 0] = 0;
+    char real[4096];
+    fd_path(fd, real, sizeof(real));
     printf("OPEN %d %s\nDECOY %s\n", fd, real, decoy);
     return 0;
 }
