@@ -74,3 +74,34 @@ def test_literal_backslash_x1b_prints_unlike_a_real_esc(shown):
     esc = _open_line(show, "esc-a").split("esc-", 1)[1]
     assert literal != esc, (f"the name with the text \\x1b and the one with a real ESC both "
                             f"print as {literal!r}")
+
+
+def test_unix_sockets_with_hostile_names_are_shown_escaped(make_recorder, enhrec, tmp_path):
+    """A connect to a socket file whose name holds terminal escapes and U+202E, and to an
+    abstract name holding a newline that would start a fake line, as `enhrec show` and
+    `search` print them (schema 4's unix connects): every such character escaped, the socket
+    named once, on its own `connect unix` line."""
+    recorder = make_recorder("display-unix")
+    directory = tmp_path.resolve()
+    name = f"ok{ESC}[2J{ESC}[Hfake{RLO}kcos"
+    abstract = f"enhrec-adv-{uuid.uuid4().hex[:8]}\nconnect unix /run/docker.sock"
+    code = ("import socket, sys\n"
+            "srv = socket.socket(socket.AF_UNIX); srv.bind(sys.argv[1]); srv.listen(1)\n"
+            "socket.socket(socket.AF_UNIX).connect(sys.argv[1])\n"
+            "try: socket.socket(socket.AF_UNIX).connect('\\0' + sys.argv[2])\n"
+            "except ConnectionRefusedError: pass\n")
+    result = recorder.run(["python3", "-c", code, str(directory / name), abstract])
+    assert result.returncode == 0, result.stderr
+    (sid,) = recorder.sessions()
+    show = enhrec(recorder.config_path, "show", sid).stdout
+    search = enhrec(recorder.config_path, "search", "--sid", sid).stdout
+    for command, output in (("show", show), ("search", search)):
+        assert ESC not in output and RLO not in output, f"enhrec {command}:\n{output!r}"
+        socket_lines = [line for line in output.splitlines()
+                        if f"connect unix {directory}/" in line or "connect unix @" in line]
+        assert len(socket_lines) == 2, f"enhrec {command}:\n{output}"
+        on_disk, in_abstract = socket_lines
+        assert "\\x1b[2J\\x1b[Hfake" in on_disk and "\\u202e" in on_disk.lower(), on_disk
+        assert "@enhrec-adv-" in in_abstract and "\\nconnect unix /run/docker.sock" in in_abstract
+    assert not any(line.lstrip().startswith("connect unix /run/docker.sock")
+                   for line in show.splitlines()), show
